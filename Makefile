@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv themselves.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast lint typecheck cluster-build cluster-up cluster-down cluster-status crds
+
+# uv keeps repeat installs of the multi-GB CUDA torch wheel cheap through its cache.
+$(VENV)/.installed: pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@test -x $(PY) || uv venv --quiet --python python3.11 $(VENV)
+	VIRTUAL_ENV=$(abspath $(VENV)) uv pip install --quiet -e '.[runtime,dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv cluster-build
+	$(PY) -m e2e.demo
+
+test: venv cluster-build
+	$(PY) -m e2e.pytest_run $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m e2e.pytest_run -m "not e2e and not slow" $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests e2e bench
+	$(VENV)/bin/mypy
+
+cluster-build: venv
+	$(PY) -m e2e.cluster build
+
+cluster-up: cluster-build
+	$(PY) -m e2e.cluster up
+
+cluster-down: venv
+	$(PY) -m e2e.cluster down
+
+cluster-status: venv
+	$(PY) -m e2e.cluster status
+
+crds: venv
+	$(PY) -m pdserve crds --output crds/

@@ -1,0 +1,1 @@
+"""End-to-end tooling: a real local Kubernetes control plane and the tests that run on it."""
