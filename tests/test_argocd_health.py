@@ -1,0 +1,119 @@
+"""The Argo CD health check of manifests/argocd, run by a real Lua 5.1 interpreter.
+
+Argo CD runs health checks in gopher-lua, a Lua 5.1 implementation, so the test uses lupa's
+embedded Lua 5.1 and feeds it the same object shape Argo CD does (the resource as a table).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lupa import lua51
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGOCD = ROOT / "manifests" / "argocd"
+HEALTH_KEY = "resource.customizations.health.pdserve.dev_LLMService"
+
+
+def health_script() -> str:
+    config_map = yaml.safe_load((ARGOCD / "health-check.yaml").read_text())
+    assert config_map["kind"] == "ConfigMap" and config_map["metadata"]["name"] == "argocd-cm"
+    script: str = config_map["data"][HEALTH_KEY]
+    return script
+
+
+def assess(obj: dict[str, Any]) -> tuple[str, str]:
+    lua = lua51.LuaRuntime(unpack_returned_tuples=True)
+    check = lua.eval(f"function(obj)\n{health_script()}\nend")
+    result = check(lua.table_from(obj, recursive=True))
+    return str(result["status"]), str(result["message"])
+
+
+def service(generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "pdserve.dev/v1alpha1",
+        "kind": "LLMService",
+        "metadata": {"name": "chat", "namespace": "default", "generation": generation},
+        "spec": {"model": {"name": "tiny"}},
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def condition(type_: str, status: str, message: str = "", reason: str = "") -> dict[str, str]:
+    return {"type": type_, "status": status, "message": message, "reason": reason}
+
+
+READY = condition("Ready", "True", "all roles have ready replicas", "AllRolesReady")
+NOT_READY = condition("Ready", "False", "decode: 0/1 ready", "RolesNotReady")
+PROGRESSING = condition("Progressing", "True", "rolling out prefill", "RollingOut")
+TPU_SHORTAGE = condition("Degraded", "True", "prefill: needs 4 google.com/tpu, no node fits",
+                         "Unschedulable")
+NOT_DEGRADED = condition("Degraded", "False", "", "AsExpected")
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected_status", "message_part"),
+    [
+        pytest.param(service(), "Progressing", "operator", id="no-status-yet"),
+        pytest.param(service(status={}), "Progressing", "generation 1", id="empty-status"),
+        pytest.param(service(status={"observedGeneration": 1, "conditions": [READY, NOT_DEGRADED]}),
+                     "Healthy", "all roles have ready replicas", id="ready"),
+        pytest.param(service(status={"observedGeneration": 1,
+                                     "conditions": [NOT_READY, TPU_SHORTAGE]}),
+                     "Degraded", "google.com/tpu", id="tpu-shortage"),
+        pytest.param(service(status={"observedGeneration": 1, "conditions": [READY, TPU_SHORTAGE]}),
+                     "Degraded", "no node fits", id="degraded-wins-over-ready"),
+        pytest.param(service(status={"observedGeneration": 1,
+                                     "conditions": [NOT_READY, PROGRESSING, NOT_DEGRADED]}),
+                     "Progressing", "rolling out prefill", id="rolling-out"),
+        pytest.param(service(status={"observedGeneration": 1, "conditions": [NOT_READY]}),
+                     "Progressing", "decode: 0/1 ready", id="not-ready-yet"),
+        pytest.param(service(generation=3, status={"observedGeneration": 2,
+                                                   "conditions": [READY, NOT_DEGRADED]}),
+                     "Progressing", "generation 3", id="stale-ready-is-not-healthy"),
+        pytest.param(service(generation=3, status={"observedGeneration": 2,
+                                                   "conditions": [TPU_SHORTAGE]}),
+                     "Progressing", "generation 3", id="stale-degraded-is-not-degraded"),
+        pytest.param(service(status={"observedGeneration": 1,
+                                     "conditions": [condition("Ready", "True", "", "AllReady")]}),
+                     "Healthy", "AllReady", id="reason-when-no-message"),
+        pytest.param(service(status={"observedGeneration": 1, "conditions": [
+                         condition("Ready", "Unknown"), condition("ScalingLimited", "True")]}),
+                     "Progressing", "", id="unknown-ready"),
+    ],
+)
+@pytest.mark.timeout(30)
+def test_health_of_llmservice(obj: dict[str, Any], expected_status: str, message_part: str) -> None:
+    status, message = assess(obj)
+    assert status == expected_status
+    assert message_part in message
+
+
+@pytest.mark.timeout(30)
+def test_health_returns_only_argocd_statuses() -> None:
+    script = health_script()
+    for word in ("Healthy", "Degraded", "Progressing"):
+        assert f'"{word}"' in script
+    assert "Suspended" not in script and "Missing" not in script
+
+
+@pytest.mark.timeout(30)
+def test_application_points_at_the_chart() -> None:
+    app = yaml.safe_load((ARGOCD / "application.yaml").read_text())
+    assert app["apiVersion"] == "argoproj.io/v1alpha1" and app["kind"] == "Application"
+    source = app["spec"]["source"]
+    chart_dir = ROOT / source["path"]
+    assert (chart_dir / "Chart.yaml").is_file(), source["path"]
+    assert "REPLACE-ME" in source["repoURL"], "the repo URL must be an obvious placeholder"
+    options = app["spec"]["syncPolicy"]["syncOptions"]
+    assert "ServerSideApply=true" in options and "CreateNamespace=true" in options
+    values = source["helm"]["valuesObject"]
+    chart_values = yaml.safe_load((chart_dir / "values.yaml").read_text())
+    for key, sub in values.items():
+        assert key in chart_values, f"Application sets unknown chart value {key}"
+        assert set(sub) <= set(chart_values[key]), f"unknown keys under {key}: {sub}"
