@@ -1,0 +1,59 @@
+"""`pdserve router`: the OpenAI-compatible router in front of prefill and decode workers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from aiohttp import web
+
+from pdserve.router.app import build_app
+from pdserve.router.discovery import WorkerSet, parse_endpoints
+from pdserve.router.proxy import RouterConfig
+from pdserve.router.routing import POLICIES
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pdserve router", description=__doc__)
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--served-model-name", required=True)
+    prefill = p.add_mutually_exclusive_group()
+    prefill.add_argument("--prefill-endpoints", default="", help="static list h:p,h:p")
+    prefill.add_argument("--prefill-service", default="",
+                         help="headless Service DNSNAME:PORT, re-resolved periodically")
+    decode = p.add_mutually_exclusive_group()
+    decode.add_argument("--decode-endpoints", default="", help="static list h:p,h:p")
+    decode.add_argument("--decode-service", default="",
+                        help="headless Service DNSNAME:PORT, re-resolved periodically")
+    p.add_argument("--resolve-interval", type=float, default=5.0,
+                   help="seconds between DNS resolutions of the services")
+    p.add_argument("--routing-policy", choices=POLICIES, default="prefix-affinity")
+    p.add_argument("--short-prompt-threshold", type=int, default=32,
+                   help="prompts estimated shorter than this many tokens skip the prefill tier")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.resolve_interval <= 0:
+        p.error("--resolve-interval must be positive")
+    if args.short_prompt_threshold < 0:
+        p.error("--short-prompt-threshold must be >= 0")
+    try:
+        prefill = WorkerSet("prefill", parse_endpoints(args.prefill_endpoints),
+                            args.prefill_service or None)
+        decode = WorkerSet("decode", parse_endpoints(args.decode_endpoints),
+                           args.decode_service or None)
+        config = RouterConfig(args.served_model_name, args.short_prompt_threshold,
+                              args.routing_policy)
+        app = build_app(config, prefill, decode, args.resolve_interval)
+    except ValueError as exc:
+        p.error(str(exc))
+    web.run_app(app, host=args.host, port=args.port, handler_cancellation=True,
+                print=lambda msg: logging.getLogger(__name__).info(msg))
+    return 0

@@ -1,0 +1,66 @@
+"""The router's Prometheus metrics: latencies as the client sees them (role="router")."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+ROLE = "router"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class RouterMetrics:
+    def __init__(self, model: str) -> None:
+        self.registry = CollectorRegistry()
+        self.model = model
+        labels = ["role", "model"]
+        self.ttft = Histogram("pdserve_time_to_first_token_seconds", "Time to first token",
+                              labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.itl = Histogram("pdserve_inter_token_latency_seconds", "Time between streamed tokens",
+                             labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.e2e = Histogram("pdserve_e2e_request_latency_seconds", "Request latency",
+                             labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter("pdserve_router_requests", "Requests by path and outcome",
+                                ["path", "outcome"], registry=self.registry)
+        self.prefill_retries = Counter("pdserve_router_prefill_retries",
+                                       "Prefill attempts retried on another worker",
+                                       registry=self.registry)
+
+    def observe_ttft(self, seconds: float) -> None:
+        self.ttft.labels(ROLE, self.model).observe(seconds)
+
+    def observe_itl(self, seconds: float) -> None:
+        self.itl.labels(ROLE, self.model).observe(seconds)
+
+    def observe_e2e(self, seconds: float) -> None:
+        self.e2e.labels(ROLE, self.model).observe(seconds)
+
+
+class StreamTimer:
+    """Times server-sent events as they pass through: first event -> TTFT, later ones -> ITL."""
+
+    def __init__(self, metrics: RouterMetrics) -> None:
+        self.metrics = metrics
+        self.start = time.perf_counter()
+        self.last: float | None = None
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._partial + chunk
+        events = data.split(b"\n\n")
+        self._partial = events.pop()
+        for event in events:
+            if event.startswith(b"data:") and event.strip() != b"data: [DONE]":
+                self._tick()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self.last is None:
+            self.metrics.observe_ttft(now - self.start)
+        else:
+            self.metrics.observe_itl(now - self.last)
+        self.last = now
+
+    def done(self) -> None:
+        self.metrics.observe_e2e(time.perf_counter() - self.start)
