@@ -1,0 +1,316 @@
+"""Brings the local control plane up and down: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok, as processes of this machine, all state in one directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e.cluster import certs, nodepools, processes
+from e2e.cluster.build import KWOK_STAGE_FILES, stages_dir
+from e2e.cluster.versions import bin_dir, cache_root
+
+STATE_FILE = "state.json"
+START_TIMEOUT_S = 120.0
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+# Stop order: consumers of the API first, etcd last.
+STOP_ORDER = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass
+class ClusterState:
+    """What `up` started, persisted so that `status` and `down` work from another process."""
+
+    state_dir: str
+    bin_dir: str
+    server: str
+    kubeconfig: str
+    pids: dict[str, int]
+    started_at: float
+
+    @property
+    def helm(self) -> str:
+        return str(Path(self.bin_dir) / "helm")
+
+    @property
+    def kubectl(self) -> str:
+        return str(Path(self.bin_dir) / "kubectl")
+
+
+def default_state_dir() -> Path:
+    override = os.environ.get("PDSERVE_CLUSTER_DIR")
+    return Path(override) if override else cache_root() / "cluster"
+
+
+def read_state(state_dir: Path) -> ClusterState | None:
+    try:
+        raw = json.loads((state_dir / STATE_FILE).read_text())
+        return ClusterState(**raw)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_state(state: ClusterState) -> None:
+    path = Path(state.state_dir) / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    os.replace(tmp, path)
+
+
+class _Api:
+    """Minimal HTTPS client for readiness checks, with the admin client certificate."""
+
+    def __init__(self, server: str, pki: Path) -> None:
+        self.server = server
+        self.context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        self.context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.server + path, context=self.context,
+                                        timeout=5) as resp:
+                return int(resp.status), bytes(resp.read())
+        except urllib.error.HTTPError as err:
+            return int(err.code), b""
+        except (urllib.error.URLError, OSError):
+            return 0, b""
+
+    def ok(self, path: str) -> bool:
+        return self.get(path)[0] == 200
+
+    def json(self, path: str) -> Any:
+        code, body = self.get(path)
+        return json.loads(body) if code == 200 else None
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _nodes_ready(api: _Api, expected: set[str]) -> bool:
+    nodes = api.json("/api/v1/nodes")
+    if nodes is None:
+        return False
+    ready = {
+        item["metadata"]["name"]
+        for item in nodes["items"]
+        if any(c["type"] == "Ready" and c["status"] == "True"
+               for c in item.get("status", {}).get("conditions", []))
+    }
+    return expected <= ready
+
+
+def _component_args(bins: Path, state_dir: Path, ports: dict[str, int]) -> dict[str, list[str]]:
+    pki = state_dir / "pki"
+    etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+    peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
+    return {
+        "etcd": [
+            str(bins / "etcd"), "--name=default", f"--data-dir={state_dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=default={peer_url}", "--listen-metrics-urls=",
+            # Test clusters are disposable: skipping fsync makes them much faster.
+            "--unsafe-no-fsync", "--log-level=warn",
+        ],
+        "kube-apiserver": [
+            str(bins / "kube-apiserver"), f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}", f"--cert-dir={state_dir / 'apiserver-certs'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=RBAC", "--allow-privileged=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            # The advertised address is loopback, which may not back the `kubernetes` Service.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+        ],
+        "kube-controller-manager": [
+            str(bins / "kube-controller-manager"),
+            f"--kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
+            f"--authentication-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
+            f"--authorization-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports['controller-manager']}",
+            f"--cert-dir={state_dir / 'controller-manager-certs'}",
+            "--leader-elect=false", "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--profiling=false",
+        ],
+        "kube-scheduler": [
+            str(bins / "kube-scheduler"),
+            f"--kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+            f"--authentication-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+            f"--authorization-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports['scheduler']}",
+            f"--cert-dir={state_dir / 'scheduler-certs'}",
+            "--leader-elect=false", "--profiling=false",
+        ],
+        "kwok": [
+            str(bins / "kwok"), f"--kubeconfig={state_dir / 'kubeconfig'}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector="
+            f"{nodepools.KWOK_ANNOTATION[0]}={nodepools.KWOK_ANNOTATION[1]}",
+            f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1", "--node-lease-duration-seconds=40",
+            *[f"--config={stages_dir() / Path(rel).name}" for rel in KWOK_STAGE_FILES],
+        ],
+    }
+
+
+def _log(message: str, started: float) -> None:
+    print(f"[cluster {time.monotonic() - started:6.1f}s] {message}", flush=True)
+
+
+def up(state_dir: Path | None = None, pools: nodepools.NodePools | None = None,
+       quiet: bool = False) -> ClusterState:
+    """Starts the control plane in `state_dir` (fresh), or returns the running one there."""
+    started = time.monotonic()
+    state_dir = (state_dir or default_state_dir()).resolve()
+    say = (lambda _msg: None) if quiet else (lambda msg: _log(msg, started))
+    existing = read_state(state_dir)
+    if existing is not None and is_healthy(existing):
+        say(f"already running: KUBECONFIG={existing.kubeconfig}")
+        return existing
+    if existing is not None:
+        say("found a stale cluster: stopping it first")
+        down(state_dir, quiet=True)
+    pools = pools or nodepools.load()
+    bins = bin_dir()
+    missing = [n for n in (*STOP_ORDER, "kubectl") if not (bins / n).exists()]
+    if missing or not stages_dir().is_dir():
+        raise ClusterError(
+            f"binaries missing from {bins}: {missing or 'kwok stages'}; "
+            "run `make cluster-build` (python -m e2e.cluster build) first")
+    for sub in ("etcd", "logs", "pki"):
+        shutil.rmtree(state_dir / sub, ignore_errors=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    certs.make_pki(state_dir / "pki")
+    ports = {n: processes.free_port()
+             for n in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")}
+    server = f"https://127.0.0.1:{ports['apiserver']}"
+    pki = state_dir / "pki"
+    kubeconfig = state_dir / "kubeconfig"
+    kubeconfig.write_text(certs.kubeconfig(server, pki, "admin"))
+    for client in ("controller-manager", "scheduler"):
+        (state_dir / f"{client}.kubeconfig").write_text(certs.kubeconfig(server, pki, client))
+    args = _component_args(bins, state_dir, ports)
+    logs = state_dir / "logs"
+    state = ClusterState(str(state_dir), str(bins), server, str(kubeconfig), {}, time.time())
+    try:
+        _start(state, "etcd", args, logs, say)
+        processes.wait_for(lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"),
+                           START_TIMEOUT_S, "etcd /health", state.pids, logs)
+        _start(state, "kube-apiserver", args, logs, say)
+        api = _Api(server, pki)
+        processes.wait_for(lambda: api.ok("/readyz"), START_TIMEOUT_S,
+                           "kube-apiserver /readyz", state.pids, logs)
+        say(f"kube-apiserver ready at {server}")
+        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            _start(state, name, args, logs, say)
+        nodes = nodepools.node_manifests(pools)
+        _kubectl_create(state, nodes, logs)
+        processes.wait_for(
+            lambda: api.ok("/api/v1/namespaces/default/serviceaccounts/default"),
+            START_TIMEOUT_S, "the default ServiceAccount", state.pids, logs)
+        expected = {n["metadata"]["name"] for n in nodes}
+        processes.wait_for(lambda: _nodes_ready(api, expected), START_TIMEOUT_S,
+                           f"{len(expected)} KWOK nodes Ready", state.pids, logs)
+    except BaseException:
+        _stop_all(state)
+        raise
+    say(f"up: {len(expected)} nodes Ready; export KUBECONFIG={kubeconfig}")
+    return state
+
+
+def _start(state: ClusterState, name: str, args: dict[str, list[str]], logs: Path,
+           say: Any) -> None:
+    state.pids[name] = processes.start(name, args[name], logs).pid
+    _write_state(state)
+    say(f"started {name} (pid {state.pids[name]}, log {logs / (name + '.log')})")
+
+
+def _kubectl_create(state: ClusterState, objects: list[dict[str, Any]], logs: Path) -> None:
+    # Plain create (not server-side apply): the Node status given here must be kept.
+    manifest = yaml.safe_dump_all(objects)
+    proc = subprocess.run([state.kubectl, "--kubeconfig", state.kubeconfig, "create", "-f", "-"],
+                          input=manifest, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ClusterError(f"creating the KWOK nodes failed: {proc.stderr.strip()}")
+
+
+def is_healthy(state: ClusterState) -> bool:
+    if not all(processes.alive(pid) for pid in state.pids.values()):
+        return False
+    if set(state.pids) != set(STOP_ORDER):
+        return False
+    return _Api(state.server, Path(state.state_dir) / "pki").ok("/readyz")
+
+
+def _stop_all(state: ClusterState) -> None:
+    for name in STOP_ORDER:
+        pid = state.pids.get(name)
+        if pid is not None:
+            processes.stop(pid)
+
+
+def down(state_dir: Path | None = None, quiet: bool = False) -> bool:
+    """Stops every process recorded in `state_dir`; returns whether anything was recorded."""
+    state_dir = (state_dir or default_state_dir()).resolve()
+    state = read_state(state_dir)
+    if state is None:
+        if not quiet:
+            print(f"no cluster recorded in {state_dir}")
+        return False
+    _stop_all(state)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(state_dir / "etcd", ignore_errors=True)
+    if not quiet:
+        print(f"stopped: {', '.join(f'{n} ({p})' for n, p in state.pids.items())}")
+    return True
+
+
+def status(state_dir: Path | None = None) -> str:
+    state_dir = (state_dir or default_state_dir()).resolve()
+    state = read_state(state_dir)
+    if state is None:
+        return f"no cluster recorded in {state_dir}"
+    lines = [f"state dir:  {state.state_dir}", f"server:     {state.server}",
+             f"kubeconfig: {state.kubeconfig}", f"binaries:   {state.bin_dir}"]
+    for name in STOP_ORDER:
+        pid = state.pids.get(name)
+        running = pid is not None and processes.alive(pid)
+        lines.append(f"  {name:<24} pid {pid!s:<8} {'running' if running else 'NOT running'}")
+    if is_healthy(state):
+        api = _Api(state.server, Path(state.state_dir) / "pki")
+        nodes = api.json("/api/v1/nodes") or {"items": []}
+        lines.append(f"healthy: /readyz ok, {len(nodes['items'])} nodes")
+    else:
+        lines.append("NOT healthy")
+    return "\n".join(lines)

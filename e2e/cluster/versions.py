@@ -1,0 +1,95 @@
+"""Pinned versions of the control-plane components and where their binaries are cached."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.37.2"
+# The staging modules (k8s.io/api, k8s.io/kubectl, ...) are published with the same minor/patch.
+KUBERNETES_STAGING_VERSION = "v0.37.2"
+ETCD_VERSION = "v3.6.16"
+KWOK_VERSION = "v0.8.0"
+HELM_VERSION = "v3.22.0"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One Go main module to build and the binaries it yields (binary name -> package)."""
+
+    name: str
+    module: str
+    version: str
+    binaries: dict[str, str]
+    ldflags: tuple[str, ...] = ()
+
+
+def _k8s_version_ldflags() -> tuple[str, ...]:
+    major, minor = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
+    flags = []
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={KUBERNETES_VERSION}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return tuple(flags)
+
+
+COMPONENTS: tuple[Component, ...] = (
+    Component(
+        name="etcd",
+        module="go.etcd.io/etcd/server/v3",
+        version=ETCD_VERSION,
+        binaries={"etcd": "go.etcd.io/etcd/server/v3"},
+    ),
+    Component(
+        name="kwok",
+        module="sigs.k8s.io/kwok",
+        version=KWOK_VERSION,
+        binaries={"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+        ldflags=(f"-X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}",),
+    ),
+    Component(
+        name="helm",
+        module="helm.sh/helm/v3",
+        version=HELM_VERSION,
+        binaries={"helm": "helm.sh/helm/v3/cmd/helm"},
+        ldflags=(f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",),
+    ),
+    Component(
+        name="kubernetes",
+        module="k8s.io/kubernetes",
+        version=KUBERNETES_VERSION,
+        binaries={
+            "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+            "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+            "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+        },
+        ldflags=_k8s_version_ldflags(),
+    ),
+)
+
+
+def cache_root() -> Path:
+    override = os.environ.get("PDSERVE_CACHE_DIR")
+    return Path(override) if override else Path.home() / ".cache" / "pdserve"
+
+
+def version_key() -> str:
+    return (
+        f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}_helm-{HELM_VERSION}"
+    )
+
+
+def bin_dir() -> Path:
+    return cache_root() / "k8s" / version_key() / "bin"
+
+
+def kwok_module_dir() -> Path:
+    """KWOK's module source, kept by `go mod download`: it ships the stage YAMLs."""
+    gomodcache = os.environ.get("GOMODCACHE") or str(Path.home() / "go" / "pkg" / "mod")
+    return Path(gomodcache) / "sigs.k8s.io" / f"kwok@{KWOK_VERSION}"
