@@ -111,8 +111,12 @@ def _go(args: list[str], cwd: Path, log_path: Path, started: float, what: str) -
         log.write(f"\n$ {' '.join(command)}  (in {cwd})\n")
         log.flush()
         proc = subprocess.Popen(
-            command, cwd=cwd, env=go_env(), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            command,
+            cwd=cwd,
+            env=go_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         assert proc.stdout is not None
         output: list[str] = []
@@ -133,9 +137,12 @@ def _go(args: list[str], cwd: Path, log_path: Path, started: float, what: str) -
 def _download(component: Component, workdir: Path, log: Path, started: float) -> dict[str, str]:
     out = _go(
         ["mod", "download", "-json", f"{component.module}@{component.version}"],
-        workdir, log, started, f"download {component.module}@{component.version}",
+        workdir,
+        log,
+        started,
+        f"download {component.module}@{component.version}",
     )
-    info: dict[str, str] = json.loads(out[out.index("{"):])
+    info: dict[str, str] = json.loads(out[out.index("{") :])
     return info
 
 
@@ -157,8 +164,16 @@ def build_component(component: Component, target: Path, log: Path, started: floa
             name, package = next(iter(component.binaries.items()))
             args = ["build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(out / name), package]
         else:
-            args = ["build", "-v", "-trimpath", "-ldflags", ldflags, "-o", f"{out}/",
-                    *component.binaries.values()]
+            args = [
+                "build",
+                "-v",
+                "-trimpath",
+                "-ldflags",
+                ldflags,
+                "-o",
+                f"{out}/",
+                *component.binaries.values(),
+            ]
         _go(args, workdir, log, started, f"{component.name}: go build")
         for name in component.binaries:
             os.replace(out / name, target / name)

@@ -51,17 +51,40 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _new_key(name: str, pki: Path) -> None:
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-out", f"{name}.key", cwd=pki)
+    _openssl(
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        f"{name}.key",
+        cwd=pki,
+    )
 
 
 def _signed_cert(name: str, subject: str, extensions: str, pki: Path) -> None:
     _new_key(name, pki)
     _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki)
     (pki / f"{name}.ext").write_text(extensions)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "365", "-extfile", f"{name}.ext",
-             "-out", f"{name}.crt", cwd=pki)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "365",
+        "-extfile",
+        f"{name}.ext",
+        "-out",
+        f"{name}.crt",
+        cwd=pki,
+    )
 
 
 def make_pki(pki: Path) -> None:
@@ -69,10 +92,23 @@ def make_pki(pki: Path) -> None:
     service-account signing key pair (sa.key / sa.pub) into `pki`."""
     pki.mkdir(parents=True, exist_ok=True)
     _new_key("ca", pki)
-    _openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=pdserve-local-ca",
-             "-days", "3650", "-out", "ca.crt", cwd=pki)
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=pdserve-local-ca",
+        "-days",
+        "3650",
+        "-out",
+        "ca.crt",
+        cwd=pki,
+    )
     _signed_cert(
-        "apiserver", "/CN=kube-apiserver",
+        "apiserver",
+        "/CN=kube-apiserver",
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
         f"subjectAltName={','.join(SERVING_SANS)}\n",
@@ -81,12 +117,21 @@ def make_pki(pki: Path) -> None:
     for client in CLIENTS:
         subject = (f"/O={client.group}" if client.group else "") + f"/CN={client.user}"
         _signed_cert(
-            client.name, subject,
+            client.name,
+            subject,
             "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
             pki,
         )
-    _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
-             "-out", "sa.key", cwd=pki)
+    _openssl(
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "sa.key",
+        cwd=pki,
+    )
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
 
@@ -99,11 +144,21 @@ def kubeconfig(server: str, pki: Path, client: str, context: str = "pdserve-loca
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": context, "cluster": {
-            "server": server, "certificate-authority-data": _b64(pki / "ca.crt")}}],
-        "users": [{"name": client, "user": {
-            "client-certificate-data": _b64(pki / f"{client}.crt"),
-            "client-key-data": _b64(pki / f"{client}.key")}}],
+        "clusters": [
+            {
+                "name": context,
+                "cluster": {"server": server, "certificate-authority-data": _b64(pki / "ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": client,
+                "user": {
+                    "client-certificate-data": _b64(pki / f"{client}.crt"),
+                    "client-key-data": _b64(pki / f"{client}.key"),
+                },
+            }
+        ],
         "contexts": [{"name": context, "context": {"cluster": context, "user": client}}],
         "current-context": context,
     }

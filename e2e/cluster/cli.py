@@ -12,17 +12,25 @@ from e2e.cluster.processes import ProcessError
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m e2e.cluster",
-                                     description="the local Kubernetes control plane")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="where the cluster keeps its state (default "
-                        f"{controlplane.default_state_dir()}, or $PDSERVE_CLUSTER_DIR)")
+    parser = argparse.ArgumentParser(
+        prog="python -m e2e.cluster", description="the local Kubernetes control plane"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the cluster keeps its state (default "
+        f"{controlplane.default_state_dir()}, or $PDSERVE_CLUSTER_DIR)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build the pinned binaries into the cache (once)")
     up = sub.add_parser("up", help="start the control plane and the KWOK node pools")
-    up.add_argument("--node-pools", type=Path, default=None,
-                    help="node pools YAML (default e2e/cluster/nodepools.yaml or "
-                    "$PDSERVE_NODE_POOLS)")
+    up.add_argument(
+        "--node-pools",
+        type=Path,
+        default=None,
+        help="node pools YAML (default e2e/cluster/nodepools.yaml or $PDSERVE_NODE_POOLS)",
+    )
     sub.add_parser("down", help="stop everything `up` started")
     sub.add_parser("status", help="print what runs")
     args = parser.parse_args(argv)
@@ -38,7 +46,11 @@ def main(argv: list[str]) -> int:
             return 0
         print(controlplane.status(args.state_dir))
         return 0
-    except (controlplane.ClusterError, nodepools.NodePoolConfigError, PKIError,
-            ProcessError) as err:
+    except (
+        controlplane.ClusterError,
+        nodepools.NodePoolConfigError,
+        PKIError,
+        ProcessError,
+    ) as err:
         print(f"cluster {args.command}: {err}", file=sys.stderr)
         return 1

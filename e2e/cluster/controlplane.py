@@ -83,8 +83,9 @@ class _Api:
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(self.server + path, context=self.context,
-                                        timeout=5) as resp:
+            with urllib.request.urlopen(
+                self.server + path, context=self.context, timeout=5
+            ) as resp:
                 return int(resp.status), bytes(resp.read())
         except urllib.error.HTTPError as err:
             return int(err.code), b""
@@ -114,8 +115,10 @@ def _nodes_ready(api: _Api, expected: set[str]) -> bool:
     ready = {
         item["metadata"]["name"]
         for item in nodes["items"]
-        if any(c["type"] == "Ready" and c["status"] == "True"
-               for c in item.get("status", {}).get("conditions", []))
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in item.get("status", {}).get("conditions", [])
+        )
     }
     return expected <= ready
 
@@ -126,21 +129,31 @@ def _component_args(bins: Path, state_dir: Path, ports: dict[str, int]) -> dict[
     peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
     return {
         "etcd": [
-            str(bins / "etcd"), "--name=default", f"--data-dir={state_dir / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=default={peer_url}", "--listen-metrics-urls=",
+            str(bins / "etcd"),
+            "--name=default",
+            f"--data-dir={state_dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=default={peer_url}",
+            "--listen-metrics-urls=",
             # Test clusters are disposable: skipping fsync makes them much faster.
-            "--unsafe-no-fsync", "--log-level=warn",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
         ],
         "kube-apiserver": [
-            str(bins / "kube-apiserver"), f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={ports['apiserver']}", f"--cert-dir={state_dir / 'apiserver-certs'}",
+            str(bins / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}",
+            f"--cert-dir={state_dir / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
-            "--authorization-mode=RBAC", "--allow-privileged=true",
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
@@ -154,9 +167,11 @@ def _component_args(bins: Path, state_dir: Path, ports: dict[str, int]) -> dict[
             f"--kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
             f"--authentication-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
             f"--authorization-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['controller-manager']}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['controller-manager']}",
             f"--cert-dir={state_dir / 'controller-manager-certs'}",
-            "--leader-elect=false", "--use-service-account-credentials=true",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}",
             f"--cluster-signing-cert-file={pki / 'ca.crt'}",
@@ -169,16 +184,21 @@ def _component_args(bins: Path, state_dir: Path, ports: dict[str, int]) -> dict[
             f"--kubeconfig={state_dir / 'scheduler.kubeconfig'}",
             f"--authentication-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
             f"--authorization-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['scheduler']}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['scheduler']}",
             f"--cert-dir={state_dir / 'scheduler-certs'}",
-            "--leader-elect=false", "--profiling=false",
+            "--leader-elect=false",
+            "--profiling=false",
         ],
         "kwok": [
-            str(bins / "kwok"), f"--kubeconfig={state_dir / 'kubeconfig'}",
+            str(bins / "kwok"),
+            f"--kubeconfig={state_dir / 'kubeconfig'}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector="
             f"{nodepools.KWOK_ANNOTATION[0]}={nodepools.KWOK_ANNOTATION[1]}",
-            f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1", "--node-lease-duration-seconds=40",
+            f"--cidr={POD_CIDR}",
+            "--node-ip=10.0.0.1",
+            "--node-lease-duration-seconds=40",
             *[f"--config={stages_dir() / Path(rel).name}" for rel in KWOK_STAGE_FILES],
         ],
     }
@@ -188,8 +208,9 @@ def _log(message: str, started: float) -> None:
     print(f"[cluster {time.monotonic() - started:6.1f}s] {message}", flush=True)
 
 
-def up(state_dir: Path | None = None, pools: nodepools.NodePools | None = None,
-       quiet: bool = False) -> ClusterState:
+def up(
+    state_dir: Path | None = None, pools: nodepools.NodePools | None = None, quiet: bool = False
+) -> ClusterState:
     """Starts the control plane in `state_dir` (fresh), or returns the running one there."""
     started = time.monotonic()
     state_dir = (state_dir or default_state_dir()).resolve()
@@ -207,13 +228,16 @@ def up(state_dir: Path | None = None, pools: nodepools.NodePools | None = None,
     if missing or not stages_dir().is_dir():
         raise ClusterError(
             f"binaries missing from {bins}: {missing or 'kwok stages'}; "
-            "run `make cluster-build` (python -m e2e.cluster build) first")
+            "run `make cluster-build` (python -m e2e.cluster build) first"
+        )
     for sub in ("etcd", "logs", "pki"):
         shutil.rmtree(state_dir / sub, ignore_errors=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     certs.make_pki(state_dir / "pki")
-    ports = {n: processes.free_port()
-             for n in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")}
+    ports = {
+        n: processes.free_port()
+        for n in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")
+    }
     server = f"https://127.0.0.1:{ports['apiserver']}"
     pki = state_dir / "pki"
     kubeconfig = state_dir / "kubeconfig"
@@ -225,12 +249,18 @@ def up(state_dir: Path | None = None, pools: nodepools.NodePools | None = None,
     state = ClusterState(str(state_dir), str(bins), server, str(kubeconfig), {}, time.time())
     try:
         _start(state, "etcd", args, logs, say)
-        processes.wait_for(lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"),
-                           START_TIMEOUT_S, "etcd /health", state.pids, logs)
+        processes.wait_for(
+            lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"),
+            START_TIMEOUT_S,
+            "etcd /health",
+            state.pids,
+            logs,
+        )
         _start(state, "kube-apiserver", args, logs, say)
         api = _Api(server, pki)
-        processes.wait_for(lambda: api.ok("/readyz"), START_TIMEOUT_S,
-                           "kube-apiserver /readyz", state.pids, logs)
+        processes.wait_for(
+            lambda: api.ok("/readyz"), START_TIMEOUT_S, "kube-apiserver /readyz", state.pids, logs
+        )
         say(f"kube-apiserver ready at {server}")
         for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
             _start(state, name, args, logs, say)
@@ -238,10 +268,19 @@ def up(state_dir: Path | None = None, pools: nodepools.NodePools | None = None,
         _kubectl_create(state, nodes, logs)
         processes.wait_for(
             lambda: api.ok("/api/v1/namespaces/default/serviceaccounts/default"),
-            START_TIMEOUT_S, "the default ServiceAccount", state.pids, logs)
+            START_TIMEOUT_S,
+            "the default ServiceAccount",
+            state.pids,
+            logs,
+        )
         expected = {n["metadata"]["name"] for n in nodes}
-        processes.wait_for(lambda: _nodes_ready(api, expected), START_TIMEOUT_S,
-                           f"{len(expected)} KWOK nodes Ready", state.pids, logs)
+        processes.wait_for(
+            lambda: _nodes_ready(api, expected),
+            START_TIMEOUT_S,
+            f"{len(expected)} KWOK nodes Ready",
+            state.pids,
+            logs,
+        )
     except BaseException:
         _stop_all(state)
         raise
@@ -249,8 +288,9 @@ def up(state_dir: Path | None = None, pools: nodepools.NodePools | None = None,
     return state
 
 
-def _start(state: ClusterState, name: str, args: dict[str, list[str]], logs: Path,
-           say: Any) -> None:
+def _start(
+    state: ClusterState, name: str, args: dict[str, list[str]], logs: Path, say: Any
+) -> None:
     state.pids[name] = processes.start(name, args[name], logs).pid
     _write_state(state)
     say(f"started {name} (pid {state.pids[name]}, log {logs / (name + '.log')})")
@@ -259,8 +299,12 @@ def _start(state: ClusterState, name: str, args: dict[str, list[str]], logs: Pat
 def _kubectl_create(state: ClusterState, objects: list[dict[str, Any]], logs: Path) -> None:
     # Plain create (not server-side apply): the Node status given here must be kept.
     manifest = yaml.safe_dump_all(objects)
-    proc = subprocess.run([state.kubectl, "--kubeconfig", state.kubeconfig, "create", "-f", "-"],
-                          input=manifest, capture_output=True, text=True)
+    proc = subprocess.run(
+        [state.kubectl, "--kubeconfig", state.kubeconfig, "create", "-f", "-"],
+        input=manifest,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise ClusterError(f"creating the KWOK nodes failed: {proc.stderr.strip()}")
 
@@ -301,8 +345,12 @@ def status(state_dir: Path | None = None) -> str:
     state = read_state(state_dir)
     if state is None:
         return f"no cluster recorded in {state_dir}"
-    lines = [f"state dir:  {state.state_dir}", f"server:     {state.server}",
-             f"kubeconfig: {state.kubeconfig}", f"binaries:   {state.bin_dir}"]
+    lines = [
+        f"state dir:  {state.state_dir}",
+        f"server:     {state.server}",
+        f"kubeconfig: {state.kubeconfig}",
+        f"binaries:   {state.bin_dir}",
+    ]
     for name in STOP_ORDER:
         pid = state.pids.get(name)
         running = pid is not None and processes.alive(pid)

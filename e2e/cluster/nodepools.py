@@ -75,18 +75,20 @@ def node_manifests(pools: NodePools) -> list[dict[str, Any]]:
                 KWOK_LABEL[0]: KWOK_LABEL[1],
                 **pool.labels,
             }
-            nodes.append({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": name,
-                    "labels": labels,
-                    "annotations": {
-                        KWOK_ANNOTATION[0]: KWOK_ANNOTATION[1],
-                        "node.alpha.kubernetes.io/ttl": "0",
+            nodes.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {
+                        "name": name,
+                        "labels": labels,
+                        "annotations": {
+                            KWOK_ANNOTATION[0]: KWOK_ANNOTATION[1],
+                            "node.alpha.kubernetes.io/ttl": "0",
+                        },
                     },
-                },
-                "spec": {"taints": [t.model_dump() for t in pool.taints]},
-                "status": {"capacity": capacity, "allocatable": dict(capacity)},
-            })
+                    "spec": {"taints": [t.model_dump() for t in pool.taints]},
+                    "status": {"capacity": capacity, "allocatable": dict(capacity)},
+                }
+            )
     return nodes

@@ -31,7 +31,10 @@ def start(name: str, argv: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / f"{name}.log").open("ab") as log:
         return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -96,8 +99,13 @@ def log_tail(log_dir: Path, name: str, lines: int = 20) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str,
-             watched: dict[str, int] | None = None, log_dir: Path | None = None) -> None:
+def wait_for(
+    check: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    watched: dict[str, int] | None = None,
+    log_dir: Path | None = None,
+) -> None:
     """Polls `check` until it is true; fails early (with the log tail) if a watched process
     dies, and after `timeout_s` otherwise."""
     deadline = time.monotonic() + timeout_s

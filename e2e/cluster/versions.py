@@ -80,9 +80,7 @@ def cache_root() -> Path:
 
 
 def version_key() -> str:
-    return (
-        f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}_helm-{HELM_VERSION}"
-    )
+    return f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}_helm-{HELM_VERSION}"
 
 
 def bin_dir() -> Path:
