@@ -1,0 +1,50 @@
+"""The one place that picks the torch device and dtype for the runtime.
+
+`auto` device means CUDA when available, else CPU; `auto` dtype means bfloat16 on CUDA and
+float32 on CPU (CPU bfloat16 matmuls are slow on most hosts).
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn a device choice into a torch.device, with a clear error for an unusable one."""
+    if name not in DEVICE_CHOICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Turn a dtype choice into a torch.dtype for `device`."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {name!r}")
+    if name == "float16" and device.type == "cpu":
+        raise ValueError("dtype float16 is not supported on CPU; use float32 or bfloat16")
+    return _DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name of a torch dtype, as used on the command line and in the KV handshake."""
+    for name, value in _DTYPES.items():
+        if value == dtype:
+            return name
+    raise ValueError(f"unsupported dtype {dtype}")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work (a no-op on CPU); used around timings."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
