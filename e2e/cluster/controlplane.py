@@ -3,6 +3,7 @@ kube-scheduler and kwok, as processes of this machine, all state in one director
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -209,9 +210,14 @@ def _log(message: str, started: float) -> None:
 
 
 def up(
-    state_dir: Path | None = None, pools: nodepools.NodePools | None = None, quiet: bool = False
+    state_dir: Path | None = None,
+    pools: nodepools.NodePools | None = None,
+    quiet: bool = False,
+    tie_to_parent: bool = False,
 ) -> ClusterState:
-    """Starts the control plane in `state_dir` (fresh), or returns the running one there."""
+    """Starts the control plane in `state_dir` (fresh), or returns the running one there.
+
+    With `tie_to_parent` the components die with this process (for test sessions)."""
     started = time.monotonic()
     state_dir = (state_dir or default_state_dir()).resolve()
     say = (lambda _msg: None) if quiet else (lambda msg: _log(msg, started))
@@ -248,7 +254,8 @@ def up(
     logs = state_dir / "logs"
     state = ClusterState(str(state_dir), str(bins), server, str(kubeconfig), {}, time.time())
     try:
-        _start(state, "etcd", args, logs, say)
+        start = functools.partial(_start, state, args=args, logs=logs, say=say, tie=tie_to_parent)
+        start("etcd")
         processes.wait_for(
             lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"),
             START_TIMEOUT_S,
@@ -256,14 +263,14 @@ def up(
             state.pids,
             logs,
         )
-        _start(state, "kube-apiserver", args, logs, say)
+        start("kube-apiserver")
         api = _Api(server, pki)
         processes.wait_for(
             lambda: api.ok("/readyz"), START_TIMEOUT_S, "kube-apiserver /readyz", state.pids, logs
         )
         say(f"kube-apiserver ready at {server}")
         for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
-            _start(state, name, args, logs, say)
+            start(name)
         nodes = nodepools.node_manifests(pools)
         _kubectl_create(state, nodes, logs)
         processes.wait_for(
@@ -289,9 +296,15 @@ def up(
 
 
 def _start(
-    state: ClusterState, name: str, args: dict[str, list[str]], logs: Path, say: Any
+    state: ClusterState,
+    name: str,
+    *,
+    args: dict[str, list[str]],
+    logs: Path,
+    say: Any,
+    tie: bool,
 ) -> None:
-    state.pids[name] = processes.start(name, args[name], logs).pid
+    state.pids[name] = processes.start(name, args[name], logs, tie_to_parent=tie).pid
     _write_state(state)
     say(f"started {name} (pid {state.pids[name]}, log {logs / (name + '.log')})")
 

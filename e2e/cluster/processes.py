@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 STOP_GRACE_S = 10.0
+PR_SET_PDEATHSIG = 1
 
 
 class ProcessError(RuntimeError):
@@ -25,9 +27,18 @@ def free_port() -> int:
         return port
 
 
-def start(name: str, argv: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM when the parent dies, so even
+    a killed test run leaves no component behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start(
+    name: str, argv: list[str], log_dir: Path, tie_to_parent: bool = False
+) -> subprocess.Popen[bytes]:
     """Starts `argv` in its own session (so its whole group can be stopped), logging to
-    `log_dir/<name>.log`."""
+    `log_dir/<name>.log`; with `tie_to_parent` it also dies when this process dies."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / f"{name}.log").open("ab") as log:
         return subprocess.Popen(
@@ -36,6 +47,7 @@ def start(name: str, argv: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent if tie_to_parent else None,
         )
 
 
