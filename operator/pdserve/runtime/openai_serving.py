@@ -1,0 +1,168 @@
+"""What the completions and chat handlers share: turning a request into engine inputs, one
+generation's lifecycle (metrics, abort on early exit), SSE framing and response pieces.
+
+Handlers get their token source as a `SubmitFn`; role `both` uses the local engine
+(`local_submit`), and other roles can pass their own (e.g. a decode worker that looks up the
+prompt KV named by a request header) without touching the OpenAI layer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from pdserve.runtime.metrics import RequestTracker
+from pdserve.runtime.openai_protocol import RequestError, SamplingFields
+from pdserve.runtime.sampling_params import SamplingParams
+from pdserve.runtime.server import STATE
+
+
+class OutputStream(Protocol):
+    """A request's StepOutputs; `close()` before the last one aborts the request."""
+
+    def __aiter__(self) -> OutputStream: ...
+    async def __anext__(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+# (http request, request id, prompt token ids, params, priority) -> the admitted request's stream;
+# raises ValueError (-> HTTP 400) for a request the engine cannot take.
+SubmitFn = Callable[[web.Request, str, list[int], SamplingParams, int], Awaitable[OutputStream]]
+
+
+async def local_submit(request: web.Request, request_id: str, prompt_ids: list[int],
+                       params: SamplingParams, priority: int) -> OutputStream:
+    """Role `both`: the whole request runs on this worker's engine."""
+    return await request.app[STATE].engine.submit(request_id, prompt_ids, params, priority)
+
+
+def resolve_max_tokens(requested: int | None, default: int | None, prompt_len: int,
+                       max_model_len: int, prompt_param: str) -> int:
+    """The output budget: explicit requests must fit the context; defaults are clipped to it."""
+    room = max_model_len - prompt_len
+    if prompt_len == 0:
+        raise RequestError("the prompt is empty", param=prompt_param)
+    if room < 1:
+        raise RequestError(
+            f"the prompt has {prompt_len} tokens but this model's context length is "
+            f"{max_model_len} tokens (at least one must be left to generate)",
+            param=prompt_param, code="context_length_exceeded")
+    if requested is None:
+        return room if default is None else min(default, room)
+    if requested > room:
+        raise RequestError(
+            f"this model's context length is {max_model_len} tokens, but {prompt_len + requested}"
+            f" were requested ({prompt_len} in the prompt, {requested} in max_tokens)",
+            param="max_tokens", code="context_length_exceeded")
+    return requested
+
+
+def sampling_params(fields: SamplingFields, max_tokens: int,
+                    logprobs: int | None) -> SamplingParams:
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=fields.temperature, top_p=fields.top_p,
+        top_k=fields.top_k, seed=fields.seed, stop=fields.stop_strings(),
+        stop_token_ids=list(fields.stop_token_ids), ignore_eos=fields.ignore_eos,
+        logprobs=logprobs)
+    try:
+        params.validate()
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    return params
+
+
+def check_token_ids(token_ids: list[int], vocab_size: int) -> None:
+    for token_id in token_ids:
+        if not 0 <= token_id < vocab_size:
+            raise RequestError(
+                f"token id {token_id} is outside the vocabulary (0..{vocab_size - 1})",
+                param="prompt")
+
+
+class Generation:
+    """One admitted request: iterates its outputs, records its metrics, aborts it if left early.
+
+    Use as a context manager so that every exit path (disconnect, error) closes it.
+    """
+
+    def __init__(self, stream: OutputStream, tracker: RequestTracker) -> None:
+        self._stream = stream
+        self._tracker = tracker
+        self._reason = "abort"
+        self.num_prompt_tokens = 0
+        self.num_cached_tokens = 0
+        self.num_generated = 0
+
+    def __enter__(self) -> Generation:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stream.close()
+        self._tracker.finish(self._reason)
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            output = await self._stream.__anext__()
+        except StopAsyncIteration:
+            raise
+        except Exception:
+            self._reason = "error"
+            raise
+        self._tracker.on_output(output)
+        self.num_prompt_tokens = output.num_prompt_tokens
+        self.num_cached_tokens = output.num_cached_tokens
+        self.num_generated += len(output.token_ids)
+        if output.finished:
+            self._reason = output.finish_reason or "stop"
+        return output
+
+    def usage(self) -> dict[str, Any]:
+        return {"prompt_tokens": self.num_prompt_tokens,
+                "completion_tokens": self.num_generated,
+                "total_tokens": self.num_prompt_tokens + self.num_generated,
+                "prompt_tokens_details": {"cached_tokens": self.num_cached_tokens}}
+
+
+async def start_generation(request: web.Request, submit: SubmitFn, request_id: str,
+                           prompt_ids: list[int], params: SamplingParams,
+                           priority: int) -> Generation:
+    try:
+        stream = await submit(request, request_id, prompt_ids, params, priority)
+    except ValueError as exc:  # the engine's verdict on a request it cannot take
+        raise RequestError(str(exc)) from None
+    return Generation(stream, request.app[STATE].metrics.track())
+
+
+def now() -> int:
+    return int(time.time())
+
+
+async def open_event_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    return response
+
+
+async def send_event(response: web.StreamResponse, data: dict[str, Any]) -> None:
+    await response.write(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
+
+
+async def send_done(response: web.StreamResponse) -> None:
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+
+
+def stream_error(exc: Exception) -> dict[str, Any]:
+    """The event sent when generation fails after the 200 headers went out."""
+    if isinstance(exc, RequestError):
+        return exc.body()
+    return {"error": {"message": f"generation failed: {exc}", "type": "internal_error",
+                      "param": None, "code": None}}

@@ -1,0 +1,128 @@
+"""POST /v1/chat/completions: messages rendered by the model's chat template (with `tools`),
+the reply parsed back into `content` and hermes `tool_calls`, SSE deltas when streaming."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from pdserve.runtime.openai_protocol import (
+    PRIORITY_HEADER,
+    ChatCompletionRequest,
+    RequestError,
+    parse_priority,
+    parse_request,
+)
+from pdserve.runtime.openai_serving import (
+    Generation,
+    SubmitFn,
+    now,
+    open_event_stream,
+    resolve_max_tokens,
+    sampling_params,
+    send_done,
+    send_event,
+    start_generation,
+    stream_error,
+)
+from pdserve.runtime.server import STATE, Handler, WorkerState
+from pdserve.runtime.tool_calls import ToolCallEvents, ToolCallParser, parse_tool_calls
+
+
+def chat_handler(submit: SubmitFn) -> Handler:
+    async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        body = parse_request(ChatCompletionRequest, await request.read())
+        state.check_model(body.model)
+        prompt_ids = _prompt_ids(state, body)
+        max_tokens = resolve_max_tokens(body.output_limit(), None, len(prompt_ids),
+                                        state.max_model_len, "messages")
+        params = sampling_params(body, max_tokens, body.num_logprobs())
+        priority = parse_priority(request.headers.get(PRIORITY_HEADER), body.priority)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        generation = await start_generation(request, submit, request_id, prompt_ids, params,
+                                            priority)
+        with generation:
+            head = {"id": request_id, "object": "chat.completion", "created": now(),
+                    "model": state.served_model_name}
+            if body.stream:
+                return await _stream(request, body, generation, head)
+            return await _complete(body, generation, head)
+
+    return create_chat_completion
+
+
+def _prompt_ids(state: WorkerState, body: ChatCompletionRequest) -> list[int]:
+    messages = [message.for_template() for message in body.messages]
+    try:
+        text = state.tokenizer.apply_chat_template(
+            messages, tools=body.template_tools(),
+            add_generation_prompt=body.add_generation_prompt)
+    except ValueError as exc:  # the template's raise_exception, or no template at all
+        raise RequestError(str(exc), param="messages") from None
+    return state.tokenizer.encode(text, add_special_tokens=False)
+
+
+async def _complete(body: ChatCompletionRequest, generation: Generation,
+                    head: dict[str, Any]) -> web.Response:
+    texts: list[str] = []
+    finish_reason = None
+    async for output in generation:
+        texts.append(output.text)
+        finish_reason = output.finish_reason
+    text = "".join(texts)
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if body.template_tools() is not None:
+        content, calls = parse_tool_calls(text)
+        if calls:
+            message = {"role": "assistant", "content": content,
+                       "tool_calls": [call.to_openai() for call in calls]}
+            finish_reason = "tool_calls"
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+    return web.json_response({**head, "choices": [choice], "usage": generation.usage()})
+
+
+def _chunk(head: dict[str, Any], delta: dict[str, Any],
+           finish_reason: str | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {**head, "object": "chat.completion.chunk", "choices": [choice]}
+
+
+async def _stream(request: web.Request, body: ChatCompletionRequest, generation: Generation,
+                  head: dict[str, Any]) -> web.StreamResponse:
+    parser = ToolCallParser() if body.template_tools() is not None else None
+    response = await open_event_stream(request)
+    try:
+        try:
+            await send_event(response, _chunk(head, {"role": "assistant", "content": ""}))
+            async for output in generation:
+                if parser is None:
+                    events = ToolCallEvents(content=output.text)
+                else:
+                    events = parser.feed(output.text)
+                    if output.finished:
+                        tail = parser.finish()
+                        events.content += tail.content
+                        events.tool_calls += tail.tool_calls
+                if events.content:
+                    await send_event(response, _chunk(head, {"content": events.content}))
+                if events.tool_calls:
+                    delta = {"tool_calls": [call.to_delta() for call in events.tool_calls]}
+                    await send_event(response, _chunk(head, delta))
+                if output.finished:
+                    called = parser is not None and parser.tool_calls
+                    reason = "tool_calls" if called else output.finish_reason
+                    await send_event(response, _chunk(head, {}, reason))
+            if body.include_usage_in_stream():
+                await send_event(response, {**head, "object": "chat.completion.chunk",
+                                            "choices": [], "usage": generation.usage()})
+        except ConnectionResetError:
+            raise
+        except Exception as exc:
+            await send_event(response, stream_error(exc))
+        await send_done(response)
+    except ConnectionResetError:
+        pass  # the client left; leaving `generation` aborts the request
+    return response
