@@ -1,0 +1,233 @@
+"""The P/D planner: a pure function from what Prometheus shows and what the cluster runs to the
+replicas each role should have. No I/O, no clock: `now` and the previous state come in, the new
+state goes out with the decision."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from pdserve.autoscaler.budget import accelerators, best_split, fits, worst_pressure
+from pdserve.autoscaler.config import PlannerConfig, PlannerConfigError
+from pdserve.autoscaler.need import RoleNeed, decode_need, prefill_need, updated_correction
+from pdserve.autoscaler.snapshot import MetricsSnapshot, RoleMetrics, known
+from pdserve.autoscaler.state import (
+    Decision,
+    PlannerState,
+    Recommendation,
+    Replicas,
+)
+
+
+def plan(snapshot: MetricsSnapshot | None, replicas: Replicas, cfg: PlannerConfig,
+         state: PlannerState, now: float) -> Decision:
+    """Decide prefill and decode replicas. `snapshot` is None when Prometheus did not answer."""
+    try:
+        cfg.validate()
+    except PlannerConfigError as err:
+        return _hold(replicas, state, "InvalidConfig", f"cannot plan: {err}", limited=str(err))
+    current = (cfg.prefill.clamp(replicas.prefill.desired),
+               cfg.decode.clamp(replicas.decode.desired))
+    if snapshot is None:
+        return _hold(replicas, state, "PrometheusUnavailable",
+                     "Prometheus did not answer; holding replicas", current=current)
+    inputs = _inputs(snapshot)
+    if not (snapshot.prefill.has_load_signal() and snapshot.decode.has_load_signal()):
+        return _hold_then_decay(replicas, cfg, state, now, state.last_metrics_time,
+                                "MetricsMissing", "no load metrics", current, inputs)
+    state = replace(state, last_metrics_time=now)
+    if snapshot.prefill.is_idle() and snapshot.decode.is_idle():
+        return _hold_then_decay(replicas, cfg, state, now, state.last_traffic_time,
+                                "NoTraffic", "no traffic", current, inputs)
+    state = replace(state, last_traffic_time=now)
+    return _plan_for_load(snapshot, replicas, cfg, state, now, current, inputs)
+
+
+def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerConfig,
+                   state: PlannerState, now: float, current: tuple[int, int],
+                   inputs: dict[str, float | int | str]) -> Decision:
+    pre, dec = replicas.prefill, replicas.decode
+    p_corr = updated_correction(
+        state.prefill_correction, _ratio(snapshot.prefill, cfg.ttft_target_seconds),
+        _utilization(snapshot.prefill.token_rate, pre.ready,
+                     cfg.capacity.prefill_tokens_per_second * state.prefill_correction), cfg)
+    d_corr = updated_correction(
+        state.decode_correction, _ratio(snapshot.decode, cfg.itl_target_seconds),
+        _utilization(snapshot.decode.token_rate, dec.ready,
+                     cfg.capacity.decode_tokens_per_second * state.decode_correction), cfg)
+    state = replace(state, prefill_correction=p_corr, decode_correction=d_corr)
+    p_need = prefill_need(snapshot.prefill, pre.ready, p_corr, cfg)
+    d_need = decode_need(snapshot.decode, dec.ready, d_corr, cfg)
+    limited: list[str] = []
+
+    raw = (cfg.prefill.clamp(_hysteresis(p_need.replicas, current[0], cfg.dead_band)),
+           cfg.decode.clamp(_hysteresis(d_need.replicas, current[1], cfg.dead_band)))
+    budget = cfg.accelerator_budget
+    if budget is not None and not fits(cfg, *raw, budget):
+        split = best_split(cfg, p_need, d_need, budget, current)
+        if fits(cfg, *current, budget) and (
+                worst_pressure(p_need, d_need, current)
+                <= worst_pressure(p_need, d_need, split) * (1.0 + cfg.dead_band)):
+            split = current
+        raw = split
+        limited.append(f"accelerator budget {budget} binds: prefill needs "
+                       f"{p_need.replicas:.1f} and decode {d_need.replicas:.1f} replicas")
+    for role, need, bounds in (("prefill", p_need, cfg.prefill), ("decode", d_need, cfg.decode)):
+        if need.replicas > bounds.max_replicas:
+            limited.append(f"{role} needs {need.replicas:.1f} replicas, "
+                           f"maxReplicas is {bounds.max_replicas}")
+
+    window = max(cfg.scale_up_stabilization_seconds, cfg.scale_down_stabilization_seconds)
+    state = state.remember(Recommendation(now, *raw), window)
+    target = [_stabilized(state, now, cfg, r, raw[r], current[r]) for r in (0, 1)]
+    target = [max(c - cfg.max_step, min(c + cfg.max_step, t)) for t, c in zip(target, current,
+                                                                             strict=True)]
+    for index, (name, pods) in enumerate((("prefill", pre), ("decode", dec))):
+        if pods.pending > 0:
+            target[index] = min(target[index], current[index])
+            if pods.pending_seconds >= cfg.pending_grace_seconds:
+                limited.append(f"{pods.pending} {name} replica(s) Pending for "
+                               f"{pods.pending_seconds:.0f}s (no node fits); not counted as "
+                               f"capacity")
+    final, deferred = _within_budget(cfg, replicas, current, (target[0], target[1]),
+                                     (p_need, d_need))
+    inputs.update({
+        "prefillNeed": p_need.replicas, "decodeNeed": d_need.replicas,
+        "prefillCorrection": p_corr, "decodeCorrection": d_corr,
+        "prefillReady": pre.ready, "decodeReady": dec.ready,
+    })
+    message = _message(current, final, p_need, d_need, deferred)
+    return Decision(final[0], final[1], _reason(current, final), message, state,
+                    limited="; ".join(limited) or None, inputs=_finite_inputs(inputs))
+
+
+def _within_budget(cfg: PlannerConfig, replicas: Replicas, current: tuple[int, int],
+                   target: tuple[int, int], needs: tuple[RoleNeed, RoleNeed]
+                   ) -> tuple[tuple[int, int], bool]:
+    """Limit growth so that every allocated accelerator (kept, new, and draining pods, including
+    those this decision starts draining) stays within the budget. Returns (split, deferred)."""
+    budget = cfg.accelerator_budget
+    if budget is None:
+        return target, False
+    draining = accelerators(cfg, replicas.prefill.terminating, replicas.decode.terminating)
+    split = list(target)
+    deferred = False
+
+    def peak() -> int:
+        return accelerators(cfg, max(split[0], current[0]), max(split[1], current[1])) + draining
+
+    while peak() > budget and (split[0] > current[0] or split[1] > current[1]):
+        growing = [r for r in (0, 1) if split[r] > current[r]]
+        role = min(growing, key=lambda r: needs[r].pressure(split[r]))
+        split[role] -= 1
+        deferred = True
+    bounds = (cfg.prefill, cfg.decode)
+    while accelerators(cfg, *split) > budget:  # the budget was lowered below what runs now
+        shrinkable = [r for r in (0, 1) if split[r] > bounds[r].min_replicas]
+        if not shrinkable:
+            break
+        role = min(shrinkable, key=lambda r: needs[r].pressure(split[r] - 1))
+        split[role] -= 1
+    return (split[0], split[1]), deferred
+
+
+def _stabilized(state: PlannerState, now: float, cfg: PlannerConfig, role: int, raw: int,
+                current: int) -> int:
+    """HPA-style windows: scale up to the lowest, down to the highest recommendation seen in the
+    window, so a single noisy interval neither adds nor removes replicas."""
+    def recent(seconds: float) -> list[int]:
+        return [(r.prefill, r.decode)[role] for r in state.recommendations
+                if r.time >= now - seconds]
+
+    if raw > current:
+        return max(current, min(recent(cfg.scale_up_stabilization_seconds) or [raw]))
+    if raw < current:
+        return min(current, max(recent(cfg.scale_down_stabilization_seconds) or [raw]))
+    return current
+
+
+def _hysteresis(need: float, current: int, dead_band: float) -> int:
+    if need > current * (1.0 + dead_band):
+        return math.ceil(need - 1e-9)
+    down = math.ceil(need / (1.0 - dead_band) - 1e-9) if dead_band < 1.0 else current
+    return down if down < current else current
+
+
+def _hold_then_decay(replicas: Replicas, cfg: PlannerConfig, state: PlannerState, now: float,
+                     since: float | None, reason: str, what: str, current: tuple[int, int],
+                     inputs: dict[str, float | int | str]) -> Decision:
+    if since is None:
+        if reason == "MetricsMissing":
+            state = replace(state, last_metrics_time=now)
+        else:
+            state = replace(state, last_traffic_time=now)
+        since = now
+    quiet = now - since
+    if quiet < cfg.hold_seconds:
+        return _hold(replicas, state, reason, f"{what} for {quiet:.0f}s; holding replicas",
+                     current=current, inputs=inputs)
+    final = (max(cfg.prefill.min_replicas, current[0] - cfg.max_step),
+             max(cfg.decode.min_replicas, current[1] - cfg.max_step))
+    verb = "decaying to minimums" if final != current else "at minimums"
+    return Decision(final[0], final[1], reason, f"{what} for {quiet:.0f}s; {verb}", state,
+                    inputs=_finite_inputs(inputs))
+
+
+def _hold(replicas: Replicas, state: PlannerState, reason: str, message: str,
+          current: tuple[int, int] | None = None, limited: str | None = None,
+          inputs: dict[str, float | int | str] | None = None) -> Decision:
+    p, d = current or (replicas.prefill.desired, replicas.decode.desired)
+    return Decision(p, d, reason, message, state, limited=limited,
+                    inputs=_finite_inputs(inputs or {}))
+
+
+def _reason(current: tuple[int, int], final: tuple[int, int]) -> str:
+    ups = [f > c for f, c in zip(final, current, strict=True)]
+    downs = [f < c for f, c in zip(final, current, strict=True)]
+    if any(ups) and any(downs):
+        return "Rebalance"
+    if any(ups):
+        return "ScaleUp"
+    if any(downs):
+        return "ScaleDown"
+    return "Hold"
+
+
+def _message(current: tuple[int, int], final: tuple[int, int], p_need: RoleNeed,
+             d_need: RoleNeed, deferred: bool) -> str:
+    parts = [f"{name} {c}->{f} (needs {need.replicas:.1f}: {need.signal})"
+             for name, c, f, need in (("prefill", current[0], final[0], p_need),
+                                      ("decode", current[1], final[1], d_need))]
+    if deferred:
+        parts.append("growth waits for draining pods to free accelerators")
+    return "; ".join(parts)
+
+
+def _ratio(metrics: RoleMetrics, target: float) -> float:
+    return metrics.latency_seconds / target if known(metrics.latency_seconds) else math.nan
+
+
+def _utilization(rate: float, ready: int, per_replica: float) -> float:
+    if ready <= 0 or not known(rate):
+        return math.nan
+    return rate / (ready * per_replica)
+
+
+def _inputs(snapshot: MetricsSnapshot) -> dict[str, float | int | str]:
+    values: dict[str, float | int | str] = {}
+    values.update(snapshot.prefill.as_inputs("prefill"))
+    values.update(snapshot.decode.as_inputs("decode"))
+    return values
+
+
+def _finite_inputs(inputs: dict[str, float | int | str]) -> dict[str, float | int | str]:
+    """Status and Events carry JSON, which has no NaN: unknown values are left out."""
+    out: dict[str, float | int | str] = {}
+    for key, value in inputs.items():
+        if isinstance(value, float):
+            if math.isfinite(value):
+                out[key] = round(value, 4)
+        else:
+            out[key] = value
+    return out
+
