@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -104,6 +105,14 @@ def _log(message: str, started: float) -> None:
     print(f"[cluster-build {time.monotonic() - started:7.1f}s] {message}", flush=True)
 
 
+def _report_progress(
+    finished: threading.Event, output: list[str], what: str, started: float
+) -> None:
+    # go prints a package when it has compiled it (-v): its count shows the build advancing.
+    while not finished.wait(_PROGRESS_EVERY_S):
+        _log(f"{what}: still running, {len(output)} packages so far", started)
+
+
 def _go(args: list[str], cwd: Path, log_path: Path, started: float, what: str) -> str:
     """Runs a go command at low priority, logging to `log_path` and printing progress."""
     command = ["nice", "-n", "10", "go", *args]
@@ -120,13 +129,15 @@ def _go(args: list[str], cwd: Path, log_path: Path, started: float, what: str) -
         )
         assert proc.stdout is not None
         output: list[str] = []
-        last_report = time.monotonic()
+        finished = threading.Event()
+        ticker = threading.Thread(
+            target=_report_progress, args=(finished, output, what, started), daemon=True
+        )
+        ticker.start()
         for line in proc.stdout:
             log.write(line)
             output.append(line)
-            if time.monotonic() - last_report > _PROGRESS_EVERY_S:
-                _log(f"{what}: {len(output)} lines of go output so far", started)
-                last_report = time.monotonic()
+        finished.set()
         code = proc.wait()
     if code != 0:
         tail = "".join(output[-30:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,12 +26,18 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build the pinned binaries into the cache (once)")
     up = sub.add_parser("up", help="start the control plane and the KWOK node pools")
-    up.add_argument(
-        "--node-pools",
-        type=Path,
-        default=None,
-        help="node pools YAML (default e2e/cluster/nodepools.yaml or $PDSERVE_NODE_POOLS)",
+    nodes = sub.add_parser(
+        "nodes", help="add the KWOK node pools to another cluster ($KUBECONFIG, e.g. kind)"
     )
+    for p in (up, nodes):
+        p.add_argument(
+            "--node-pools",
+            type=Path,
+            default=None,
+            help="node pools YAML (default e2e/cluster/nodepools.yaml or $PDSERVE_NODE_POOLS)",
+        )
+    nodes.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", ""))
+    nodes.add_argument("--kubectl", default="kubectl")
     sub.add_parser("down", help="stop everything `up` started")
     sub.add_parser("status", help="print what runs")
     args = parser.parse_args(argv)
@@ -41,6 +48,15 @@ def main(argv: list[str]) -> int:
             pools = nodepools.load(args.node_pools)
             controlplane.up(args.state_dir, pools)
             return 0
+        if args.command == "nodes":
+            if not args.kubeconfig:
+                print("cluster nodes: set KUBECONFIG or pass --kubeconfig", file=sys.stderr)
+                return 2
+            names = nodepools.apply_nodes(
+                args.kubectl, args.kubeconfig, nodepools.load(args.node_pools)
+            )
+            print(f"applied {len(names)} KWOK nodes: {', '.join(names)}")
+            return 0
         if args.command == "down":
             controlplane.down(args.state_dir)
             return 0
@@ -49,6 +65,7 @@ def main(argv: list[str]) -> int:
     except (
         controlplane.ClusterError,
         nodepools.NodePoolConfigError,
+        nodepools.NodePoolApplyError,
         PKIError,
         ProcessError,
     ) as err:

@@ -8,15 +8,12 @@ import json
 import os
 import shutil
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from e2e.cluster import certs, nodepools, processes
 from e2e.cluster.build import KWOK_STAGE_FILES, stages_dir
@@ -271,8 +268,7 @@ def up(
         say(f"kube-apiserver ready at {server}")
         for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
             start(name)
-        nodes = nodepools.node_manifests(pools)
-        _kubectl_create(state, nodes, logs)
+        expected = set(nodepools.apply_nodes(state.kubectl, state.kubeconfig, pools))
         processes.wait_for(
             lambda: api.ok("/api/v1/namespaces/default/serviceaccounts/default"),
             START_TIMEOUT_S,
@@ -280,7 +276,6 @@ def up(
             state.pids,
             logs,
         )
-        expected = {n["metadata"]["name"] for n in nodes}
         processes.wait_for(
             lambda: _nodes_ready(api, expected),
             START_TIMEOUT_S,
@@ -307,19 +302,6 @@ def _start(
     state.pids[name] = processes.start(name, args[name], logs, tie_to_parent=tie).pid
     _write_state(state)
     say(f"started {name} (pid {state.pids[name]}, log {logs / (name + '.log')})")
-
-
-def _kubectl_create(state: ClusterState, objects: list[dict[str, Any]], logs: Path) -> None:
-    # Plain create (not server-side apply): the Node status given here must be kept.
-    manifest = yaml.safe_dump_all(objects)
-    proc = subprocess.run(
-        [state.kubectl, "--kubeconfig", state.kubeconfig, "create", "-f", "-"],
-        input=manifest,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise ClusterError(f"creating the KWOK nodes failed: {proc.stderr.strip()}")
 
 
 def is_healthy(state: ClusterState) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ class NodePools(BaseModel):
 
 
 class NodePoolConfigError(ValueError):
+    pass
+
+
+class NodePoolApplyError(RuntimeError):
     pass
 
 
@@ -92,3 +97,19 @@ def node_manifests(pools: NodePools) -> list[dict[str, Any]]:
                 }
             )
     return nodes
+
+
+def apply_nodes(kubectl: str, kubeconfig: str, pools: NodePools) -> list[str]:
+    """Creates (or updates) the pools' nodes with client-side `kubectl apply`: a create keeps
+    the capacity in the given status, which server-side apply would drop."""
+    nodes = node_manifests(pools)
+    proc = subprocess.run(
+        [kubectl, "--kubeconfig", kubeconfig, "apply", "-f", "-"],
+        input=yaml.safe_dump_all(nodes),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise NodePoolApplyError(f"applying the KWOK nodes failed: {proc.stderr.strip()}")
+    return [n["metadata"]["name"] for n in nodes]
