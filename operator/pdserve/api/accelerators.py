@@ -1,0 +1,100 @@
+"""Accelerator kinds and the scheduling facts behind them: the one table in code.
+
+The controller turns an accelerator kind into a resource request, node selector and tolerations;
+the planner reads the performance figures (public vendor numbers, dense bf16, see FACTS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+AcceleratorKind = Literal[
+    "nvidia-h100", "nvidia-h200", "nvidia-a100", "nvidia-l4", "tpu-v5e", "tpu-v6e", "cpu"
+]
+
+GPU_RESOURCE = "nvidia.com/gpu"
+TPU_RESOURCE = "google.com/tpu"
+GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+GKE_TPU_ACCELERATOR_LABEL = "cloud.google.com/gke-tpu-accelerator"
+GKE_TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
+
+# pdserve runs one pod per TPU host, so only single-host slice shapes are served; the pod asks
+# for every chip of the slice.
+TPU_SINGLE_HOST_TOPOLOGIES: dict[str, int] = {"1x1": 1, "2x2": 4, "2x4": 8}
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str
+    operator: str
+    value: str
+    effect: str
+
+
+@dataclass(frozen=True)
+class AcceleratorFacts:
+    kind: str
+    family: Literal["gpu", "tpu", "cpu"]
+    resource_name: str | None
+    node_labels: dict[str, str]
+    tolerations: tuple[Toleration, ...]
+    device: Literal["cuda", "cpu", "auto"]
+    peak_bf16_flops: float
+    memory_bandwidth_bytes_per_s: float
+    memory_bytes: float
+    topologies: dict[str, int] = field(default_factory=dict)
+
+
+_GPU_TOLERATION = Toleration(GPU_RESOURCE, "Equal", "present", "NoSchedule")
+_TPU_TOLERATION = Toleration(TPU_RESOURCE, "Equal", "present", "NoSchedule")
+_TERA = 1e12
+_GB = 1e9
+
+
+def _gpu(
+    kind: str, gke_label: str, flops: float, bandwidth: float, memory: float,
+) -> AcceleratorFacts:
+    return AcceleratorFacts(
+        kind=kind, family="gpu", resource_name=GPU_RESOURCE,
+        node_labels={GKE_ACCELERATOR_LABEL: gke_label}, tolerations=(_GPU_TOLERATION,),
+        device="cuda", peak_bf16_flops=flops * _TERA,
+        memory_bandwidth_bytes_per_s=bandwidth * _TERA, memory_bytes=memory * _GB,
+    )
+
+
+def _tpu(
+    kind: str, gke_label: str, flops: float, bandwidth: float, memory: float,
+) -> AcceleratorFacts:
+    # The runtime picks the device itself on TPU hosts (`--device auto`).
+    return AcceleratorFacts(
+        kind=kind, family="tpu", resource_name=TPU_RESOURCE,
+        node_labels={GKE_TPU_ACCELERATOR_LABEL: gke_label}, tolerations=(_TPU_TOLERATION,),
+        device="auto", peak_bf16_flops=flops * _TERA,
+        memory_bandwidth_bytes_per_s=bandwidth * _TERA, memory_bytes=memory * _GB,
+        topologies=dict(TPU_SINGLE_HOST_TOPOLOGIES),
+    )
+
+
+# Figures per device (per chip for TPUs): bf16 dense peak TFLOP/s, memory TB/s, memory GB.
+ACCELERATORS: dict[str, AcceleratorFacts] = {
+    "nvidia-h100": _gpu("nvidia-h100", "nvidia-h100-80gb", 989, 3.35, 80),
+    "nvidia-h200": _gpu("nvidia-h200", "nvidia-h200-141gb", 989, 4.8, 141),
+    "nvidia-a100": _gpu("nvidia-a100", "nvidia-a100-80gb", 312, 2.0, 80),
+    "nvidia-l4": _gpu("nvidia-l4", "nvidia-l4", 121, 0.3, 24),
+    "tpu-v5e": _tpu("tpu-v5e", "tpu-v5-lite-podslice", 197, 0.819, 16),
+    "tpu-v6e": _tpu("tpu-v6e", "tpu-v6e-slice", 918, 1.64, 32),
+    # Measured on the project's 2-core build machines (FACTS.md): fp32 matmul ~200 GFLOP/s.
+    "cpu": AcceleratorFacts(
+        kind="cpu", family="cpu", resource_name=None, node_labels={}, tolerations=(),
+        device="cpu", peak_bf16_flops=0.2 * _TERA, memory_bandwidth_bytes_per_s=0.02 * _TERA,
+        memory_bytes=16 * _GB,
+    ),
+}
+
+ACCELERATOR_RESOURCES: tuple[str, ...] = (GPU_RESOURCE, TPU_RESOURCE)
+
+
+def accelerator_facts(kind: str) -> AcceleratorFacts:
+    """The scheduling and performance facts of an accelerator kind (KeyError if unknown)."""
+    return ACCELERATORS[kind]

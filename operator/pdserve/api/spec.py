@@ -1,0 +1,132 @@
+"""The desired state of an LLMService."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
+
+from pdserve.api.autoscaling import AutoscalingSpec
+from pdserve.api.base import ApiModel, cel
+from pdserve.api.model import DNS_LABEL_PATTERN, ModelSpec
+from pdserve.api.profiles import Profile
+from pdserve.api.roles import RoleSpec, RouterSpec
+
+WORKER_HTTP_PORT = 8000
+ROUTER_HTTP_PORT = 8080
+NamespaceName = Annotated[str, StringConstraints(max_length=63, pattern=DNS_LABEL_PATTERN)]
+
+
+class KvTransferSpec(ApiModel):
+    """How prefill workers hand KV caches over to decode workers."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel(f"self.port != {WORKER_HTTP_PORT}",
+            f"port {WORKER_HTTP_PORT} is the workers' HTTP port; pick another KV port"),
+    ]})
+
+    transport: Literal["tcp", "cuda-ipc"] = Field(
+        default="tcp",
+        description="tcp works everywhere; cuda-ipc moves KV between GPUs of one node and "
+        "needs the same NVIDIA accelerator kind on both roles.",
+    )
+    port: int = Field(
+        default=9000, ge=1024, le=65535, description="Port decode workers receive KV on.",
+    )
+    timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="How long a decode worker waits for KV.",
+    )
+    fallback: Literal["recompute", "fail"] = Field(
+        default="recompute",
+        description="On a failed or late transfer: recompute the prompt on the decode worker, "
+        "or fail the request.",
+    )
+
+    @model_validator(mode="after")
+    def _port_free(self) -> KvTransferSpec:
+        if self.port == WORKER_HTTP_PORT:
+            raise ValueError(
+                f"port {WORKER_HTTP_PORT} is the workers' HTTP port; pick another KV port"
+            )
+        return self
+
+
+class NetworkPolicySpec(ApiModel):
+    """Traffic rules around the workers."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Render NetworkPolicies: only routers reach workers' HTTP port and only "
+        "prefill pods reach decode pods' KV port.",
+    )
+    metrics_namespaces: list[NamespaceName] = Field(
+        default_factory=list, max_length=16,
+        description="Namespaces (by name) whose pods may also reach the workers' HTTP port, "
+        "for Prometheus scraping of /metrics.",
+    )
+
+
+class LLMServiceSpec(ApiModel):
+    """A model served with prefill/decode disaggregation."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("self.kvTransfer.transport != 'cuda-ipc' || "
+            "(self.prefill.accelerator.kind == self.decode.accelerator.kind && "
+            "self.prefill.accelerator.kind.startsWith('nvidia-'))",
+            "kvTransfer.transport cuda-ipc needs the same NVIDIA accelerator kind for prefill "
+            "and decode", "kvTransfer.transport"),
+        cel("!has(self.autoscaling.acceleratorBudget) || self.autoscaling.acceleratorBudget >= "
+            "self.autoscaling.prefill.minReplicas * self.prefill.accelerator.count + "
+            "self.autoscaling.decode.minReplicas * self.decode.accelerator.count",
+            "autoscaling.acceleratorBudget is below the accelerators of the minimum replicas "
+            "(prefill.minReplicas x prefill count + decode.minReplicas x decode count)",
+            "autoscaling.acceleratorBudget"),
+    ]})
+
+    model: ModelSpec = Field(description="The served model and where its weights come from.")
+    image: str | None = Field(
+        default=None, min_length=1, max_length=512,
+        description="Container image of workers and routers; defaults to the operator's own "
+        "image (its PDSERVE_IMAGE environment variable).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="Pull policy of that image.",
+    )
+    profile: Profile = Field(
+        default="balanced",
+        description="Workload shape: balanced, input-heavy (long prompts, e.g. summaries), "
+        "output-heavy (long generations, e.g. stories) or agentic (multi-turn, shared "
+        "prefixes). Sets the initial prefill:decode split and engine defaults.",
+    )
+    prefill: RoleSpec = Field(default_factory=RoleSpec, description="The prefill pool.")
+    decode: RoleSpec = Field(default_factory=RoleSpec, description="The decode pool.")
+    router: RouterSpec = Field(default_factory=RouterSpec, description="The router.")
+    kv_transfer: KvTransferSpec = Field(
+        default_factory=KvTransferSpec, description="KV cache hand-over between the pools.",
+    )
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec, description="The metrics-driven planner.",
+    )
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec, description="NetworkPolicies around the workers.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> LLMServiceSpec:
+        kinds = {self.prefill.accelerator.kind, self.decode.accelerator.kind}
+        if self.kv_transfer.transport == "cuda-ipc" and (
+            len(kinds) != 1 or not self.prefill.accelerator.kind.startswith("nvidia-")
+        ):
+            raise ValueError(
+                "kvTransfer.transport cuda-ipc needs the same NVIDIA accelerator kind for "
+                "prefill and decode"
+            )
+        budget = self.autoscaling.accelerator_budget
+        minimum = (self.autoscaling.prefill.min_replicas * self.prefill.accelerator.count
+                   + self.autoscaling.decode.min_replicas * self.decode.accelerator.count)
+        if budget is not None and budget < minimum:
+            raise ValueError(
+                f"autoscaling.acceleratorBudget {budget} is below the {minimum} accelerators "
+                "of the minimum replicas"
+            )
+        return self
