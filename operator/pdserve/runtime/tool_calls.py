@@ -66,6 +66,7 @@ class ToolCallParser:
     def __init__(self) -> None:
         self._buffer = ""
         self._inside = False
+        self._after_call = False
         self.tool_calls: list[ParsedToolCall] = []
 
     def feed(self, text: str) -> ToolCallEvents:
@@ -110,11 +111,13 @@ class ToolCallParser:
         call = ParsedToolCall(index=len(self.tool_calls), name=decoded[0], arguments=decoded[1])
         self.tool_calls.append(call)
         events.tool_calls.append(call)
+        self._after_call = True
 
     def _emit_content(self, text: str, events: ToolCallEvents) -> None:
-        # Models put newlines between calls; after a call, whitespace alone is not content.
-        if self.tool_calls and not text.strip():
-            return
+        # Models put newlines between and after calls: that whitespace is not content.
+        if self._after_call:
+            text = text.lstrip()
+            self._after_call = not text
         events.content += text
 
 

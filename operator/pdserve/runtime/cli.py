@@ -1,0 +1,155 @@
+"""`pdserve worker`: one inference worker (role prefill, decode or both) behind HTTP.
+
+Settings come from `--config FILE.json` (the operator's ConfigMap; keys are the flag names in
+kebab-, snake- or camelCase, booleans for on/off flags) and then the flags, which override the
+file. The file is turned into flags and parsed by the same parser, so both are checked alike.
+Each role's routes come from its own module's `install(app, state)`, imported only for that role.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROLE_ROUTES = {
+    "both": "pdserve.runtime.openai_routes",
+    "prefill": "pdserve.runtime.role_prefill",
+    "decode": "pdserve.runtime.role_decode",
+}
+DEFAULTS: dict[str, Any] = {
+    "role": "both", "model": None, "served_model_name": None, "host": "0.0.0.0", "port": 8000,
+    "kv_port": 9000, "device": "auto", "dtype": "auto", "max_model_len": None,
+    "max_num_seqs": None, "max_num_batched_tokens": None, "block_size": None,
+    "num_kv_blocks": None, "enable_prefix_caching": None, "kv_transport": "tcp",
+    "kv_timeout": 30.0, "kv_fallback": "recompute", "drain_timeout": 30.0, "log_level": "info",
+}
+
+
+class WorkerSetupError(Exception):
+    """A setting the worker cannot start with; reported as one line, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # SUPPRESS: only settings actually given appear, so the file and DEFAULTS fill the rest.
+    parser = argparse.ArgumentParser(prog="pdserve worker", description=__doc__,
+                                     argument_default=argparse.SUPPRESS)
+    add = parser.add_argument
+    add("--config", metavar="FILE.json", help="JSON file with the same settings (flags win)")
+    add("--role", choices=sorted(ROLE_ROUTES), help="default: both")
+    add("--model", help="model directory (Hugging Face layout) or builtin:NAME")
+    add("--served-model-name", help="the model name clients use (default: --model)")
+    add("--host", help="HTTP bind address (default: 0.0.0.0)")
+    add("--port", type=_positive_int, help="HTTP port (default: 8000)")
+    add("--kv-port", type=_positive_int, help="KV transfer port (default: 9000)")
+    add("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
+    add("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default: auto")
+    add("--max-model-len", type=_positive_int, help="context length (default: the model's)")
+    add("--max-num-seqs", type=_positive_int, help="most sequences running at once")
+    add("--max-num-batched-tokens", type=_positive_int, help="token budget of one step")
+    add("--block-size", type=_positive_int, help="tokens per KV block")
+    add("--num-kv-blocks", type=_positive_int, help="KV blocks (default: sized from memory)")
+    add("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+        help="reuse KV blocks of shared prompt prefixes")
+    add("--kv-transport", choices=["tcp", "cuda-ipc"], help="default: tcp")
+    add("--kv-timeout", type=_positive_float, help="seconds to wait for KV (default: 30)")
+    add("--kv-fallback", choices=["recompute", "fail"], help="when KV does not arrive")
+    add("--drain-timeout", type=_positive_float,
+        help="on SIGTERM, seconds to let in-flight requests finish (default: 30)")
+    add("--log-level", choices=["debug", "info", "warning", "error"], help="default: info")
+    return parser
+
+
+def _flag_name(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"-\1", key).lower().replace("_", "-")
+
+
+def config_file_argv(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """The settings of a JSON config file, as command-line flags."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WorkerSetupError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise WorkerSetupError(f"config file {path} must hold a JSON object")
+    known = {option for action in parser._actions for option in action.option_strings}
+    argv: list[str] = []
+    for key, value in data.items():
+        flag = "--" + _flag_name(str(key))
+        if flag not in known or flag == "--config":
+            raise WorkerSetupError(f"config file {path}: unknown setting {key!r}")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            if f"--no-{flag[2:]}" not in known:
+                raise WorkerSetupError(f"config file {path}: {key!r} is not an on/off setting")
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, int | float | str):
+            argv += [flag, str(value)]
+        else:
+            raise WorkerSetupError(f"config file {path}: {key!r} must be a number, string or "
+                                   f"boolean, got {value!r}")
+    return argv
+
+
+def parse_settings(argv: list[str]) -> dict[str, Any]:
+    """DEFAULTS, overridden by the config file, overridden by the flags."""
+    parser = build_parser()
+    first = vars(parser.parse_args(argv))
+    file_argv = config_file_argv(first["config"], parser) if "config" in first else []
+    given = vars(parser.parse_args(file_argv + argv))
+    given.pop("config", None)
+    settings = {**DEFAULTS, **given}
+    if not settings["model"]:
+        raise WorkerSetupError("--model is required (a model directory or builtin:tiny)")
+    settings["served_model_name"] = settings["served_model_name"] or settings["model"]
+    return settings
+
+
+def load_role(role: str) -> Any:
+    module_name = ROLE_ROUTES[role]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise WorkerSetupError(f"role {role!r} is not available in this build") from None
+
+
+def main(argv: list[str]) -> int:
+    try:
+        settings = parse_settings(argv)
+        role_module = load_role(settings["role"])
+    except WorkerSetupError as exc:
+        print(f"pdserve worker: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings["log_level"].upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pdserve.runtime.worker import run_worker  # imports torch: only once flags are valid
+
+    try:
+        asyncio.run(run_worker(settings, role_module.install))
+    except (OSError, ValueError) as exc:  # e.g. a missing model directory, a port in use
+        print(f"pdserve worker: {exc}", file=sys.stderr)
+        return 1
+    return 0
