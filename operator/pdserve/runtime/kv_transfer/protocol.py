@@ -1,0 +1,138 @@
+"""The KV handoff wire protocol: frames, messages and the layout handshake.
+
+Every frame is a 9-byte header (kind: u8, payload length: u64, network order) and a payload:
+JSON for control messages, raw tensor bytes for DATA. One connection carries one handshake and
+then any number of transfers, one at a time:
+
+    prefill -> decode   HELLO  {version, transport, layout}
+    decode  -> prefill  ACCEPT {layout}                  (cuda-ipc: then IPC_HANDLE, raw bytes)
+    per transfer:
+    prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token}
+    decode  -> prefill  NEED   {num_cached_blocks, block_ids}   (block_ids: where missing blocks go)
+    prefill -> decode   DATA... (tcp only)  DONE {bytes}
+    decode  -> prefill  ACK    {}
+
+Either side may answer ERROR {message} instead; a mismatched layout is refused at HELLO.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("!BQ")
+MAX_CONTROL_BYTES = 64 * 1024 * 1024
+
+HELLO, ACCEPT, IPC_HANDLE, OFFER, NEED, DATA, DONE, ACK, ERROR = range(1, 10)
+KIND_NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", IPC_HANDLE: "IPC_HANDLE", OFFER: "OFFER",
+              NEED: "NEED", DATA: "DATA", DONE: "DONE", ACK: "ACK", ERROR: "ERROR"}
+LAYOUT_FIELDS = ("num_layers", "num_kv_heads", "head_dim", "block_size", "dtype")
+
+
+class KVTransferError(RuntimeError):
+    """A transfer failed: peer error, protocol violation, closed connection or timeout."""
+
+
+class LayoutMismatchError(KVTransferError):
+    """The two KV pools differ in layout, dtype or block size: their blocks are not exchangeable."""
+
+
+@dataclass
+class Offer:
+    transfer_id: str
+    prompt_token_ids: list[int]
+    first_token: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"transfer_id": self.transfer_id, "prompt_token_ids": self.prompt_token_ids,
+                "first_token": self.first_token}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Offer:
+        try:
+            return cls(str(obj["transfer_id"]), [int(t) for t in obj["prompt_token_ids"]],
+                       int(obj["first_token"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KVTransferError(f"malformed OFFER: {exc!r}") from None
+
+
+def layout_dict(layout: Any) -> dict[str, Any]:
+    """A KVLayout as plain JSON values (dtype as its name, e.g. "bfloat16")."""
+    out = {name: getattr(layout, name) for name in LAYOUT_FIELDS}
+    out["dtype"] = str(out["dtype"]).removeprefix("torch.")
+    for name in LAYOUT_FIELDS[:-1]:
+        out[name] = int(out[name])
+    return out
+
+
+def check_layout(local: dict[str, Any], remote: dict[str, Any]) -> None:
+    differences = [f"{name}: here {local.get(name)!r}, peer {remote.get(name)!r}"
+                   for name in LAYOUT_FIELDS if local.get(name) != remote.get(name)]
+    if differences:
+        raise LayoutMismatchError("KV layout mismatch between prefill and decode workers ("
+                                  + "; ".join(differences) + "): start both with the same "
+                                  "model, --dtype and --block-size")
+
+
+class FramedSocket:
+    """Blocking framed I/O over one socket; raw payloads go to/from buffers without extra copies."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_json(self, kind: int, obj: dict[str, Any]) -> None:
+        payload = json.dumps(obj, separators=(",", ":")).encode()
+        self.sock.sendall(HEADER.pack(kind, len(payload)) + payload)
+
+    def send_raw(self, kind: int, data: memoryview | bytes) -> None:
+        view = memoryview(data).cast("B")
+        self.sock.sendall(HEADER.pack(kind, view.nbytes))
+        self.sock.sendall(view)
+
+    def send_error(self, message: str) -> None:
+        self.send_json(ERROR, {"message": message})
+
+    def recv_header(self) -> tuple[int, int]:
+        header = bytearray(HEADER.size)
+        self.recv_into(memoryview(header))
+        kind, length = HEADER.unpack(header)
+        if kind not in KIND_NAMES:
+            raise KVTransferError(f"unknown frame kind {kind}: not a pdserve KV peer?")
+        return kind, length
+
+    def recv_into(self, view: memoryview) -> None:
+        view = view.cast("B")
+        got = 0
+        while got < view.nbytes:
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                raise KVTransferError("connection closed by the peer mid-transfer")
+            got += n
+
+    def recv_payload(self, length: int) -> bytes:
+        if length > MAX_CONTROL_BYTES:
+            raise KVTransferError(f"control frame of {length} bytes is too large")
+        buf = bytearray(length)
+        self.recv_into(memoryview(buf))
+        return bytes(buf)
+
+    def recv_json(self, expect: int) -> dict[str, Any]:
+        kind, length = self.recv_header()
+        payload = self.recv_payload(length)
+        if kind == ERROR:
+            message = json.loads(payload).get("message", "unknown error")
+            error = LayoutMismatchError if "layout mismatch" in message else KVTransferError
+            raise error(f"peer refused: {message}")
+        if kind != expect:
+            raise KVTransferError(f"expected {KIND_NAMES[expect]}, got {KIND_NAMES[kind]}")
+        obj = json.loads(payload)
+        if not isinstance(obj, dict):
+            raise KVTransferError(f"malformed {KIND_NAMES[kind]} frame")
+        return obj

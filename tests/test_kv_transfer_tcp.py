@@ -1,0 +1,129 @@
+"""KV handoff over loopback TCP between two real KV caches: only missing blocks travel, layouts
+are checked at the handshake, a dead peer frees the reservation."""
+
+import socket
+import threading
+
+import pytest
+import torch
+
+from pdserve.runtime.kv_cache import KVCache, KVLayout
+from pdserve.runtime.kv_transfer import (
+    KVReceiverServer,
+    KVSender,
+    KVTransferError,
+    LayoutMismatchError,
+    Offer,
+)
+from pdserve.runtime.kv_transfer.protocol import HELLO, OFFER, FramedSocket, layout_dict
+
+LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4, dtype="float32")
+
+
+def make_cache(layout=LAYOUT, num_blocks=32, seed=0):
+    cache = KVCache(layout, num_blocks, torch.device("cpu"))
+    cache.kv.copy_(torch.randn(cache.kv.shape, generator=torch.Generator().manual_seed(seed)))
+    return cache
+
+
+class RecordingHooks:
+    """Reserves the next free ids of the decode pool; a given number of leading blocks count as
+    already cached (what the engine's block manager answers on a prefix hit)."""
+
+    def __init__(self, num_cached=0):
+        self.num_cached = num_cached
+        self.completed = {}
+        self.failed = {}
+        self.reserved = {}
+        self.done = threading.Event()
+
+    def reserve(self, offer):
+        num_blocks = -(-len(offer.prompt_token_ids) // LAYOUT.block_size)
+        if num_blocks > 30:
+            raise KVTransferError("no free KV blocks for this prompt")
+        ids = list(range(10, 10 + num_blocks - self.num_cached))
+        self.reserved[offer.transfer_id] = ids
+        return self.num_cached, ids
+
+    def complete(self, transfer_id, nbytes, seconds):
+        self.completed[transfer_id] = nbytes
+        self.done.set()
+
+    def fail(self, transfer_id, reason):
+        self.failed[transfer_id] = reason
+        self.done.set()
+
+
+@pytest.fixture
+def receiver():
+    def start(hooks, cache=None):
+        server = KVReceiverServer(cache or make_cache(seed=1), hooks, "127.0.0.1", 0, timeout=5)
+        server.start()
+        started.append(server)
+        return server
+
+    started = []
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.mark.parametrize("num_cached", [0, 2])
+def test_missing_blocks_arrive_intact(receiver, num_cached):
+    hooks = RecordingHooks(num_cached)
+    server = receiver(hooks)
+    source = make_cache(seed=2)
+    sender = KVSender(source, "tcp", timeout=5)
+    src_ids = [3, 7, 1, 20, 5]  # 5 blocks for an 18-token prompt
+    result = sender.push(f"127.0.0.1:{server.port}", Offer("t1", list(range(18)), 42), src_ids)
+    assert result.num_blocks == 5 and result.num_cached_blocks == num_cached
+    dst = hooks.reserved["t1"]
+    assert result.bytes == len(dst) * LAYOUT.bytes_per_block == hooks.completed["t1"]
+    assert torch.equal(server.pool.read_blocks(dst), source.read_blocks(src_ids[num_cached:]))
+    # The connection is kept and reused for the next transfer.
+    sender.push(f"127.0.0.1:{server.port}", Offer("t2", list(range(8)), 1), [0, 1])
+    assert "t2" in hooks.completed and not hooks.failed
+    sender.close()
+
+
+def test_layout_mismatch_is_a_clear_error(receiver):
+    server = receiver(RecordingHooks())
+    other = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=8, dtype="bfloat16")
+    sender = KVSender(make_cache(other), "tcp", timeout=5)
+    with pytest.raises(LayoutMismatchError, match=r"block_size: .*dtype"):
+        sender.push(f"127.0.0.1:{server.port}", Offer("t", [1, 2, 3], 4), [0])
+
+
+def test_refused_reservation_is_reported(receiver):
+    server = receiver(RecordingHooks())
+    sender = KVSender(make_cache(), "tcp", timeout=5)
+    with pytest.raises(KVTransferError, match="no free KV blocks"):
+        sender.push(f"127.0.0.1:{server.port}", Offer("big", list(range(200)), 4), [0] * 50)
+
+
+def test_peer_dying_mid_transfer_frees_the_reservation(receiver):
+    hooks = RecordingHooks()
+    server = receiver(hooks)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    framed = FramedSocket(sock)
+    framed.send_json(HELLO, {"version": 1, "transport": "tcp", "layout": layout_dict(LAYOUT)})
+    framed.recv_header()  # ACCEPT
+    framed.send_json(OFFER, Offer("dead", list(range(16)), 3).to_json())
+    sock.sendall(b"\x06\x00\x00\x00\x00\x00\x00\x10\x00" + b"x" * 100)  # half a DATA frame
+    sock.close()
+    assert hooks.done.wait(5)
+    assert "dead" in hooks.failed and "dead" not in hooks.completed
+
+
+def test_unreachable_decode_worker():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sender = KVSender(make_cache(), "tcp", timeout=2)
+    with pytest.raises(KVTransferError, match="cannot connect"):
+        sender.push(f"127.0.0.1:{port}", Offer("t", [1], 2), [0])
+
+
+def test_unknown_transport_fails_at_startup():
+    with pytest.raises(ValueError, match="unknown KV transport"):
+        KVSender(make_cache(), "rdma")
