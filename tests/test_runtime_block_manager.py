@@ -17,29 +17,7 @@ from pdserve.runtime.sequence import Sequence
 
 
 def check_invariants(bm: BlockManager, holders: list[Sequence]) -> None:
-    """Ref counts match the block tables that hold blocks; every block is in exactly one place."""
-    expected = [0] * bm.num_blocks
-    for seq in holders:
-        for block_id in seq.block_table:
-            expected[block_id] += 1
-    free_uncached = list(bm._free_uncached)
-    evictable = list(bm._evictable)
-    assert len(set(free_uncached)) == len(free_uncached)
-    assert not set(free_uncached) & set(evictable)
-    for block in bm.blocks:
-        assert block.ref_count >= 0
-        assert block.ref_count == expected[block.block_id], block
-        in_free = block.block_id in bm._free_uncached or block.block_id in bm._evictable
-        assert in_free == (block.ref_count == 0), block
-        if block.hash is not None:
-            assert bm._cached[block.hash] == block.block_id
-    for block_id in free_uncached:
-        assert bm.blocks[block_id].hash is None
-    for block_id in evictable:
-        assert bm.blocks[block_id].hash is not None
-    assert len(bm._cached) == sum(1 for b in bm.blocks if b.hash is not None)
-    used = sum(1 for b in bm.blocks if b.ref_count > 0)
-    assert used + len(free_uncached) + len(evictable) == bm.num_blocks
+    bm.check_consistency(seq.block_table for seq in holders)
     assert 0.0 <= bm.usage <= 1.0
 
 

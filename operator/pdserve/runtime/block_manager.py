@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from collections.abc import Sequence as TokenSequence
 from dataclasses import dataclass
 
@@ -264,6 +265,36 @@ class BlockManager:
     @property
     def reservations(self) -> dict[str, KVReservation]:
         return dict(self._reservations)
+
+    def check_consistency(self, block_tables: Iterable[list[int]] | None = None) -> None:
+        """Raise AssertionError if the bookkeeping is inconsistent (tests, leak checks).
+
+        With `block_tables` (every table holding blocks, reservations included), also check
+        that each block's ref count equals the number of tables that hold it.
+        """
+        free = list(self._free_uncached)
+        evictable = list(self._evictable)
+        pooled = set(free) | set(evictable)
+        assert len(pooled) == len(free) + len(evictable), "a block is twice in the free pool"
+        for block in self.blocks:
+            assert block.ref_count >= 0, f"negative ref count: {block}"
+            assert (block.block_id in pooled) == (block.ref_count == 0), (
+                f"free and referenced: {block}"
+            )
+            if block.hash is not None:
+                assert self._cached.get(block.hash) == block.block_id, f"stale hash: {block}"
+        assert all(self.blocks[b].hash is None for b in free), "a free block is still cached"
+        assert all(self.blocks[b].hash is not None for b in evictable), "uncached evictable"
+        assert len(self._cached) == sum(1 for b in self.blocks if b.hash is not None)
+        used = sum(1 for block in self.blocks if block.ref_count > 0)
+        assert used + len(free) + len(evictable) == self.num_blocks, "blocks were lost"
+        if block_tables is not None:
+            expected = [0] * self.num_blocks
+            for table in block_tables:
+                for block_id in table:
+                    expected[block_id] += 1
+            actual = [block.ref_count for block in self.blocks]
+            assert actual == expected, f"ref counts {actual} != holders {expected}"
 
     # ---- block pool ------------------------------------------------------------------------
 
