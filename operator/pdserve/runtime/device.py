@@ -36,6 +36,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def dtype_from_name(name: str) -> torch.dtype:
+    """The torch dtype for "float32" | "bfloat16" | "float16"."""
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported dtype name {name!r}")
+    return _DTYPES[name]
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """The short name of a torch dtype, as used on the command line and in the KV handshake."""
     for name, value in _DTYPES.items():

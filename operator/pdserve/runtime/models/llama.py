@@ -125,7 +125,7 @@ class CausalLM(nn.Module):
         self.kv_layers: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def bind_kv_cache(self, kv_layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Per layer, flat (k, v) cache views of shape [num_slots, num_kv_heads, head_dim]."""
+        """Per layer, (k, v) cache views shaped [num_blocks, block_size, num_kv_heads, head_dim]."""
         if len(kv_layers) != len(self.layers):
             raise ValueError("one (k, v) cache pair per layer is required")
         self.kv_layers = kv_layers
