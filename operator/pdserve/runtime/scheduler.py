@@ -243,7 +243,7 @@ class Scheduler:
             if seq in preempted_now:
                 break  # not back in the same step it was pushed out of
             if len(self.running) >= self.max_num_seqs:
-                if self._preempt_less_urgent(seq, plan):
+                if self._evict_for_admission(seq, plan):
                     continue
                 break
             bm = self.block_manager
@@ -261,7 +261,12 @@ class Scheduler:
                     fits = bm.ensure_slots(seq, num_new)
                     assert fits, "can_allocate() promised room"
             if not fits:
-                if self._preempt_less_urgent(seq, plan):
+                if self._evict_for_admission(seq, plan):
+                    continue
+                if seq.block_table and bm.num_blocks_for(seq.num_tokens) > bm.num_blocks:
+                    self.waiting.pop(0)  # its transferred prompt fills the cache: no room to grow
+                    self._finish(seq, "length")
+                    plan.output.finished.append(seq)
                     continue
                 break
             self.waiting.pop(0)
@@ -270,33 +275,50 @@ class Scheduler:
             plan.add(seq, num_new)
 
     def _make_room(self, seq: Sequence, num_new: int, plan: _StepPlan) -> bool:
-        """Get blocks for `num_new` tokens of running `seq`, preempting if needed.
+        """Get blocks for `num_new` tokens of running `seq`, evicting less urgent holders.
 
         False when `seq` itself was preempted or finished instead.
         """
         bm = self.block_manager
         while not bm.ensure_slots(seq, num_new):
-            victim = max(self.running, key=lambda s: s.urgency)
+            victim = max([*self.running, *self._waiting_holders()], key=lambda s: s.urgency)
             if victim is not seq:
-                self._preempt(victim, plan)
+                self._evict(victim, plan)
                 continue
             if bm.num_blocks_for(seq.num_computed_tokens + num_new) > bm.num_blocks:
                 self.running.remove(seq)
-                self._finish(seq, "length")
+                self._finish(seq, "length")  # alone it would not fit: never preempt it forever
                 plan.output.finished.append(seq)
             else:  # blocks held outside running requests (transfers): wait for them
                 self._preempt(seq, plan)
             return False
         return True
 
-    def _preempt_less_urgent(self, seq: Sequence, plan: _StepPlan) -> bool:
-        if not self.running:
+    def _evict_for_admission(self, seq: Sequence, plan: _StepPlan) -> bool:
+        """Free the blocks (or the slot) of the least urgent holder less urgent than `seq`.
+
+        Running requests only yield to a strictly smaller priority number, so equal priorities
+        never thrash; waiting requests holding transferred KV stand behind `seq` in the queue.
+        """
+        candidates = [s for s in self.running if s.priority > seq.priority]
+        if len(self.running) < self.max_num_seqs:
+            candidates += [s for s in self._waiting_holders() if s is not seq]
+        if not candidates:
             return False
-        victim = max(self.running, key=lambda s: s.urgency)
-        if victim.priority <= seq.priority:
-            return False
-        self._preempt(victim, plan)
+        self._evict(max(candidates, key=lambda s: s.urgency), plan)
         return True
+
+    def _waiting_holders(self) -> list[Sequence]:
+        """Waiting requests that hold blocks: their prompt KV was transferred in."""
+        return [s for s in self.waiting if s.block_table]
+
+    def _evict(self, victim: Sequence, plan: _StepPlan) -> None:
+        if victim.status is SequenceStatus.RUNNING:
+            self._preempt(victim, plan)
+            return
+        self.block_manager.free(victim)  # it will prefill locally instead
+        victim.num_preemptions += 1
+        plan.output.preempted.append(victim)
 
     def _preempt(self, seq: Sequence, plan: _StepPlan) -> None:
         self.running.remove(seq)
