@@ -96,6 +96,7 @@ class Generation:
         self.num_prompt_tokens = 0
         self.num_cached_tokens = 0
         self.num_generated = 0
+        self.logprobs: list[Any] = []  # the engine's TokenLogprobs of every generated token
 
     def __enter__(self) -> Generation:
         return self
@@ -119,8 +120,11 @@ class Generation:
         self.num_prompt_tokens = output.num_prompt_tokens
         self.num_cached_tokens = output.num_cached_tokens
         self.num_generated += len(output.token_ids)
+        self.logprobs += output.logprobs or []
         if output.finished:
             self._reason = output.finish_reason or "stop"
+            if self._reason == "error":
+                raise RuntimeError("the engine failed while generating this request")
         return output
 
     def usage(self) -> dict[str, Any]:
@@ -166,3 +170,32 @@ def stream_error(exc: Exception) -> dict[str, Any]:
         return exc.body()
     return {"error": {"message": f"generation failed: {exc}", "type": "internal_error",
                       "param": None, "code": None}}
+
+
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    return str(tokenizer.decode([token_id], skip_special_tokens=False))
+
+
+def chat_logprobs(tokenizer: Any, entries: list[Any]) -> dict[str, Any]:
+    """`choices[].logprobs` of a chat completion, from the engine's TokenLogprobs."""
+
+    def item(token_id: int, logprob: float) -> dict[str, Any]:
+        text = _token_text(tokenizer, token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {"content": [{**item(entry.token_id, entry.logprob),
+                         "top_logprobs": [item(tid, lp) for tid, lp in entry.top]}
+                        for entry in entries]}
+
+
+def completion_logprobs(tokenizer: Any, entries: list[Any], text_offset: int) -> dict[str, Any]:
+    """`choices[].logprobs` of a (legacy) completion; offsets count from `text_offset`."""
+    tokens = [_token_text(tokenizer, entry.token_id) for entry in entries]
+    offsets = []
+    for token in tokens:
+        offsets.append(text_offset)
+        text_offset += len(token)
+    return {"tokens": tokens, "token_logprobs": [entry.logprob for entry in entries],
+            "top_logprobs": [{_token_text(tokenizer, tid): lp for tid, lp in entry.top}
+                             for entry in entries],
+            "text_offset": offsets}

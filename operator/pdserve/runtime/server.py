@@ -31,19 +31,32 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass
 class WorkerState:
-    """Everything the handlers share; one per worker process."""
+    """Everything the handlers share; one per worker process.
 
-    engine: AsyncEngine
-    tokenizer: Any
-    metrics: WorkerMetrics
+    The HTTP server starts before the model is loaded (so liveness holds during a long load);
+    `engine`, `tokenizer` and `max_model_len` are set by the loader, then `loaded` turns true.
+    """
+
     served_model_name: str
-    max_model_len: int
     role: str
     settings: dict[str, Any] = field(default_factory=dict)  # the parsed worker flags
+    engine: AsyncEngine = field(init=False)
+    tokenizer: Any = field(init=False)
+    max_model_len: int = field(init=False)
+    metrics: WorkerMetrics = field(init=False)
+    # Run after the engine is up and before /ready turns 200 (e.g. a role's KV listener).
+    on_loaded: list[Callable[[WorkerState], Awaitable[None]]] = field(default_factory=list)
+    loaded: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
     draining: bool = False
     in_flight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.metrics = WorkerMetrics(self.role, self.served_model_name, self._engine_stats)
+
+    def _engine_stats(self) -> Any:
+        return self.engine.stats if self.loaded else None
 
     def begin_request(self) -> None:
         self.in_flight += 1
@@ -70,6 +83,7 @@ RouteInstaller = Callable[[web.Application, WorkerState], None]
 
 # Requests that do work the drain must wait for (and that are refused once draining).
 _ADMITTING_METHODS = {"POST"}
+_ALWAYS_SERVED = {"/health", "/ready", "/metrics"}
 
 
 def json_error(status: int, message: str, *, type_: str, param: str | None = None,
@@ -98,9 +112,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def _admission(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE]
+    if not state.loaded and request.path not in _ALWAYS_SERVED:
+        return json_error(503, "the model is still loading", type_="service_unavailable")
     if request.method not in _ADMITTING_METHODS:
         return await handler(request)
-    state = request.app[STATE]
     if state.draining:
         return json_error(503, "this worker is shutting down", type_="service_unavailable")
     state.begin_request()
@@ -118,6 +134,8 @@ async def _ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.draining:
         return web.json_response({"status": "draining"}, status=503)
+    if not state.loaded:
+        return web.json_response({"status": "loading"}, status=503)
     return web.json_response({"status": "ready", "role": state.role})
 
 
@@ -161,31 +179,56 @@ def create_app(state: WorkerState, installers: Sequence[RouteInstaller] = ()) ->
     return app
 
 
-async def serve(app: web.Application, host: str, port: int, drain_timeout: float) -> None:
-    """Run until SIGTERM/SIGINT, then drain: refuse new work, finish in-flight, stop."""
+async def serve(app: web.Application, host: str, port: int, drain_timeout: float,
+                load: Callable[[WorkerState], Awaitable[None]]) -> None:
+    """Serve, load the model (`load` sets engine/tokenizer/max_model_len and starts the engine),
+    then run until SIGTERM/SIGINT and drain: refuse new work, finish in-flight, stop."""
     state = app[STATE]
     # Cancelling the handler of a client that went away is what aborts its request.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    state.engine.start()
-    await site.start()
-    log.info("pdserve worker (role %s) serving %r on %s:%d", state.role,
-             state.served_model_name, host, port)
-
+    await web.TCPSite(runner, host, port).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-
-    state.draining = True
-    log.info("draining: %d request(s) in flight, waiting up to %.0fs", state.in_flight,
-             drain_timeout)
+    log.info("pdserve worker (role %s) listening on %s:%d, loading the model", state.role,
+             host, port)
     try:
-        await asyncio.wait_for(state.wait_idle(), timeout=drain_timeout)
-    except TimeoutError:
-        log.warning("drain timeout: %d request(s) still in flight are cut off", state.in_flight)
-    await runner.cleanup()
-    await state.engine.stop()
+        if await _load_unless_stopped(state, load, stop):
+            state.loaded = True
+            log.info("pdserve worker ready: serving %r", state.served_model_name)
+            await stop.wait()
+            state.draining = True
+            log.info("draining: %d request(s) in flight, waiting up to %.0fs",
+                     state.in_flight, drain_timeout)
+            try:
+                await asyncio.wait_for(state.wait_idle(), timeout=drain_timeout)
+            except TimeoutError:
+                log.warning("drain timeout: cutting off %d request(s)", state.in_flight)
+    finally:
+        state.draining = True
+        await runner.cleanup()
+        if hasattr(state, "engine"):
+            await state.engine.stop()
     log.info("pdserve worker stopped")
+
+
+async def _load_unless_stopped(state: WorkerState, load: Callable[[WorkerState], Awaitable[None]],
+                               stop: asyncio.Event) -> bool:
+    loading = asyncio.ensure_future(_load(state, load))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not loading.done():
+        loading.cancel()
+        log.info("stopped while loading the model")
+        return False
+    loading.result()  # a failed load ends the worker with its error
+    return True
+
+
+async def _load(state: WorkerState, load: Callable[[WorkerState], Awaitable[None]]) -> None:
+    await load(state)
+    for hook in state.on_loaded:
+        await hook(state)

@@ -18,6 +18,7 @@ from pdserve.runtime.openai_protocol import (
 from pdserve.runtime.openai_serving import (
     Generation,
     SubmitFn,
+    chat_logprobs,
     now,
     open_event_stream,
     resolve_max_tokens,
@@ -49,7 +50,7 @@ def chat_handler(submit: SubmitFn) -> Handler:
                     "model": state.served_model_name}
             if body.stream:
                 return await _stream(request, body, generation, head)
-            return await _complete(body, generation, head)
+            return await _complete(state, body, generation, head)
 
     return create_chat_completion
 
@@ -65,7 +66,7 @@ def _prompt_ids(state: WorkerState, body: ChatCompletionRequest) -> list[int]:
     return state.tokenizer.encode(text, add_special_tokens=False)
 
 
-async def _complete(body: ChatCompletionRequest, generation: Generation,
+async def _complete(state: WorkerState, body: ChatCompletionRequest, generation: Generation,
                     head: dict[str, Any]) -> web.Response:
     texts: list[str] = []
     finish_reason = None
@@ -80,19 +81,22 @@ async def _complete(body: ChatCompletionRequest, generation: Generation,
             message = {"role": "assistant", "content": content,
                        "tool_calls": [call.to_openai() for call in calls]}
             finish_reason = "tool_calls"
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+    logprobs = chat_logprobs(state.tokenizer, generation.logprobs) if body.logprobs else None
+    choice = {"index": 0, "message": message, "logprobs": logprobs,
+              "finish_reason": finish_reason}
     return web.json_response({**head, "choices": [choice], "usage": generation.usage()})
 
 
-def _chunk(head: dict[str, Any], delta: dict[str, Any],
-           finish_reason: str | None = None) -> dict[str, Any]:
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+def _chunk(head: dict[str, Any], delta: dict[str, Any], finish_reason: str | None = None,
+           logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
     return {**head, "object": "chat.completion.chunk", "choices": [choice]}
 
 
 async def _stream(request: web.Request, body: ChatCompletionRequest, generation: Generation,
                   head: dict[str, Any]) -> web.StreamResponse:
     parser = ToolCallParser() if body.template_tools() is not None else None
+    tokenizer = request.app[STATE].tokenizer
     response = await open_event_stream(request)
     try:
         try:
@@ -106,8 +110,12 @@ async def _stream(request: web.Request, body: ChatCompletionRequest, generation:
                         tail = parser.finish()
                         events.content += tail.content
                         events.tool_calls += tail.tool_calls
-                if events.content:
-                    await send_event(response, _chunk(head, {"content": events.content}))
+                logprobs = None
+                if body.logprobs and output.logprobs:
+                    logprobs = chat_logprobs(tokenizer, output.logprobs)
+                if events.content or logprobs:
+                    await send_event(response, _chunk(head, {"content": events.content},
+                                                      logprobs=logprobs))
                 if events.tool_calls:
                     delta = {"tool_calls": [call.to_delta() for call in events.tool_calls]}
                     await send_event(response, _chunk(head, delta))

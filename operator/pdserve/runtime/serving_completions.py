@@ -17,6 +17,7 @@ from pdserve.runtime.openai_serving import (
     Generation,
     SubmitFn,
     check_token_ids,
+    completion_logprobs,
     now,
     open_event_stream,
     resolve_max_tokens,
@@ -49,7 +50,7 @@ def completions_handler(submit: SubmitFn) -> Handler:
                     "model": state.served_model_name}
             if body.stream:
                 return await _stream(request, body, generation, head)
-            return await _complete(generation, head)
+            return await _complete(state, body, generation, head)
 
     return create_completion
 
@@ -66,26 +67,37 @@ def _choice(text: str, finish_reason: str | None, logprobs: Any = None) -> dict[
     return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-async def _complete(generation: Generation, head: dict[str, Any]) -> web.Response:
+async def _complete(state: WorkerState, body: CompletionRequest, generation: Generation,
+                    head: dict[str, Any]) -> web.Response:
     texts: list[str] = []
     finish_reason = None
     async for output in generation:
         texts.append(output.text)
         finish_reason = output.finish_reason
-    return web.json_response({**head, "choices": [_choice("".join(texts), finish_reason)],
-                              "usage": generation.usage()})
+    logprobs = None
+    if body.logprobs is not None:
+        logprobs = completion_logprobs(state.tokenizer, generation.logprobs, 0)
+    choice = _choice("".join(texts), finish_reason, logprobs)
+    return web.json_response({**head, "choices": [choice], "usage": generation.usage()})
 
 
 async def _stream(request: web.Request, body: CompletionRequest, generation: Generation,
                   head: dict[str, Any]) -> web.StreamResponse:
+    tokenizer = request.app[STATE].tokenizer
     response = await open_event_stream(request)
+    text_offset = 0
     try:
         try:
             async for output in generation:
                 if output.text or output.finished:
                     finish_reason = output.finish_reason if output.finished else None
-                    await send_event(response, {**head,
-                                                "choices": [_choice(output.text, finish_reason)]})
+                    logprobs = None
+                    if body.logprobs is not None:
+                        logprobs = completion_logprobs(tokenizer, output.logprobs or [],
+                                                       text_offset)
+                    text_offset += len(output.text)
+                    choice = _choice(output.text, finish_reason, logprobs)
+                    await send_event(response, {**head, "choices": [choice]})
             if body.include_usage_in_stream():
                 await send_event(response, {**head, "choices": [], "usage": generation.usage()})
         except ConnectionResetError:

@@ -1,0 +1,44 @@
+"""Assembling one worker process: settings -> app (role routes) -> serve, loading the engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from pdserve.runtime.async_engine import AsyncEngine
+from pdserve.runtime.engine import EngineConfig, LLMEngine
+from pdserve.runtime.server import WorkerState, create_app, serve
+
+# Worker settings that are EngineConfig fields; unset ones keep the engine's defaults.
+ENGINE_SETTINGS = ("model", "device", "dtype", "block_size", "num_kv_blocks", "max_num_seqs",
+                   "max_num_batched_tokens", "max_model_len", "enable_prefix_caching")
+
+
+def engine_config(settings: dict[str, Any]) -> EngineConfig:
+    return EngineConfig(**{name: settings[name] for name in ENGINE_SETTINGS
+                           if settings.get(name) is not None})
+
+
+async def load_engine(state: WorkerState) -> None:
+    """Build the engine off the event loop (weights load for a while), then start stepping it."""
+    engine = await asyncio.to_thread(LLMEngine, engine_config(state.settings))
+    state.tokenizer = engine.tokenizer
+    state.max_model_len = engine.max_model_len
+    state.engine = AsyncEngine(engine)
+    state.engine.start()
+
+
+def build_worker_app(settings: dict[str, Any],
+                     install: Callable[[web.Application, WorkerState], None]) -> web.Application:
+    state = WorkerState(served_model_name=settings["served_model_name"], role=settings["role"],
+                        settings=settings)
+    return create_app(state, [install])
+
+
+async def run_worker(settings: dict[str, Any],
+                     install: Callable[[web.Application, WorkerState], None]) -> None:
+    app = build_worker_app(settings, install)
+    await serve(app, settings["host"], settings["port"], settings["drain_timeout"], load_engine)
