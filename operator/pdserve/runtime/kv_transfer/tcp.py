@@ -1,76 +1,113 @@
-"""`tcp` transport: blocks travel as raw bytes in DATA frames, a chunk of blocks per frame.
+"""`tcp` transport: the missing blocks travel as raw bytes in one DATA frame.
 
-The sender gathers a chunk of blocks into one contiguous tensor (`read_blocks`) and hands its
-memory to `sendall` through a memoryview, no serialization; the receiver `recv_into`s a reusable
-staging buffer and scatters it into the reserved blocks (`write_blocks`). Chunks of a few MiB keep
-the stream flowing without holding the whole prompt's KV twice in memory. A second thread gathers
-the next chunk while the current one is on the wire.
+Wire order: chunks of a few MiB of blocks; within a chunk, for each layer, K then V, the chunk's
+blocks in transfer order (one block's slice of one layer's K or V is contiguous in the pool).
+For a CPU pool nothing is copied in Python: the sender hands `sendmsg` a list of memoryviews of
+the pool's own memory (runs of consecutive blocks merged) and the receiver `recvmsg_into`s
+straight into the reserved blocks' memory (scatter/gather I/O). A CUDA pool cannot be a socket
+buffer, so it goes through pinned host staging, chunk by chunk.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import socket
 
 import torch
 
-from pdserve.runtime.kv_transfer.protocol import DATA, FramedSocket, KVTransferError
+from pdserve.runtime.kv_transfer.protocol import DATA, HEADER, FramedSocket, KVTransferError
 from pdserve.runtime.kv_transfer.transport import KVPool, Transport, block_nbytes
 
 CHUNK_BYTES = 8 * 1024 * 1024
+MAX_IOV = 512  # buffers per sendmsg/recvmsg_into call (Linux IOV_MAX is 1024)
 
 
-def _chunks(ids: list[int], per_chunk: int) -> list[list[int]]:
-    return [ids[i : i + per_chunk] for i in range(0, len(ids), per_chunk)]
+def pool_views(pool: KVPool, block_ids: list[int]) -> list[memoryview]:
+    """The pool memory of `block_ids` in wire order, consecutive blocks merged into one view."""
+    kv = pool.kv
+    flat = memoryview(kv.reshape(-1).view(torch.uint8).numpy())
+    slice_bytes = kv[0, 0, 0].numel() * kv.element_size()  # one block of one layer's K or V
+    runs: list[tuple[int, int]] = []
+    for block in block_ids:
+        if runs and runs[-1][0] + runs[-1][1] == block:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((block, 1))
+    views = []
+    num_blocks = kv.shape[2]
+    for plane in range(kv.shape[0] * kv.shape[1]):  # (layer, K/V) planes
+        base = plane * num_blocks
+        for start, count in runs:
+            offset = (base + start) * slice_bytes
+            views.append(flat[offset : offset + count * slice_bytes])
+    return views
 
 
-def _as_bytes(tensor: torch.Tensor) -> memoryview:
-    flat = tensor.contiguous().cpu().reshape(-1).view(torch.uint8)
-    return memoryview(flat.numpy())
+def send_views(sock: socket.socket, views: list[memoryview]) -> None:
+    pending = [v for v in views if v.nbytes]
+    while pending:
+        sent = sock.sendmsg(pending[:MAX_IOV])
+        while sent:
+            if sent >= pending[0].nbytes:
+                sent -= pending.pop(0).nbytes
+            else:
+                pending[0] = pending[0][sent:]
+                sent = 0
+
+
+def recv_views(sock: socket.socket, views: list[memoryview]) -> None:
+    pending = [v for v in views if v.nbytes]
+    while pending:
+        got = sock.recvmsg_into(pending[:MAX_IOV])[0]
+        if got == 0:
+            raise KVTransferError("connection closed by the peer mid-transfer")
+        while got:
+            if got >= pending[0].nbytes:
+                got -= pending.pop(0).nbytes
+            else:
+                pending[0] = pending[0][got:]
+                got = 0
 
 
 class TcpTransport(Transport):
     name = "tcp"
 
-    def __init__(self) -> None:
-        self._staging: torch.Tensor | None = None
-
     def send_blocks(self, conn: FramedSocket, pool: KVPool, src_ids: list[int],
                     dst_ids: list[int]) -> int:
-        per_chunk = max(1, CHUNK_BYTES // block_nbytes(pool))
-        chunks = _chunks(src_ids, per_chunk)
-        sent = 0
-        with ThreadPoolExecutor(max_workers=1) as gatherer:
-            pending = gatherer.submit(lambda ids: _as_bytes(pool.read_blocks(ids)), chunks[0]) \
-                if chunks else None
-            for i in range(len(chunks)):
-                assert pending is not None
-                view = pending.result()
-                if i + 1 < len(chunks):
-                    pending = gatherer.submit(lambda ids: _as_bytes(pool.read_blocks(ids)),
-                                              chunks[i + 1])
-                conn.send_raw(DATA, view)
-                sent += view.nbytes
-        return sent
+        nbytes = len(src_ids) * block_nbytes(pool)
+        conn.sock.sendall(_data_header(nbytes))
+        if pool.kv.is_cuda:
+            for ids in _chunks(src_ids, pool):
+                data = pool.kv.index_select(2, torch.tensor(ids, device=pool.kv.device)).cpu()
+                conn.sock.sendall(memoryview(data.reshape(-1).view(torch.uint8).numpy()))
+        else:
+            send_views(conn.sock, [v for ids in _chunks(src_ids, pool)
+                                   for v in pool_views(pool, ids)])
+        return nbytes
 
     def recv_blocks(self, conn: FramedSocket, pool: KVPool, dst_ids: list[int]) -> int:
-        per_block = block_nbytes(pool)
-        per_chunk = max(1, CHUNK_BYTES // per_block)
+        nbytes = len(dst_ids) * block_nbytes(pool)
+        kind, length = conn.recv_header()
+        if kind != DATA or length != nbytes:
+            raise KVTransferError(f"expected a DATA frame of {nbytes} bytes, got kind {kind} "
+                                  f"with {length} bytes")
+        if not pool.kv.is_cuda:
+            recv_views(conn.sock, [v for ids in _chunks(dst_ids, pool)
+                                   for v in pool_views(pool, ids)])
+            return nbytes
         kv = pool.kv
-        received = 0
-        for ids in _chunks(dst_ids, per_chunk):
-            kind, length = conn.recv_header()
-            expected = per_block * len(ids)
-            if kind != DATA or length != expected:
-                raise KVTransferError(f"expected a DATA frame of {expected} bytes, got kind {kind} "
-                                      f"with {length} bytes")
-            staging = self._staging_bytes(per_block * per_chunk)[:expected]
-            conn.recv_into(memoryview(staging.numpy()))
-            shape = (len(ids), kv.shape[0], kv.shape[1], *kv.shape[3:])
-            pool.write_blocks(ids, staging.view(kv.dtype).view(shape).to(kv.device))
-            received += expected
-        return received
+        for ids in _chunks(dst_ids, pool):
+            # Chunk layout on the wire: [layers, 2, blocks, block_size, heads, dim].
+            staging = torch.empty((kv.shape[0], kv.shape[1], len(ids), *kv.shape[3:]),
+                                  dtype=kv.dtype, pin_memory=True)
+            conn.recv_into(memoryview(staging.reshape(-1).view(torch.uint8).numpy()))
+            kv.index_copy_(2, torch.tensor(ids, device=kv.device), staging.to(kv.device))
+        return nbytes
 
-    def _staging_bytes(self, nbytes: int) -> torch.Tensor:
-        if self._staging is None or self._staging.numel() < nbytes:
-            self._staging = torch.empty(nbytes, dtype=torch.uint8)
-        return self._staging
+
+def _chunks(ids: list[int], pool: KVPool) -> list[list[int]]:
+    per_chunk = max(1, CHUNK_BYTES // block_nbytes(pool))
+    return [ids[i : i + per_chunk] for i in range(0, len(ids), per_chunk)]
+
+
+def _data_header(nbytes: int) -> bytes:
+    return HEADER.pack(DATA, nbytes)
