@@ -345,7 +345,7 @@ class Scheduler:
         del self._unfinished[seq.request_id]
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
-        if seq.retain_kv_on_finish and seq.block_table:
+        if seq.retain_kv_on_finish and seq.block_table and reason in ("stop", "length"):
             self.retained[seq.request_id] = seq
         else:
             self.block_manager.free(seq)
