@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import warnings
 from functools import lru_cache
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -36,6 +37,14 @@ _CHAT_SAMPLES = (
 def corpus() -> list[str]:
     """The training texts, in a fixed order."""
     texts = list(_CHAT_SAMPLES)
+    with warnings.catch_warnings():  # some stdlib attributes warn on access (typing.io, ...)
+        warnings.simplefilter("ignore")
+        _add_docstrings(texts)
+    texts.append(json.dumps({"messages": list(_CHAT_SAMPLES)}))
+    return texts
+
+
+def _add_docstrings(texts: list[str]) -> None:
     for module_name in _CORPUS_MODULES:
         module = importlib.import_module(module_name)
         texts.append(inspect.getdoc(module) or "")
@@ -45,8 +54,6 @@ def corpus() -> list[str]:
             doc = inspect.getdoc(getattr(module, name))
             if doc:
                 texts.append(f"{module_name}.{name}: {doc}")
-    texts.append(json.dumps({"messages": list(_CHAT_SAMPLES)}))
-    return texts
 
 
 @lru_cache(maxsize=4)
