@@ -1,0 +1,239 @@
+"""Everything the templates need, computed from one LLMService (pure: spec in, values out)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pdserve.api.accelerators import GKE_TPU_TOPOLOGY_LABEL, accelerator_facts
+from pdserve.api.autoscaling import ReplicaBounds
+from pdserve.api.pods import PodOverrides
+from pdserve.api.resolve import engine_settings, initial_replicas, served_model_name
+from pdserve.api.resource import API_VERSION, KIND
+from pdserve.api.roles import RoleSpec
+from pdserve.api.spec import ROUTER_HTTP_PORT, WORKER_HTTP_PORT, LLMServiceSpec
+from pdserve.controller.names import (
+    Role,
+    deployment_name,
+    engine_configmap_name,
+    role_labels,
+    role_selector,
+    router_service_name,
+    service_labels,
+    workers_service_name,
+)
+
+WorkerRole = Literal["prefill", "decode"]
+MODELS_DIR = "/models"
+CONFIG_DIR = "/etc/pdserve"
+# Longer than the worker's drain timeout plus the preStop pause, so draining is never cut off.
+DRAIN_TIMEOUT_SECONDS = 60
+TERMINATION_GRACE_SECONDS = 90
+ROUTER_TERMINATION_GRACE_SECONDS = 60
+
+# Requests/limits used when a role gives no `resources` of its own; sized per family so that a
+# GPU/TPU host process has room for weights staging while a CPU demo pod stays small.
+DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
+    "cpu": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
+    "gpu": {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"memory": "64Gi"}},
+    "tpu": {"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "64Gi"}},
+    "router": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The LLMService as seen in its metadata: what children are named after and owned by."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+
+def engine_config(spec: LLMServiceSpec, role: WorkerRole) -> dict[str, Any]:
+    """The JSON a worker reads with `pdserve worker --config` (keys are its flag names)."""
+    settings = engine_settings(spec, role)
+    config: dict[str, Any] = {
+        "dtype": spec.model.dtype,
+        "max_model_len": spec.model.max_model_len,
+        "max_num_seqs": settings.max_num_seqs,
+        "max_num_batched_tokens": settings.max_num_batched_tokens,
+        "block_size": settings.block_size,
+        "num_kv_blocks": settings.num_kv_blocks,
+        "enable_prefix_caching": settings.enable_prefix_caching,
+        "kv_transport": spec.kv_transfer.transport,
+        "kv_timeout": spec.kv_transfer.timeout_seconds,
+        "kv_fallback": spec.kv_transfer.fallback,
+        "drain_timeout": DRAIN_TIMEOUT_SECONDS,
+    }
+    return {key: value for key, value in config.items() if value is not None}
+
+
+def engine_config_files(spec: LLMServiceSpec) -> dict[str, str]:
+    """ConfigMap data: one JSON file per worker role."""
+    return {f"{role}.json": json.dumps(engine_config(spec, role), indent=2, sort_keys=True)
+            for role in ("prefill", "decode")}
+
+
+def _model_argument(spec: LLMServiceSpec) -> str:
+    source = spec.model.source
+    if source.builtin is not None:
+        return f"builtin:{source.builtin}"
+    if source.path is not None:
+        return source.path
+    if source.pvc is not None:
+        return f"{MODELS_DIR}/{source.pvc.path}".rstrip("/")
+    return f"{MODELS_DIR}/model"
+
+
+def _model_volume(spec: LLMServiceSpec) -> dict[str, Any] | None:
+    source = spec.model.source
+    if source.pvc is not None:
+        return {"name": "model",
+                "persistentVolumeClaim": {"claimName": source.pvc.claim_name, "readOnly": True}}
+    if source.uri is not None:
+        return {"name": "model", "emptyDir": {}}
+    return None
+
+
+def _resources(role_spec: RoleSpec, family: str, accelerator: dict[str, int]) -> dict[str, Any]:
+    """Requests and limits: the role's own (or the family defaults) plus its accelerators,
+    which Kubernetes requires as requests = limits."""
+    given = role_spec.resources
+    base = DEFAULT_RESOURCES[family]
+    requests: dict[str, Any] = dict(base["requests"] if given is None else given.requests or {})
+    limits: dict[str, Any] = dict(base["limits"] if given is None else given.limits or {})
+    requests.update(accelerator)
+    limits.update(accelerator)
+    return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
+
+
+def _placement(role_spec: PodOverrides, node_labels: dict[str, str],
+               tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+    user_tolerations = [t.to_k8s() for t in role_spec.tolerations or []]
+    return {
+        "node_selector": {**node_labels, **(role_spec.node_selector or {})},
+        "tolerations": tolerations + user_tolerations,
+        "affinity": role_spec.affinity,
+    }
+
+
+def worker_context(spec: LLMServiceSpec, owner: Owner, role: WorkerRole, image: str,
+                   replicas: int) -> dict[str, Any]:
+    """Values of one worker Deployment."""
+    role_spec: RoleSpec = getattr(spec, role)
+    facts = accelerator_facts(role_spec.accelerator.kind)
+    node_labels = dict(facts.node_labels)
+    if role_spec.accelerator.topology is not None:
+        node_labels[GKE_TPU_TOPOLOGY_LABEL] = role_spec.accelerator.topology
+    accelerator = ({facts.resource_name: role_spec.accelerator.count}
+                   if facts.resource_name is not None else {})
+    tolerations = [{"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect}
+                   for t in facts.tolerations]
+    config = engine_config_files(spec)[f"{role}.json"]
+    command = [
+        "pdserve", "worker", "--role", role, "--model", _model_argument(spec),
+        "--served-model-name", served_model_name(spec, owner.name),
+        "--host", "0.0.0.0", "--port", str(WORKER_HTTP_PORT),
+        "--kv-port", str(spec.kv_transfer.port), "--device", facts.device,
+        "--config", f"{CONFIG_DIR}/{role}.json",
+    ]
+    return {
+        **_common(spec, owner, role, image, replicas),
+        **_placement(role_spec, node_labels, tolerations),
+        "command": command,
+        "kv_port": spec.kv_transfer.port,
+        "resources": _resources(role_spec, facts.family, accelerator),
+        "config_hash": hashlib.sha256(config.encode()).hexdigest()[:16],
+        "config_map": engine_configmap_name(owner.name),
+        "config_dir": CONFIG_DIR,
+        "model_uri": spec.model.source.uri,
+        "model_dir": f"{MODELS_DIR}/model",
+        "model_volume": _model_volume(spec),
+        "models_dir": MODELS_DIR,
+        "grace_seconds": TERMINATION_GRACE_SECONDS,
+    }
+
+
+def router_context(spec: LLMServiceSpec, owner: Owner, image: str) -> dict[str, Any]:
+    """Values of the router Deployment."""
+    router = spec.router
+
+    def service(role: WorkerRole) -> str:
+        return f"{workers_service_name(owner.name, role)}.{owner.namespace}.svc:{WORKER_HTTP_PORT}"
+
+    command = [
+        "pdserve", "router", "--host", "0.0.0.0", "--port", str(ROUTER_HTTP_PORT),
+        "--served-model-name", served_model_name(spec, owner.name),
+        "--prefill-service", service("prefill"), "--decode-service", service("decode"),
+        "--routing-policy", router.routing_policy,
+        "--short-prompt-threshold", str(router.short_prompt_threshold),
+    ]
+    given = router.resources.to_k8s() if router.resources is not None else None
+    return {
+        **_common(spec, owner, "router", image, router.replicas),
+        **_placement(router, {}, []),
+        "command": command,
+        "resources": given or DEFAULT_RESOURCES["router"],
+        "grace_seconds": ROUTER_TERMINATION_GRACE_SECONDS,
+    }
+
+
+def _common(spec: LLMServiceSpec, owner: Owner, role: Role, image: str,
+            replicas: int) -> dict[str, Any]:
+    return {
+        "name": deployment_name(owner.name, role),
+        "namespace": owner.namespace,
+        "owner": owner.reference(),
+        "labels": role_labels(owner.name, role),
+        "selector": role_selector(owner.name, role),
+        "role": role,
+        "replicas": replicas,
+        "image": image,
+        "image_pull_policy": spec.image_pull_policy,
+    }
+
+
+def service_context(spec: LLMServiceSpec, owner: Owner) -> dict[str, Any]:
+    """Values shared by the Services, ConfigMap, PodDisruptionBudgets and NetworkPolicies."""
+    return {
+        "service": owner.name,
+        "namespace": owner.namespace,
+        "owner": owner.reference(),
+        "labels": service_labels(owner.name),
+        "router_service": router_service_name(owner.name),
+        "router_port": ROUTER_HTTP_PORT,
+        "worker_port": WORKER_HTTP_PORT,
+        "kv_port": spec.kv_transfer.port,
+        "config_map": engine_configmap_name(owner.name),
+        "config_files": engine_config_files(spec),
+        "metrics_namespaces": list(spec.network_policy.metrics_namespaces),
+        "workers": {role: {"name": workers_service_name(owner.name, role),
+                           "labels": role_labels(owner.name, role),
+                           "selector": role_selector(owner.name, role)}
+                    for role in ("prefill", "decode")},
+        "selectors": {role: role_selector(owner.name, role)
+                      for role in ("prefill", "decode", "router")},
+        "pdb_names": {role: deployment_name(owner.name, role)
+                      for role in ("prefill", "decode", "router")},
+        "role_labels": {role: role_labels(owner.name, role)
+                        for role in ("prefill", "decode", "router")},
+    }
+
+
+def desired_replicas(spec: LLMServiceSpec, role: WorkerRole,
+                     decided: dict[str, Any] | None) -> int:
+    """Worker replicas to render: the planner's last decision (status.autoscaling), kept in
+    the role's bounds, while autoscaling is on; else the spec/profile value."""
+    if spec.autoscaling.enabled and decided:
+        value = decided.get(f"{role}Replicas")
+        if isinstance(value, int) and value >= 0:
+            bounds: ReplicaBounds = getattr(spec.autoscaling, role)
+            return max(bounds.min_replicas, min(bounds.max_replicas, value))
+    return initial_replicas(spec, role)

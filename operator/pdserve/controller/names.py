@@ -1,0 +1,60 @@
+"""Names and labels of an LLMService's children (the shared contract of every component)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Role = Literal["prefill", "decode", "router"]
+ROLES: tuple[Role, ...] = ("prefill", "decode", "router")
+WORKER_ROLES: tuple[Literal["prefill", "decode"], ...] = ("prefill", "decode")
+
+FIELD_MANAGER = "pdserve-operator"
+MANAGED_BY = "pdserve-operator"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_ROLE = "pdserve.dev/role"
+LABEL_SERVICE = "pdserve.dev/llmservice"
+ANNOTATION_CONFIG_HASH = "pdserve.dev/config-hash"
+
+
+def deployment_name(service: str, role: Role) -> str:
+    return f"{service}-{role}"
+
+
+def workers_service_name(service: str, role: Literal["prefill", "decode"]) -> str:
+    """The headless Service the router resolves to find a role's workers."""
+    return f"{service}-{role}-workers"
+
+
+def router_service_name(service: str) -> str:
+    return f"{service}-router"
+
+
+def engine_configmap_name(service: str) -> str:
+    return f"{service}-engine"
+
+
+def service_labels(service: str) -> dict[str, str]:
+    """Labels every child of the LLMService carries."""
+    return {
+        LABEL_NAME: "pdserve",
+        LABEL_INSTANCE: service,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_SERVICE: service,
+    }
+
+
+def role_selector(service: str, role: Role) -> dict[str, str]:
+    """The immutable selector of a role's pods."""
+    return {LABEL_INSTANCE: service, LABEL_SERVICE: service, LABEL_ROLE: role}
+
+
+def role_labels(service: str, role: Role) -> dict[str, str]:
+    return {**service_labels(service), LABEL_COMPONENT: role, LABEL_ROLE: role}
+
+
+def children_selector(service: str) -> str:
+    """A label selector (string form) for every child of one LLMService."""
+    return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_SERVICE}={service}"

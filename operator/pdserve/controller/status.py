@@ -1,0 +1,170 @@
+"""Status of an LLMService computed from its children (pure: objects in, status out)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdserve.api.spec import ROUTER_HTTP_PORT
+from pdserve.controller.names import LABEL_ROLE, ROLES, router_service_name
+
+Obj = Mapping[str, Any]
+PLANNER_CONDITIONS = ("ScalingLimited",)
+DATA_PLANE_CONDITIONS = ("KVTransferHealthy",)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the operator saw of one LLMService and its children."""
+
+    name: str
+    namespace: str
+    generation: int
+    autoscaling_enabled: bool
+    desired: Mapping[str, int]
+    deployments: Mapping[str, Obj | None]
+    pods: Sequence[Obj] = ()
+    previous: Obj = field(default_factory=dict)
+    problem: tuple[str, str] | None = None  # (reason, message): invalid spec or failed apply
+
+
+def _get(obj: Obj | None, *path: str, default: Any = None) -> Any:
+    node: Any = obj
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def _role_status(deployment: Obj | None, fallback_desired: int) -> dict[str, Any]:
+    desired = int(_get(deployment, "spec", "replicas", default=fallback_desired))
+    ready = int(_get(deployment, "status", "readyReplicas", default=0) or 0)
+    return {"desiredReplicas": desired, "readyReplicas": ready, "summary": f"{ready}/{desired}"}
+
+
+def _rolling(deployment: Obj | None) -> bool:
+    if deployment is None:
+        return True
+    desired = int(_get(deployment, "spec", "replicas", default=1))
+    status = deployment.get("status") or {}
+    return (
+        int(status.get("observedGeneration", 0)) < int(_get(deployment, "metadata", "generation",
+                                                             default=0))
+        or int(status.get("updatedReplicas", 0) or 0) < desired
+        or int(status.get("availableReplicas", 0) or 0) < desired
+        or int(status.get("replicas", 0) or 0) > desired
+    )
+
+
+def unschedulable_messages(pods: Sequence[Obj]) -> list[str]:
+    """One line per role whose pods the scheduler cannot place, quoting the scheduler."""
+    by_role: dict[str, list[str]] = {}
+    for pod in pods:
+        if _get(pod, "metadata", "deletionTimestamp"):
+            continue
+        for condition in _get(pod, "status", "conditions", default=[]) or []:
+            if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
+                    and condition.get("reason") == "Unschedulable"):
+                role = _get(pod, "metadata", "labels", LABEL_ROLE, default="unknown")
+                by_role.setdefault(role, []).append(condition.get("message") or "unschedulable")
+    lines = []
+    for role, messages in sorted(by_role.items()):
+        distinct = sorted(set(messages))
+        count = len(messages)
+        lines.append(f"{role}: {count} pod{'s' if count > 1 else ''} unschedulable: "
+                     + "; ".join(distinct))
+    return lines
+
+
+def _replica_failures(deployments: Mapping[str, Obj | None]) -> list[str]:
+    lines = []
+    for role in ROLES:
+        for condition in _get(deployments.get(role), "status", "conditions", default=[]) or []:
+            failed = condition.get("type") == "ReplicaFailure" and condition.get("status") == "True"
+            stuck = (condition.get("type") == "Progressing"
+                     and condition.get("reason") == "ProgressDeadlineExceeded")
+            if failed or stuck:
+                lines.append(f"{role}: {condition.get('message') or condition.get('reason')}")
+    return lines
+
+
+def _condition(kind: str, ok: bool | None, reason: str, message: str) -> dict[str, Any]:
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    return {"type": kind, "status": status, "reason": reason, "message": message}
+
+
+def compute_status(seen: Observation, now: str) -> dict[str, Any]:
+    """The whole operator-owned status (status.autoscaling is the planner's and left out)."""
+    roles: dict[str, dict[str, Any]] = {
+        role: _role_status(seen.deployments.get(role), seen.desired.get(role, 0))
+        for role in ROLES
+    }
+    not_ready = [f"{role} {s['summary']}" for role, s in roles.items()
+                 if s["readyReplicas"] < 1 or s["readyReplicas"] < s["desiredReplicas"]]
+    missing = [role for role in ROLES if seen.deployments.get(role) is None]
+    rolling = [role for role in ROLES if _rolling(seen.deployments.get(role))]
+    degraded_lines = (
+        ([seen.problem[1]] if seen.problem else [])
+        + unschedulable_messages(seen.pods) + _replica_failures(seen.deployments)
+    )
+    if seen.problem:
+        degraded_reason = seen.problem[0]
+    elif unschedulable_messages(seen.pods):
+        degraded_reason = "Unschedulable"
+    elif degraded_lines:
+        degraded_reason = "ReplicaFailure"
+    else:
+        degraded_reason = "AsExpected"
+    conditions = [
+        _condition("Ready", not not_ready and not missing,
+                   "AllRolesReady" if not not_ready and not missing else "RolesNotReady",
+                   "ready/desired: " + ", ".join(f"{r} {s['summary']}" for r, s in roles.items())),
+        _condition("Progressing", bool(rolling),
+                   "RollingOut" if rolling else "RolloutComplete",
+                   f"rolling out: {', '.join(rolling)}" if rolling else "all roles rolled out"),
+        _condition("Degraded", bool(degraded_lines), degraded_reason, "\n".join(degraded_lines)),
+        _kept("ScalingLimited", seen, _condition("ScalingLimited", False, "WithinLimits", ""))
+        if seen.autoscaling_enabled
+        else _condition("ScalingLimited", False, "AutoscalingDisabled", "autoscaling is off"),
+        _kept("KVTransferHealthy", seen, _condition(
+            "KVTransferHealthy", None, "NotReported", "the data plane has not reported yet")),
+    ]
+    return {
+        "observedGeneration": seen.generation,
+        "conditions": [_stamped(c, seen, now) for c in conditions],
+        **roles,
+        "endpoint": f"http://{router_service_name(seen.name)}.{seen.namespace}.svc:"
+                    f"{ROUTER_HTTP_PORT}",
+    }
+
+
+def _previous(seen: Observation, kind: str) -> Obj | None:
+    for condition in _get(seen.previous, "conditions", default=[]) or []:
+        if condition.get("type") == kind:
+            return condition  # type: ignore[no-any-return]
+    return None
+
+
+def _kept(kind: str, seen: Observation, default: dict[str, Any]) -> dict[str, Any]:
+    """Conditions others own (the planner, the data plane) keep their last reported value."""
+    previous = _previous(seen, kind)
+    if previous is None:
+        return default
+    return {key: previous[key] for key in ("type", "status", "reason", "message")
+            if key in previous}
+
+
+def _stamped(condition: dict[str, Any], seen: Observation, now: str) -> dict[str, Any]:
+    previous = _previous(seen, condition["type"])
+    unchanged = previous is not None and previous.get("status") == condition["status"]
+    since = previous.get("lastTransitionTime") if unchanged and previous else None
+    return {**condition, "observedGeneration": seen.generation,
+            "lastTransitionTime": since or now}
+
+
+def status_changed(current: Obj | None, computed: Obj) -> bool:
+    """Whether patching `computed` over `current` would change anything."""
+    current = current or {}
+    return any(current.get(key) != value for key, value in computed.items())
