@@ -25,6 +25,9 @@ CHART_CRDS = CHART / "crds"
 INSTALL_YAML = ROOT / "manifests" / "install.yaml"
 RELEASE = "pdserve"
 NAMESPACE = "pdserve-system"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion); helm template would assume
+# an older default and refuse. The templates do not branch on the version.
+KUBE_VERSION = "1.30.0"
 
 HEADER = f"""\
 # pdserve: operator, RBAC and the LLMService CRD, in namespace {NAMESPACE}.
@@ -79,7 +82,8 @@ def sync_chart_crds() -> None:
 
 def render(helm: Path) -> str:
     done = subprocess.run(
-        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds"],
+        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+         "--kube-version", KUBE_VERSION, "--include-crds"],
         capture_output=True, text=True, check=False, timeout=120,
     )
     if done.returncode != 0:

@@ -69,7 +69,7 @@ def check_value(value: Any, node: dict[str, Any], where: str) -> None:
 def test_every_default_value_is_described() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     check_value(values, schema(), "values")
-    described = set(schema()["properties"]) - {"global"}
+    described = set(schema()["properties"])
     assert described == set(values), "schema and values.yaml disagree on top-level keys"
 
 

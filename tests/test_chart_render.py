@@ -1,0 +1,239 @@
+"""The chart rendered by the real helm: lint, objects, security, RBAC, values schema."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "pdserve"
+RELEASE_NAMESPACE = "serving"
+
+
+def _find_helm() -> Path | None:
+    spec = importlib.util.spec_from_file_location("manifests_generate",
+                                                  ROOT / "manifests" / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found: Path | None = module.find_helm()
+    return found
+
+
+HELM = _find_helm()
+pytestmark = [
+    pytest.mark.skipif(HELM is None, reason="helm not built (make cluster-build) nor on PATH"),
+    pytest.mark.timeout(60),
+]
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    args = ["template", "pdserve", str(CHART), "--namespace", RELEASE_NAMESPACE,
+            "--kube-version", "1.30.0"]
+    for item in sets:
+        args += ["--set", item]
+    done = helm(*args)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    matches = [obj for obj in objects if obj["kind"] == kind]
+    assert len(matches) == 1, f"{len(matches)} {kind} objects"
+    return matches[0]
+
+
+def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+
+
+@pytest.mark.parametrize("sets", [
+    [], ["rbac.namespaced=true"], ["serviceMonitor.enabled=true"], ["operator.replicas=0"],
+    ["serviceAccount.create=false", "serviceAccount.name=existing"],
+])
+def test_helm_lint_is_clean(sets: list[str]) -> None:
+    args = ["lint", str(CHART), "--strict", "--kube-version", "1.30.0"]
+    for item in sets:
+        args += ["--set", item]
+    done = helm(*args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[WARNING]" not in done.stdout and "[ERROR]" not in done.stdout, done.stdout
+
+
+def test_default_objects() -> None:
+    kinds = sorted(obj["kind"] for obj in render())
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+
+
+def test_every_object_carries_the_recommended_labels() -> None:
+    for obj in render("serviceMonitor.enabled=true", "rbac.namespaced=true"):
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "pdserve", obj["kind"]
+        assert labels["app.kubernetes.io/instance"] == "pdserve"
+        assert labels["app.kubernetes.io/version"] == APP_VERSION
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/component"] == "operator"
+
+
+def test_operator_deployment_is_a_restricted_singleton() -> None:
+    objects = render()
+    deployment = one(objects, "Deployment")
+    assert deployment["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
+    container = operator_container(objects)
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["readOnlyRootFilesystem"] is True
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert container["resources"]["limits"]["memory"]
+
+
+def test_probes_hit_the_operator_health_port() -> None:
+    container = operator_container(render("operator.healthPort=9444"))
+    assert container["ports"] == [{"name": "health", "containerPort": 9444, "protocol": "TCP"}]
+    assert "--health-port=9444" in container["args"]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_command_and_default_images() -> None:
+    container = operator_container(render())
+    assert container["command"] == ["pdserve", "operator"]
+    assert "--all-namespaces" in container["args"]
+    assert container["image"] == f"pdserve:{APP_VERSION}"
+    assert env_of(container)["PDSERVE_IMAGE"] == f"pdserve:{APP_VERSION}"
+
+
+def test_image_values() -> None:
+    container = operator_container(render("image.repository=registry.example/pdserve",
+                                          "image.tag=1.2.3"))
+    assert container["image"] == "registry.example/pdserve:1.2.3"
+    assert env_of(container)["PDSERVE_IMAGE"] == "registry.example/pdserve:1.2.3"
+    container = operator_container(render("operator.workerImage=registry.example/worker:cuda"))
+    assert container["image"] == f"pdserve:{APP_VERSION}"
+    assert env_of(container)["PDSERVE_IMAGE"] == "registry.example/worker:cuda"
+
+
+def test_replicas_zero_keeps_everything_but_the_running_operator() -> None:
+    objects = render("operator.replicas=0")
+    assert one(objects, "Deployment")["spec"]["replicas"] == 0
+    assert one(objects, "ClusterRole")
+
+
+def rules_by_resource(role: dict[str, Any]) -> dict[str, set[str]]:
+    granted: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+        assert "*" not in rule["apiGroups"], rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault(f"{group}/{resource}", set()).update(rule["verbs"])
+    return granted
+
+
+MANAGE = {"get", "list", "watch", "create", "update", "patch", "delete"}
+NAMESPACED_NEEDS = {
+    "pdserve.dev/llmservices": {"get", "list", "watch", "patch"},
+    "pdserve.dev/llmservices/status": {"get", "patch", "update"},
+    "/events": {"create", "patch"},
+    "apps/deployments": MANAGE,
+    "/services": MANAGE,
+    "/configmaps": MANAGE,
+    "policy/poddisruptionbudgets": MANAGE,
+    "networking.k8s.io/networkpolicies": MANAGE,
+    "/pods": {"get", "list", "watch"},
+}
+DISCOVERY_NEEDS = {
+    "apiextensions.k8s.io/customresourcedefinitions": {"get", "list", "watch"},
+    "/namespaces": {"list", "watch"},
+}
+
+
+def test_cluster_rbac_is_exactly_what_the_operator_needs() -> None:
+    objects = render()
+    assert rules_by_resource(one(objects, "ClusterRole")) == NAMESPACED_NEEDS | DISCOVERY_NEEDS
+    binding = one(objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pdserve-operator",
+                                    "namespace": RELEASE_NAMESPACE}]
+
+
+def test_namespaced_rbac_confines_the_operator_to_its_namespace() -> None:
+    objects = render("rbac.namespaced=true")
+    role = one(objects, "Role")
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert rules_by_resource(role) == NAMESPACED_NEEDS
+    binding = one(objects, "RoleBinding")
+    assert binding["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    # Only read-only discovery stays cluster-wide.
+    assert rules_by_resource(one(objects, "ClusterRole")) == DISCOVERY_NEEDS
+    assert one(objects, "ClusterRoleBinding")["roleRef"]["kind"] == "ClusterRole"
+    args = operator_container(objects)["args"]
+    assert f"--namespace={RELEASE_NAMESPACE}" in args and "--all-namespaces" not in args
+
+
+def test_no_rbac_when_disabled() -> None:
+    kinds = {obj["kind"] for obj in render("rbac.create=false")}
+    assert kinds == {"Deployment", "ServiceAccount"}
+
+
+def test_service_monitor_is_optional() -> None:
+    assert all(obj["kind"] != "ServiceMonitor" for obj in render())
+    monitor = one(render("serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom"),
+                  "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "pdserve", "app.kubernetes.io/managed-by": "pdserve-operator"}
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    assert [endpoint["path"] for endpoint in monitor["spec"]["endpoints"]] == ["/metrics"]
+    namespaced = one(render("serviceMonitor.enabled=true", "rbac.namespaced=true"),
+                     "ServiceMonitor")
+    assert namespaced["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ("bogus=1", "additional properties 'bogus' not allowed"),
+    ("operator.replicas=2", "/operator/replicas"),
+    ("operator.replicaCount=1", "'replicaCount' not allowed"),
+    ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+    ("serviceMonitor.interval=soon", "/serviceMonitor/interval"),
+    ("rbac.namespaced=maybe", "/rbac/namespaced"),
+    ("operator.tolerations[0].effect=Never", "/operator/tolerations/0/effect"),
+])
+def test_schema_rejects_bad_values(bad: str, message: str) -> None:
+    done = helm("template", "pdserve", str(CHART), "--kube-version", "1.30.0", "--set", bad)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+
+
+def test_chart_crds_are_not_templates() -> None:
+    # Helm's crds/ directory: installed on first install, never upgraded or deleted by Helm.
+    kinds = {obj["kind"] for obj in render()}
+    assert "CustomResourceDefinition" not in kinds
+    assert any((CHART / "crds").glob("*.yaml"))
