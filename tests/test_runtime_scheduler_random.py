@@ -7,7 +7,7 @@ import random
 import pytest
 from runtime_fake_model import EOS, VOCAB, FakeModel, next_token
 
-from pdserve.runtime.block_manager import BlockManager
+from pdserve.runtime.block_manager import BlockManager, compute_block_hashes
 from pdserve.runtime.sampling_params import SamplingParams
 from pdserve.runtime.scheduler import Scheduler
 from pdserve.runtime.sequence import Sequence
@@ -144,3 +144,6 @@ def test_random_operations_keep_invariants_and_outputs(seed: int) -> None:
             context = seq.prompt_token_ids + seq.output_token_ids[:index]
             assert token == next_token(context), seq.request_id
         assert seq.num_tokens <= workload.sched.max_model_len + 1
+        # The per-sequence hash cache agrees with hashing the tokens from scratch.
+        expected = compute_block_hashes(seq.token_ids, workload.bm.block_size)
+        assert seq.block_hashes == expected[: len(seq.block_hashes)]

@@ -31,7 +31,7 @@ blocks and allocates the rest for KV arriving from a prefill worker; the returne
 from __future__ import annotations
 
 import hashlib
-from array import array
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from collections.abc import Sequence as TokenSequence
@@ -44,10 +44,8 @@ ROOT_HASH = 0
 
 def hash_block(parent_hash: int, token_ids: TokenSequence[int]) -> int:
     """Chained hash of one full block: identical in every process for the same prefix."""
-    digest = hashlib.blake2b(
-        parent_hash.to_bytes(8, "little") + array("q", token_ids).tobytes(), digest_size=8
-    ).digest()
-    return int.from_bytes(digest, "little")
+    data = struct.pack(f"<Q{len(token_ids)}q", parent_hash, *token_ids)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def compute_block_hashes(
@@ -139,12 +137,23 @@ class BlockManager:
             matched.append(block_id)
         return matched
 
+    def _hashes_upto(self, seq: Sequence, num_tokens: int) -> list[int]:
+        """Hashes of the full blocks among the first `num_tokens` tokens, each computed once."""
+        num_full = num_tokens // self.block_size
+        hashes = seq.block_hashes
+        parent = hashes[-1] if hashes else ROOT_HASH
+        for index in range(len(hashes), num_full):
+            start = index * self.block_size
+            parent = hash_block(parent, seq.token_slice(start, start + self.block_size))
+            hashes.append(parent)
+        return hashes[:num_full]
+
     def _matchable_hashes(self, seq: Sequence) -> list[int]:
         # The last token is always recomputed so that the engine gets its logits; matching only
         # blocks that end before it also means a step never writes into a shared block.
         if not self.enable_prefix_caching:
             return []
-        return self.block_hashes(seq.token_slice(0, seq.num_tokens - 1))
+        return self._hashes_upto(seq, seq.num_tokens - 1)
 
     def num_matched_tokens(self, seq: Sequence) -> int:
         """Tokens `allocate(seq)` would take from the prefix cache."""
@@ -177,7 +186,7 @@ class BlockManager:
         for block_id in matched:
             self._acquire(block_id)
         seq.block_table = list(matched)
-        seq.block_hashes = hashes[: len(matched)]
+        seq.num_committed_blocks = len(matched)
         seq.num_computed_tokens = len(matched) * self.block_size
         if not seq.output_token_ids:  # a recompute after preemption is not a new prompt
             seq.num_cached_tokens = seq.num_computed_tokens
@@ -198,13 +207,10 @@ class BlockManager:
         """Register the blocks that became full of computed tokens in the prefix cache."""
         if not self.enable_prefix_caching:
             return
-        num_full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_size
-        parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
-        for index in range(len(seq.block_hashes), num_full):
-            start = index * self.block_size
-            parent = hash_block(parent, seq.token_slice(start, start + self.block_size))
-            seq.block_hashes.append(parent)
-            self._register(seq.block_table[index], parent)
+        hashes = self._hashes_upto(seq, min(seq.num_computed_tokens, seq.num_tokens))
+        for index in range(seq.num_committed_blocks, len(hashes)):
+            self._register(seq.block_table[index], hashes[index])
+        seq.num_committed_blocks = max(seq.num_committed_blocks, len(hashes))
 
     def free(self, seq: Sequence) -> None:
         """Drop the sequence's references; its KV is gone (num_computed_tokens = 0)."""
@@ -213,7 +219,7 @@ class BlockManager:
         for block_id in reversed(seq.block_table):
             self._release(block_id)
         seq.block_table = []
-        seq.block_hashes = []
+        seq.num_committed_blocks = 0
         seq.num_computed_tokens = 0
 
     # ---- disaggregation: KV arriving from a prefill worker ------------------------------
@@ -225,7 +231,8 @@ class BlockManager:
         """
         if seq.request_id in self._reservations or seq.block_table:
             raise RuntimeError(f"request {seq.request_id} already holds KV blocks")
-        hashes = self.block_hashes(seq.prompt_token_ids) if self.enable_prefix_caching else []
+        caching = self.enable_prefix_caching
+        hashes = self._hashes_upto(seq, seq.num_prompt_tokens) if caching else []
         matched = self.match_prefix(hashes)
         needed = self.num_blocks_for(seq.num_prompt_tokens) - len(matched)
         if needed > self.num_free_blocks - self._num_evictable(matched):
@@ -233,7 +240,7 @@ class BlockManager:
         for block_id in matched:
             self._acquire(block_id)
         seq.block_table = list(matched) + [self._take_free_block() for _ in range(needed)]
-        seq.block_hashes = hashes[: len(matched)]
+        seq.num_committed_blocks = len(matched)
         seq.num_computed_tokens = 0
         seq.num_cached_tokens = len(matched) * self.block_size
         self.prefix_queries += seq.num_prompt_tokens

@@ -42,10 +42,13 @@ class ScheduledSeq:
     num_new_tokens: int
     start: int = field(init=False)
     needs_sample: bool = field(init=False)  # the chunk ends at the last known token
+    is_prefill: bool = field(init=False)  # not a one-token decode of the last known token
 
     def __post_init__(self) -> None:
+        # Fixed at scheduling time: postprocess() appends tokens to the sequence afterwards.
         self.start = self.seq.num_computed_tokens
         self.needs_sample = self.end == self.seq.num_tokens
+        self.is_prefill = self.start < self.seq.num_tokens - 1
 
     @property
     def end(self) -> int:
@@ -54,10 +57,6 @@ class ScheduledSeq:
     @property
     def token_ids(self) -> list[int]:
         return self.seq.token_slice(self.start, self.end)
-
-    @property
-    def is_prefill(self) -> bool:
-        return self.start < self.seq.num_tokens - 1
 
 
 @dataclass

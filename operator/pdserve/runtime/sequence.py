@@ -24,8 +24,10 @@ class Sequence:
     """A request in the engine.
 
     `num_computed_tokens` counts the leading tokens of `token_ids` whose KV is in the cache; the
-    next model step computes from there. `block_hashes` holds the chained hashes of the leading
-    full blocks of `block_table` that the block manager has registered (maintained by it).
+    next model step computes from there. `block_hashes` caches the chained hashes of the leading
+    full blocks of `token_ids` (filled lazily by the block manager; tokens are only ever
+    appended, so it stays valid across preemption); the first `num_committed_blocks` blocks of
+    `block_table` are known to the prefix cache.
     A preempted request keeps its output: its next prefill covers prompt + output so far.
     """
 
@@ -37,6 +39,7 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)
+    num_committed_blocks: int = 0
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
