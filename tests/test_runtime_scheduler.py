@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from runtime_fake_model import EOS, VOCAB, FakeModel
+from runtime_fake_model import EOS, VOCAB, FakeModel, next_token
 
 from pdserve.runtime.block_manager import BlockManager
 from pdserve.runtime.sampling_params import SamplingParams
@@ -289,3 +289,21 @@ def test_request_admitted_with_transferred_kv() -> None:
     assert bm.reserve(pending, deadline=1.0) is not None
     aborted = sched.abort("x")
     assert aborted is pending and aborted.finish_reason == "abort" and bm.reservations == {}
+
+
+def test_transferred_requests_filling_the_cache_do_not_deadlock() -> None:
+    sched = make(num_blocks=4, block_size=2, max_num_seqs=1)
+    model = FakeModel(sched.block_manager)
+    for request_id, priority, prompt in (("a", 0, [3, 4, 5, 6]), ("b", 1, [7, 8, 9, 10])):
+        incoming = Sequence(request_id, prompt, SamplingParams(max_tokens=3), priority=priority)
+        incoming.output_token_ids.append(next_token(prompt))
+        assert sched.block_manager.reserve(incoming, deadline=1.0) is not None
+        for pos, token in enumerate(prompt):  # the "transfer"
+            model.slots[(incoming.block_table[pos // 2], pos % 2)] = token
+        sched.block_manager.complete_reservation(request_id)
+        sched.add(incoming)
+    assert sched.block_manager.num_free_blocks == 0
+    output, _ = step(sched, model)
+    assert [s.request_id for s in output.preempted] == ["b"]  # b will prefill locally
+    finished = run_all(sched, model)
+    assert {s.request_id: s.num_output_tokens for s in finished.values()} == {"a": 3, "b": 3}
