@@ -137,8 +137,11 @@ class BlockManager:
             matched.append(block_id)
         return matched
 
-    def _hashes_upto(self, seq: Sequence, num_tokens: int) -> list[int]:
-        """Hashes of the full blocks among the first `num_tokens` tokens, each computed once."""
+    def _hash_full_blocks(self, seq: Sequence, num_tokens: int) -> int:
+        """Extend seq.block_hashes over the full blocks of the first `num_tokens` tokens.
+
+        Each block is hashed once per sequence; returns the number of those full blocks.
+        """
         num_full = num_tokens // self.block_size
         hashes = seq.block_hashes
         parent = hashes[-1] if hashes else ROOT_HASH
@@ -146,14 +149,14 @@ class BlockManager:
             start = index * self.block_size
             parent = hash_block(parent, seq.token_slice(start, start + self.block_size))
             hashes.append(parent)
-        return hashes[:num_full]
+        return num_full
 
     def _matchable_hashes(self, seq: Sequence) -> list[int]:
         # The last token is always recomputed so that the engine gets its logits; matching only
         # blocks that end before it also means a step never writes into a shared block.
         if not self.enable_prefix_caching:
             return []
-        return self._hashes_upto(seq, seq.num_tokens - 1)
+        return seq.block_hashes[: self._hash_full_blocks(seq, seq.num_tokens - 1)]
 
     def num_matched_tokens(self, seq: Sequence) -> int:
         """Tokens `allocate(seq)` would take from the prefix cache."""
@@ -207,10 +210,13 @@ class BlockManager:
         """Register the blocks that became full of computed tokens in the prefix cache."""
         if not self.enable_prefix_caching:
             return
-        hashes = self._hashes_upto(seq, min(seq.num_computed_tokens, seq.num_tokens))
-        for index in range(seq.num_committed_blocks, len(hashes)):
-            self._register(seq.block_table[index], hashes[index])
-        seq.num_committed_blocks = max(seq.num_committed_blocks, len(hashes))
+        num_full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_size
+        if num_full <= seq.num_committed_blocks:
+            return  # the common decode step: no block became full
+        self._hash_full_blocks(seq, num_full * self.block_size)
+        for index in range(seq.num_committed_blocks, num_full):
+            self._register(seq.block_table[index], seq.block_hashes[index])
+        seq.num_committed_blocks = num_full
 
     def free(self, seq: Sequence) -> None:
         """Drop the sequence's references; its KV is gone (num_computed_tokens = 0)."""
@@ -232,7 +238,8 @@ class BlockManager:
         if seq.request_id in self._reservations or seq.block_table:
             raise RuntimeError(f"request {seq.request_id} already holds KV blocks")
         caching = self.enable_prefix_caching
-        hashes = self._hashes_upto(seq, seq.num_prompt_tokens) if caching else []
+        num_full = self._hash_full_blocks(seq, seq.num_prompt_tokens) if caching else 0
+        hashes = seq.block_hashes[:num_full]
         matched = self.match_prefix(hashes)
         needed = self.num_blocks_for(seq.num_prompt_tokens) - len(matched)
         if needed > self.num_free_blocks - self._num_evictable(matched):
