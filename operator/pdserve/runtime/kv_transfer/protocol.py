@@ -7,7 +7,7 @@ then any number of transfers, one at a time:
     prefill -> decode   HELLO  {version, transport, layout}
     decode  -> prefill  ACCEPT {layout}                  (cuda-ipc: then IPC_HANDLE, raw bytes)
     per transfer:
-    prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token}
+    prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token, params, priority}
     decode  -> prefill  NEED   {num_cached_blocks, block_ids}   (block_ids: where missing blocks go)
     prefill -> decode   DATA... (tcp only)  DONE {bytes}
     decode  -> prefill  ACK    {}
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -43,19 +43,27 @@ class LayoutMismatchError(KVTransferError):
 
 @dataclass
 class Offer:
+    """A prompt whose KV the prefill worker holds, with its first token and sampling params."""
+
     transfer_id: str
     prompt_token_ids: list[int]
     first_token: int
+    params: dict[str, Any] = field(default_factory=dict)  # SamplingParams fields
+    priority: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"transfer_id": self.transfer_id, "prompt_token_ids": self.prompt_token_ids,
-                "first_token": self.first_token}
+                "first_token": self.first_token, "params": self.params,
+                "priority": self.priority}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Offer:
         try:
+            params = obj.get("params", {})
+            if not isinstance(params, dict):
+                raise TypeError("params must be an object")
             return cls(str(obj["transfer_id"]), [int(t) for t in obj["prompt_token_ids"]],
-                       int(obj["first_token"]))
+                       int(obj["first_token"]), params, int(obj.get("priority", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise KVTransferError(f"malformed OFFER: {exc!r}") from None
 
