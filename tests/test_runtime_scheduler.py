@@ -307,3 +307,15 @@ def test_transferred_requests_filling_the_cache_do_not_deadlock() -> None:
     assert [s.request_id for s in output.preempted] == ["b"]  # b will prefill locally
     finished = run_all(sched, model)
     assert {s.request_id: s.num_output_tokens for s in finished.values()} == {"a": 3, "b": 3}
+
+
+def test_urgent_prompt_gets_the_budget_before_a_running_long_prefill() -> None:
+    sched = make(max_num_batched_tokens=16)
+    model = FakeModel(sched.block_manager)
+    sched.add(seq("background", 100, priority=5))
+    step(sched, model)
+    sched.add(seq("urgent", 10, priority=0))
+    output, _ = step(sched, model)
+    chunks = [(item.seq.request_id, item.num_new_tokens) for item in output.scheduled]
+    assert chunks == [("urgent", 10), ("background", 6)]
+    assert output.preempted == []

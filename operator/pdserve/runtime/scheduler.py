@@ -5,9 +5,9 @@ Each engine step is `schedule() -> run the model -> postprocess()`:
 1. running decodes first, one token each, most urgent first (urgency = smaller priority, then
    earlier arrival), so a long prompt never stalls them;
 2. then prefill chunks under what is left of the per-step token budget
-   (`max_num_batched_tokens`): running requests still prefilling, then waiting requests admitted
-   in urgency order while `max_num_seqs` and the KV blocks allow (head of line: a waiting request
-   that does not fit stops admission, less urgent ones do not overtake it).
+   (`max_num_batched_tokens`), in urgency order across running requests still prefilling and
+   waiting requests, admitted while `max_num_seqs` and the KV blocks allow (head of line: a
+   waiting request that does not fit stops admission, less urgent ones do not overtake it).
 
 When a running request needs a KV block and none is free, the least urgent running request is
 preempted: its blocks are freed and it goes back to waiting, to be recomputed later over
@@ -27,6 +27,7 @@ finishing until `release(request_id)`.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -200,14 +201,21 @@ class Scheduler:
                 and self._make_room(seq, 1, plan)
             ):
                 plan.add(seq, 1)
-        for seq in list(self.running):  # prefill chunks of admitted requests
-            if plan.budget <= 0:
+        # Prefill chunks: admitted requests still prefilling and waiting ones, most urgent first.
+        prefilling = deque(s for s in self.running if s.request_id not in plan.scheduled)
+        admitting = True
+        while plan.budget > 0:
+            head = self.waiting[0] if admitting and self.waiting else None
+            if head is not None and (not prefilling or head.urgency < prefilling[0].urgency):
+                admitting = self._admit_next(head, plan)
+                continue
+            if not prefilling:
                 break
+            seq = prefilling.popleft()
             if seq.status is SequenceStatus.RUNNING and seq.request_id not in plan.scheduled:
                 num_new = min(seq.num_tokens - seq.num_computed_tokens, plan.budget)
                 if self._make_room(seq, num_new, plan):
                     plan.add(seq, num_new)
-        self._admit_waiting(plan)
         plan.output.scheduled = list(plan.scheduled.values())
         return plan.output
 
@@ -235,43 +243,43 @@ class Scheduler:
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _admit_waiting(self, plan: _StepPlan) -> None:
-        preempted_now = plan.output.preempted
-        while self.waiting and plan.budget > 0:
-            seq = self.waiting[0]
-            if seq in preempted_now:
-                break  # not back in the same step it was pushed out of
-            if len(self.running) >= self.max_num_seqs:
-                if self._evict_for_admission(seq, plan):
-                    continue
-                break
-            bm = self.block_manager
-            if seq.block_table:  # prompt KV transferred in
-                num_new = min(seq.num_tokens - seq.num_computed_tokens, plan.budget)
+    def _admit_next(self, seq: Sequence, plan: _StepPlan) -> bool:
+        """Admit `seq`, the most urgent waiting request, or make room for it.
+
+        False when it has to wait: then no less urgent request may overtake it this step.
+        """
+        if seq in plan.output.preempted:
+            return False  # not back in the same step it was pushed out of
+        if len(self.running) >= self.max_num_seqs:
+            return self._evict_for_admission(seq, plan)
+        bm = self.block_manager
+        if seq.block_table:  # prompt KV transferred in
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, plan.budget)
+            fits = bm.ensure_slots(seq, num_new)
+        else:
+            matched = bm.num_matched_tokens(seq)
+            # A chunk never needs more blocks than the cache has, or it could never fit.
+            capacity = bm.num_blocks * bm.block_size - matched
+            num_new = min(seq.num_tokens - matched, plan.budget, capacity)
+            fits = num_new > 0 and bm.can_allocate(seq, num_new)
+            if fits:
+                bm.allocate(seq)
                 fits = bm.ensure_slots(seq, num_new)
-            else:
-                matched = bm.num_matched_tokens(seq)
-                # A chunk never needs more blocks than the cache has, or it could never fit.
-                capacity = bm.num_blocks * bm.block_size - matched
-                num_new = min(seq.num_tokens - matched, plan.budget, capacity)
-                fits = bm.can_allocate(seq, num_new)
-                if fits:
-                    bm.allocate(seq)
-                    fits = bm.ensure_slots(seq, num_new)
-                    assert fits, "can_allocate() promised room"
-            if not fits:
-                if self._evict_for_admission(seq, plan):
-                    continue
-                if seq.block_table and bm.num_blocks_for(seq.num_tokens) > bm.num_blocks:
-                    self.waiting.pop(0)  # its transferred prompt fills the cache: no room to grow
-                    self._finish(seq, "length")
-                    plan.output.finished.append(seq)
-                    continue
-                break
-            self.waiting.pop(0)
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
-            plan.add(seq, num_new)
+                assert fits, "can_allocate() promised room"
+        if not fits:
+            if self._evict_for_admission(seq, plan):
+                return True
+            if bm.num_blocks_for(seq.num_tokens) > bm.num_blocks:
+                self.waiting.pop(0)  # its context outgrew the whole cache (after preemption)
+                self._finish(seq, "length")
+                plan.output.finished.append(seq)
+                return True
+            return False
+        self.waiting.pop(0)
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        plan.add(seq, num_new)
+        return True
 
     def _make_room(self, seq: Sequence, num_new: int, plan: _StepPlan) -> bool:
         """Get blocks for `num_new` tokens of running `seq`, evicting less urgent holders.
