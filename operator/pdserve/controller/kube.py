@@ -1,0 +1,93 @@
+"""The operator's few calls to the Kubernetes API: server-side apply, reads, status patches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+
+from pdserve.api.resource import GROUP, PLURAL, VERSION
+from pdserve.controller.names import FIELD_MANAGER, LABEL_ROLE, children_selector
+
+# Collection path of every kind the operator touches, under a namespace.
+_COLLECTIONS: dict[str, str] = {
+    "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
+    "Service": "/api/v1/namespaces/{namespace}/services",
+    "Pod": "/api/v1/namespaces/{namespace}/pods",
+    "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
+    "PodDisruptionBudget": "/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets",
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
+    "LLMService": f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}",
+}
+REQUEST_TIMEOUT_S = 30
+
+
+class Kube:
+    """A thin wrapper over one ApiClient (safe to share between handler threads)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    def _call(self, method: str, kind: str, namespace: str, name: str = "", *,
+              query: list[tuple[str, str]] | None = None, body: Any = None,
+              content_type: str | None = None) -> dict[str, Any]:
+        path = _COLLECTIONS[kind].format(namespace=namespace) + (f"/{name}" if name else "")
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        request = self.api.param_serialize(
+            method, path, query_params=query or [], header_params=headers, body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*request, _request_timeout=REQUEST_TIMEOUT_S)
+        raw = response.read()  # type: ignore[no-untyped-call]
+        text = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+        if not 200 <= response.status <= 299:
+            raise client.ApiException.from_response(http_resp=response, body=text, data=None)
+        decoded = json.loads(text) if text else {}
+        return decoded if isinstance(decoded, dict) else {}
+
+    def apply(self, obj: Mapping[str, Any]) -> None:
+        """Server-side apply under the operator's one field manager, taking over conflicts."""
+        meta = obj["metadata"]
+        self._call("PATCH", obj["kind"], meta["namespace"], meta["name"],
+                   query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                   body=dict(obj), content_type="application/apply-patch+yaml")
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete a child; one already gone is fine."""
+        try:
+            self._call("DELETE", kind, namespace, name)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def _children(self, kind: str, namespace: str, service: str) -> list[dict[str, Any]]:
+        found = self._call("GET", kind, namespace,
+                           query=[("labelSelector", children_selector(service))])
+        items: list[dict[str, Any]] = found.get("items") or []
+        return items
+
+    def role_deployments(self, namespace: str, service: str) -> dict[str, dict[str, Any]]:
+        """The LLMService's Deployments by role."""
+        return {labels[LABEL_ROLE]: deployment
+                for deployment in self._children("Deployment", namespace, service)
+                if LABEL_ROLE in (labels := deployment["metadata"].get("labels") or {})}
+
+    def pods(self, namespace: str, service: str) -> list[dict[str, Any]]:
+        return self._children("Pod", namespace, service)
+
+    def llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", "LLMService", namespace, name)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the status subresource (never the spec)."""
+        self._call("PATCH", "LLMService", namespace, f"{name}/status",
+                   body={"status": dict(status)}, content_type="application/merge-patch+json")

@@ -1,0 +1,104 @@
+"""One level-based pass over an LLMService: render, apply, observe, compute status.
+
+Every trigger (create, update, resume, the periodic timer, a child's event) runs the same
+pass, so a child deleted or edited by hand is restored by the next one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from pydantic import ValidationError
+
+from pdserve import __version__
+from pdserve.api.spec import LLMServiceSpec
+from pdserve.controller import metrics
+from pdserve.controller.context import Owner, desired_replicas
+from pdserve.controller.kube import Kube
+from pdserve.controller.names import workers_service_name
+from pdserve.controller.render import render_children
+from pdserve.controller.status import Observation, compute_status
+
+IMAGE_ENV = "PDSERVE_IMAGE"
+
+
+def default_image() -> str:
+    """The operator's own image (PDSERVE_IMAGE, set by the chart), else pdserve:<version>."""
+    return os.environ.get(IMAGE_ENV) or f"pdserve:{__version__}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def validation_message(error: ValidationError) -> str:
+    """A pydantic error as one human line per problem, with Kubernetes field paths."""
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"])
+        lines.append(f"spec.{where}: {problem['msg']}" if where else f"spec: {problem['msg']}")
+    return "; ".join(lines)
+
+
+def _api_message(exc: client.ApiException) -> str:
+    return f"{exc.status} {exc.reason}: {(exc.body or '')[:500]}"
+
+
+def reconcile(kube: Kube, body: Mapping[str, Any], *, apply: bool,
+              trigger: str) -> dict[str, Any]:
+    """Bring the children in line with the spec (when `apply`) and return the new status."""
+    started = time.monotonic()
+    meta = body["metadata"]
+    owner = Owner(meta["name"], meta["namespace"], meta["uid"])
+    status: Mapping[str, Any] = body.get("status") or {}
+    problem: tuple[str, str] | None = None
+    desired: dict[str, int] = {}
+    spec: LLMServiceSpec | None = None
+    try:
+        spec = LLMServiceSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        problem = ("InvalidSpec", f"the spec cannot be served: {validation_message(exc)}")
+    if spec is not None:
+        decided = status.get("autoscaling")
+        desired = {"prefill": desired_replicas(spec, "prefill", decided),
+                   "decode": desired_replicas(spec, "decode", decided),
+                   "router": spec.router.replicas}
+        if apply:
+            problem = _apply_all(kube, spec, owner, decided)
+    deployments = kube.role_deployments(owner.namespace, owner.name)
+    pods = kube.pods(owner.namespace, owner.name)
+    seen = Observation(
+        name=owner.name, namespace=owner.namespace, generation=int(meta.get("generation", 0)),
+        autoscaling_enabled=bool(spec and spec.autoscaling.enabled), desired=desired,
+        deployments=deployments, pods=pods, previous=status, problem=problem,
+    )
+    computed = compute_status(seen, _now())
+    metrics.RECONCILES.labels(trigger, "problem" if problem else "ok").inc()
+    metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+    for condition in computed["conditions"]:
+        metrics.CONDITION_TRUE.labels(owner.namespace, owner.name, condition["type"]).set(
+            1 if condition["status"] == "True" else 0)
+    return computed
+
+
+def _apply_all(kube: Kube, spec: LLMServiceSpec, owner: Owner,
+               decided: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    failures = []
+    for child in render_children(spec, owner, spec.image or default_image(),
+                                 dict(decided) if decided else None):
+        try:
+            kube.apply(child)
+        except client.ApiException as exc:
+            metrics.APPLY_ERRORS.labels(child["kind"]).inc()
+            failures.append(f"{child['kind']} {child['metadata']['name']}: {_api_message(exc)}")
+    if not spec.network_policy.enabled:
+        for role in ("prefill", "decode"):
+            kube.delete("NetworkPolicy", owner.namespace, workers_service_name(owner.name, role))
+    if failures:
+        return ("ApplyFailed", "children the apiserver refused: " + "; ".join(failures))
+    return None
