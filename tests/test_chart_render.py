@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,10 @@ def test_operator_deployment_is_a_restricted_singleton() -> None:
 
 
 def test_probes_hit_the_operator_health_port() -> None:
-    container = operator_container(render("operator.healthPort=9444"))
-    assert container["ports"] == [{"name": "health", "containerPort": 9444, "protocol": "TCP"}]
-    assert "--health-port=9444" in container["args"]
+    container = operator_container(render("operator.healthPort=9444", "operator.metricsPort=9445"))
+    assert container["ports"] == [{"name": "health", "containerPort": 9444, "protocol": "TCP"},
+                                  {"name": "metrics", "containerPort": 9445, "protocol": "TCP"}]
+    assert {"--health-port=9444", "--metrics-port=9445"} <= set(container["args"])
     for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
 
@@ -203,18 +205,31 @@ def test_no_rbac_when_disabled() -> None:
     assert kinds == {"Deployment", "ServiceAccount"}
 
 
-def test_service_monitor_is_optional() -> None:
-    assert all(obj["kind"] != "ServiceMonitor" for obj in render())
-    monitor = one(render("serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom"),
-                  "ServiceMonitor")
-    assert monitor["metadata"]["labels"]["release"] == "prom"
-    assert monitor["spec"]["selector"]["matchLabels"] == {
+def test_service_monitors_are_optional() -> None:
+    kinds = {obj["kind"] for obj in render()}
+    assert "ServiceMonitor" not in kinds and "Service" not in kinds
+    objects = render("serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom")
+    monitors = {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {"pdserve-operator", "pdserve-workloads"}
+    for monitor in monitors.values():
+        assert monitor["metadata"]["labels"]["release"] == "prom"
+        assert [endpoint["path"] for endpoint in monitor["spec"]["endpoints"]] == ["/metrics"]
+    workloads = monitors["pdserve-workloads"]["spec"]
+    assert workloads["selector"]["matchLabels"] == {
         "app.kubernetes.io/name": "pdserve", "app.kubernetes.io/managed-by": "pdserve-operator"}
-    assert monitor["spec"]["namespaceSelector"] == {"any": True}
-    assert [endpoint["path"] for endpoint in monitor["spec"]["endpoints"]] == ["/metrics"]
-    namespaced = one(render("serviceMonitor.enabled=true", "rbac.namespaced=true"),
-                     "ServiceMonitor")
-    assert namespaced["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
+    assert workloads["namespaceSelector"] == {"any": True}
+    assert workloads["endpoints"][0]["port"] == "http"
+    # The operator's monitor reaches its metrics port through the metrics Service.
+    service = one(objects, "Service")
+    operator_monitor = monitors["pdserve-operator"]["spec"]
+    selected = operator_monitor["selector"]["matchLabels"]
+    assert selected.items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["selector"] == one(objects, "Deployment")["spec"]["selector"][
+        "matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == operator_monitor["endpoints"][0]["port"]
+    namespaced = render("serviceMonitor.enabled=true", "rbac.namespaced=true")
+    for monitor in (obj for obj in namespaced if obj["kind"] == "ServiceMonitor"):
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
 
 
 @pytest.mark.parametrize(("bad", "message"), [
@@ -237,3 +252,16 @@ def test_chart_crds_are_not_templates() -> None:
     kinds = {obj["kind"] for obj in render()}
     assert "CustomResourceDefinition" not in kinds
     assert any((CHART / "crds").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("sets", [[], ["rbac.namespaced=true"]])
+def test_operator_command_line_is_accepted_by_the_operator(sets: list[str], tmp_path: Path) -> None:
+    container = operator_container(render(*sets))
+    missing = tmp_path / "no-kubeconfig"
+    done = subprocess.run(
+        [sys.executable, "-m", "pdserve", *container["command"][1:], *container["args"],
+         "--kubeconfig", str(missing)],
+        capture_output=True, text=True, timeout=60, check=False)
+    # Arguments parsed; it stopped only at the missing credentials.
+    assert done.returncode == 2
+    assert f"no kubeconfig at {missing}" in done.stderr, done.stderr
