@@ -35,7 +35,7 @@ def replicas(p, d, **decode_extra):
     return Replicas(RoleReplicas(p, p), RoleReplicas(d, d, **decode_extra))
 
 
-def load(prefill_rate, decode_rate, ttft=0.7, itl=0.04, running=10.0):
+def load(prefill_rate, decode_rate, ttft=0.5, itl=0.025, running=10.0):
     return RoleMetrics(prefill_rate, 1.0, ttft, 0.0, 0.0, NAN), RoleMetrics(
         decode_rate, 1.0, itl, running, 0.0, 0.3)
 
@@ -173,3 +173,12 @@ def test_state_round_trips_through_status_json():
 def test_deletion_cost_orders_pods_by_in_flight_work():
     costs = deletion_costs({"idle": 0.0, "busy": 7.0, "unknown": NAN, "neg": -1.0})
     assert costs == {"idle": "0", "busy": "700", "unknown": "0", "neg": "0"}
+
+
+def test_saturated_role_is_sized_by_arrivals_not_throughput():
+    # Prefill serves 20k tok/s at 10 req/s (2k tokens each) but 30 req/s arrive: demand is 60k.
+    pre = RoleMetrics(20_000, 10.0, 0.5, 4.0, 0.0, NAN)
+    dec = RoleMetrics(500, 10.0, 0.025, 10.0, 0.0, 0.2)
+    d = plan(MetricsSnapshot(0, pre, dec, arrival_rate=30.0), replicas(2, 1),
+             config(max_step=10), PlannerState(), 0)
+    assert d.prefill_replicas == 8  # 60k / (10k x 0.8) = 7.5

@@ -57,6 +57,9 @@ class PlannerConfig:
     interval_seconds: float = 30.0
     # Plan for replicas this busy so that bursts inside a scrape interval still meet targets.
     target_utilization: float = 0.8
+    # Mean latencies are steered to this fraction of the targets: the targets bind every
+    # request, and a mean at the target leaves about half of them over it.
+    latency_aim: float = 0.6
     # Relative change of need ignored (no flapping on noise).
     dead_band: float = 0.1
     scale_up_stabilization_seconds: float = 0.0
@@ -78,6 +81,8 @@ class PlannerConfig:
         self.capacity.validate()
         if self.max_step < 1:
             raise PlannerConfigError("maxStep must be at least 1")
+        if not 0.0 < self.latency_aim <= 1.0:
+            raise PlannerConfigError("latency aim must be in (0, 1]")
         if not 0.0 < self.target_utilization <= 1.0:
             raise PlannerConfigError("target utilization must be in (0, 1]")
         budget = self.accelerator_budget

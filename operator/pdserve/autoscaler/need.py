@@ -60,37 +60,47 @@ def _finite(value: float) -> float:
     return value if known(value) else 0.0
 
 
-def prefill_need(metrics: RoleMetrics, ready: int, correction: float,
+def demand(metrics: RoleMetrics, arrival_rate: float) -> float:
+    """Tokens/s the role is asked for: measured throughput, or arrivals times tokens per served
+    request when that is higher (a saturated role serves less than it is asked)."""
+    served = _finite(metrics.token_rate)
+    if known(arrival_rate) and known(metrics.request_rate) and metrics.request_rate > 0:
+        return max(served, arrival_rate * served / metrics.request_rate)
+    return served
+
+
+def prefill_need(metrics: RoleMetrics, arrival_rate: float, ready: int, correction: float,
                  cfg: PlannerConfig) -> RoleNeed:
     capacity = cfg.capacity.prefill_tokens_per_second * correction * cfg.target_utilization
-    demand = _finite(metrics.token_rate)
+    asked = demand(metrics, arrival_rate)
     waiting = _finite(metrics.waiting)
     if waiting > 0 and known(metrics.request_rate) and metrics.request_rate > 0:
-        mean_prompt = demand / metrics.request_rate
-        demand += waiting * mean_prompt / cfg.backlog_drain_seconds
-    by_tokens = demand / capacity
-    ratio = latency_ratio(metrics, cfg.ttft_target_seconds)
+        mean_prompt = _finite(metrics.token_rate) / metrics.request_rate
+        asked += waiting * mean_prompt / cfg.backlog_drain_seconds
+    by_tokens = asked / capacity
+    ratio = latency_ratio(metrics, cfg.ttft_target_seconds * cfg.latency_aim)
     floor = _latency_floor(ratio, ready, cfg)
     if floor > by_tokens:
-        return RoleNeed(floor, ratio, f"TTFT {ratio:.2f}x target")
-    return RoleNeed(by_tokens, ratio, f"{demand:.0f} prompt tok/s")
+        return RoleNeed(floor, ratio, f"TTFT {ratio:.2f}x aim")
+    return RoleNeed(by_tokens, ratio, f"{asked:.0f} prompt tok/s")
 
 
-def decode_need(metrics: RoleMetrics, ready: int, correction: float,
+def decode_need(metrics: RoleMetrics, arrival_rate: float, ready: int, correction: float,
                 cfg: PlannerConfig) -> RoleNeed:
     u = cfg.target_utilization
     capacity = cfg.capacity.decode_tokens_per_second * correction * u
-    by_tokens = _finite(metrics.token_rate) / capacity
+    asked = demand(metrics, arrival_rate)
+    by_tokens = asked / capacity
     sequences = _finite(metrics.running) + _finite(metrics.waiting)
     by_sequences = sequences / (cfg.capacity.decode_max_sequences * u)
     by_kv = ready * _finite(metrics.kv_usage) / cfg.kv_high_watermark
-    ratio = latency_ratio(metrics, cfg.itl_target_seconds)
+    ratio = latency_ratio(metrics, cfg.itl_target_seconds * cfg.latency_aim)
     floor = _latency_floor(ratio, ready, cfg)
     candidates = [
-        (by_tokens, f"{_finite(metrics.token_rate):.0f} generated tok/s"),
+        (by_tokens, f"{asked:.0f} generated tok/s"),
         (by_sequences, f"{sequences:.0f} sequences"),
         (by_kv, f"KV usage {_finite(metrics.kv_usage):.2f}"),
-        (floor, f"ITL {ratio:.2f}x target"),
+        (floor, f"ITL {ratio:.2f}x aim"),
     ]
     replicas, signal = max(candidates, key=lambda c: c[0])
     return RoleNeed(replicas, ratio, signal)

@@ -9,8 +9,14 @@ from dataclasses import replace
 
 from pdserve.autoscaler.budget import accelerators, best_split, fits, worst_pressure
 from pdserve.autoscaler.config import PlannerConfig, PlannerConfigError
-from pdserve.autoscaler.need import RoleNeed, decode_need, prefill_need, updated_correction
-from pdserve.autoscaler.snapshot import MetricsSnapshot, RoleMetrics, known
+from pdserve.autoscaler.need import (
+    RoleNeed,
+    decode_need,
+    latency_ratio,
+    prefill_need,
+    updated_correction,
+)
+from pdserve.autoscaler.snapshot import MetricsSnapshot, known
 from pdserve.autoscaler.state import (
     Decision,
     PlannerState,
@@ -48,16 +54,18 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
                    inputs: dict[str, float | int | str]) -> Decision:
     pre, dec = replicas.prefill, replicas.decode
     p_corr = updated_correction(
-        state.prefill_correction, _ratio(snapshot.prefill, cfg.ttft_target_seconds),
+        state.prefill_correction,
+        latency_ratio(snapshot.prefill, cfg.ttft_target_seconds * cfg.latency_aim),
         _utilization(snapshot.prefill.token_rate, pre.ready,
                      cfg.capacity.prefill_tokens_per_second * state.prefill_correction), cfg)
     d_corr = updated_correction(
-        state.decode_correction, _ratio(snapshot.decode, cfg.itl_target_seconds),
+        state.decode_correction,
+        latency_ratio(snapshot.decode, cfg.itl_target_seconds * cfg.latency_aim),
         _utilization(snapshot.decode.token_rate, dec.ready,
                      cfg.capacity.decode_tokens_per_second * state.decode_correction), cfg)
     state = replace(state, prefill_correction=p_corr, decode_correction=d_corr)
-    p_need = prefill_need(snapshot.prefill, pre.ready, p_corr, cfg)
-    d_need = decode_need(snapshot.decode, dec.ready, d_corr, cfg)
+    p_need = prefill_need(snapshot.prefill, snapshot.arrival_rate, pre.ready, p_corr, cfg)
+    d_need = decode_need(snapshot.decode, snapshot.arrival_rate, dec.ready, d_corr, cfg)
     limited: list[str] = []
 
     raw = (cfg.prefill.clamp(_hysteresis(p_need.replicas, current[0], cfg.dead_band)),
@@ -203,10 +211,6 @@ def _message(current: tuple[int, int], final: tuple[int, int], p_need: RoleNeed,
     return "; ".join(parts)
 
 
-def _ratio(metrics: RoleMetrics, target: float) -> float:
-    return metrics.latency_seconds / target if known(metrics.latency_seconds) else math.nan
-
-
 def _utilization(rate: float, ready: int, per_replica: float) -> float:
     if ready <= 0 or not known(rate):
         return math.nan
@@ -217,6 +221,7 @@ def _inputs(snapshot: MetricsSnapshot) -> dict[str, float | int | str]:
     values: dict[str, float | int | str] = {}
     values.update(snapshot.prefill.as_inputs("prefill"))
     values.update(snapshot.decode.as_inputs("decode"))
+    values["arrivalRate"] = snapshot.arrival_rate
     return values
 
 

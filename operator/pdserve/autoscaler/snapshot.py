@@ -22,8 +22,12 @@ class RoleMetrics:
     """Per-role aggregates over all pods of one role of one LLMService.
 
     token_rate: prefill = prompt tokens computed per second (prefix-cache hits excluded);
-    decode = generated tokens per second. latency_seconds: prefill = mean time to first token;
-    decode = mean inter-token latency. running/waiting: summed over pods. kv_usage: mean 0..1.
+    decode = generated tokens per second. request_rate: requests/s the role completed.
+    latency_seconds: prefill = mean time to first token; decode = mean inter-token latency.
+    running/waiting: summed over pods. kv_usage: mean 0..1.
+
+    Token rates are throughput: a saturated role shows its capacity, not its demand. The
+    planner scales them by arrivals (see MetricsSnapshot.arrival_rate).
     """
 
     token_rate: float = NAN
@@ -54,8 +58,10 @@ class RoleMetrics:
 
 @dataclass(frozen=True)
 class MetricsSnapshot:
-    """One evaluation of the planner's queries, taken at `time` (seconds, any epoch)."""
+    """One evaluation of the planner's queries, taken at `time` (seconds, any epoch).
+    arrival_rate: requests/s arriving at the router, whether or not they are served yet."""
 
     time: float
     prefill: RoleMetrics = field(default_factory=RoleMetrics)
     decode: RoleMetrics = field(default_factory=RoleMetrics)
+    arrival_rate: float = NAN
