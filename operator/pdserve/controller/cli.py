@@ -44,6 +44,13 @@ def _load_kube_config(kubeconfig: str | None) -> None:
         config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
+def _api_client() -> client.ApiClient:
+    configuration = client.Configuration.get_default_copy()
+    # Sync handlers run concurrently in kopf's thread pool; give each a connection.
+    configuration.connection_pool_maxsize = 32
+    return client.ApiClient(configuration)
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -70,6 +77,6 @@ def main(argv: list[str]) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness}/healthz" if args.liveness else None,
-        memo=kopf.Memo(kube=Kube(client.ApiClient())),
+        memo=kopf.Memo(kube=Kube(_api_client())),
     )
     return 0
