@@ -21,6 +21,7 @@ from pdserve.runtime.engine import StepOutput
 from pdserve.runtime.kv_transfer import KVReceiverServer
 from pdserve.runtime.openai_routes import add_openai_routes
 from pdserve.runtime.openai_serving import OutputStream, local_submit
+from pdserve.runtime.sampler import TokenLogprobs
 from pdserve.runtime.sampling_params import SamplingParams
 from pdserve.runtime.server import STATE, WorkerState
 from pdserve.runtime.worker_load import KV_PORT_KEY, install_load_route
@@ -30,6 +31,27 @@ TRANSFER_HEADER = "x-pdserve-transfer-id"
 # Set once the model is loaded: the transfer table and the KV receiver serving it.
 TRANSFERS: web.AppKey[list[DecodeTransfers]] = web.AppKey("pdserve_decode_transfers", list)
 RECEIVER: web.AppKey[list[KVReceiverServer]] = web.AppKey("pdserve_kv_receiver", list)
+
+
+class FirstTokenLogprobs:
+    """Adds the first token's logprobs (computed on the prefill worker) to the first output."""
+
+    def __init__(self, stream: OutputStream, first: TokenLogprobs) -> None:
+        self._stream = stream
+        self._first: TokenLogprobs | None = first
+
+    def __aiter__(self) -> FirstTokenLogprobs:
+        return self
+
+    async def __anext__(self) -> StepOutput:
+        output: StepOutput = await self._stream.__anext__()
+        if self._first is not None and output.logprobs is not None:
+            output.logprobs = [self._first, *output.logprobs]
+            self._first = None
+        return output
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class FinishedStream:
@@ -85,10 +107,14 @@ async def admit_claimed(state: WorkerState, transfer: IncomingTransfer) -> Outpu
     except BaseException:
         engine.abort(request_id)
         raise
+    lp = transfer.offer.first_logprobs
+    first = TokenLogprobs(lp["token_id"], lp["logprob"], [(t, p) for t, p in lp["top"]]) \
+        if lp and transfer.params.logprobs is not None else None
     if done is not None:
         engine.forget(request_id)
+        done.logprobs = [first] if first else None
         return FinishedStream(done)
-    return stream
+    return FirstTokenLogprobs(stream, first) if first else stream
 
 
 def _admit_in_engine(engine: Any, transfer: IncomingTransfer) -> StepOutput | None:

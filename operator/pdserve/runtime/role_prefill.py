@@ -57,9 +57,11 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
         await engine.call(lambda e: e.release(request_id))
         raise web.HTTPInternalServerError(reason=f"prefill of {request_id} failed "
                                           f"({first.finish_reason if first else 'no output'})")
+    first_logprobs = asdict(first.logprobs[-1]) if first.logprobs else None
     try:
         await push(request.app[SENDER][0], state, request_id, Offer(
-            transfer_id, prompt_ids, first.token_ids[-1], asdict(params), priority), target)
+            transfer_id, prompt_ids, first.token_ids[-1], asdict(params), priority,
+            first_logprobs), target)
     finally:
         await engine.call(lambda e: e.release(request_id))
     return FinishedStream(first)

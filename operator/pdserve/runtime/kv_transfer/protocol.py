@@ -7,7 +7,8 @@ then any number of transfers, one at a time:
     prefill -> decode   HELLO  {version, transport, layout}
     decode  -> prefill  ACCEPT {layout}                  (cuda-ipc: then IPC_HANDLE, raw bytes)
     per transfer:
-    prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token, params, priority}
+    prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token, params, priority,
+                               first_logprobs}
     decode  -> prefill  NEED   {num_cached_blocks, block_ids}   (block_ids: where missing blocks go)
     prefill -> decode   DATA... (tcp only)  DONE {bytes}
     decode  -> prefill  ACK    {}
@@ -50,11 +51,12 @@ class Offer:
     first_token: int
     params: dict[str, Any] = field(default_factory=dict)  # SamplingParams fields
     priority: int = 0
+    first_logprobs: dict[str, Any] | None = None  # the first token's, when logprobs were asked
 
     def to_json(self) -> dict[str, Any]:
         return {"transfer_id": self.transfer_id, "prompt_token_ids": self.prompt_token_ids,
                 "first_token": self.first_token, "params": self.params,
-                "priority": self.priority}
+                "priority": self.priority, "first_logprobs": self.first_logprobs}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Offer:
@@ -63,7 +65,8 @@ class Offer:
             if not isinstance(params, dict):
                 raise TypeError("params must be an object")
             return cls(str(obj["transfer_id"]), [int(t) for t in obj["prompt_token_ids"]],
-                       int(obj["first_token"]), params, int(obj.get("priority", 0)))
+                       int(obj["first_token"]), params, int(obj.get("priority", 0)),
+                       obj.get("first_logprobs"))
         except (KeyError, TypeError, ValueError) as exc:
             raise KVTransferError(f"malformed OFFER: {exc!r}") from None
 

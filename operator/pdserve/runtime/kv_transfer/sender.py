@@ -8,6 +8,7 @@ from a worker thread (`asyncio.to_thread`), never from the event loop.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -30,6 +31,9 @@ from pdserve.runtime.kv_transfer.protocol import (
 from pdserve.runtime.kv_transfer.transport import KVPool, Transport, make_transport
 
 log = logging.getLogger(__name__)
+# Test hook: seconds to stall between the decode worker's reservation and the data, so a test
+# can kill the prefill worker while blocks are reserved for it. Unset in production.
+TEST_DELAY_ENV = "PDSERVE_TEST_KV_SEND_DELAY"
 
 
 @dataclass
@@ -90,6 +94,7 @@ class KVSender:
         num_cached = int(need["num_cached_blocks"])
         dst_ids = [int(b) for b in need["block_ids"]]
         src_ids = src_block_ids[num_cached:]
+        time.sleep(float(os.environ.get(TEST_DELAY_ENV, 0)))
         if len(src_ids) != len(dst_ids):
             raise KVTransferError(f"decode worker wants {len(dst_ids)} blocks after {num_cached} "
                                   f"cached ones, but the prompt has {len(src_block_ids)} blocks")
