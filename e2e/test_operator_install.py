@@ -1,0 +1,469 @@
+"""Install by `kubectl apply --server-side -f manifests/install.yaml`; the operator (a local
+process with the chart ServiceAccount's token) reconciles the samples, repairs drift, reports
+shortages, and converges after a SIGKILL."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from e2e.cluster.session import Cluster
+from e2e.operator_harness import (
+    INSTALL_YAML,
+    SAMPLES,
+    Api,
+    OperatorProcess,
+    condition,
+    delete_llmservices,
+    expected_children,
+    is_true,
+    observed_current,
+    running_operator,
+    service_account_kubeconfig,
+    wait_until,
+)
+from pdserve.api.accelerators import accelerator_facts
+from pdserve.api.spec import LLMServiceSpec
+from pdserve.controller.names import LABEL_ROLE, LABEL_SERVICE
+
+pytestmark = [pytest.mark.e2e]
+
+SYSTEM_NAMESPACE = "pdserve-system"
+OPERATOR = "pdserve-operator"
+CONVERGE_S = 90
+# Children with no event handler of their own come back with the periodic re-check (30 s).
+RESYNC_S = 90
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: Cluster) -> Cluster:
+    cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
+    cluster.kubectl("wait", "--for=condition=Established", "crd/llmservices.pdserve.dev",
+                    "--timeout=60s", timeout=90)
+    # No kubelet behind KWOK nodes: the operator runs here, not in the Deployment's pod.
+    cluster.kubectl("-n", SYSTEM_NAMESPACE, "scale", f"deployment/{OPERATOR}", "--replicas=0")
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def api(cluster: Cluster) -> Api:
+    return Api(cluster)
+
+
+@pytest.fixture(scope="module")
+def operator(installed: Cluster, tmp_path_factory: pytest.TempPathFactory,
+             ) -> Iterator[OperatorProcess]:
+    workdir = tmp_path_factory.mktemp("operator-kubectl")
+    kubeconfig = service_account_kubeconfig(installed, SYSTEM_NAMESPACE, OPERATOR,
+                                            workdir / "kubeconfig")
+    with running_operator(kubeconfig, ["--all-namespaces"], workdir / "operator.log") as running:
+        yield running
+
+
+@pytest.fixture
+def llm_namespace(cluster: Cluster, operator: OperatorProcess, api: Api,
+                  request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace whose LLMServices are deleted while the operator still runs."""
+    with cluster.namespace(request.node.originalname) as name:
+        yield name
+        delete_llmservices(cluster, name, api, operator)
+
+
+def llmservice(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "pdserve.dev/v1alpha1", "kind": "LLMService",
+            "metadata": {"name": name}, "spec": spec}
+
+
+def cpu_spec(**overrides: Any) -> dict[str, Any]:
+    """A small LLMService on the CPU pool."""
+    spec: dict[str, Any] = {
+        "model": {"source": {"builtin": "tiny"}},
+        "prefill": {"replicas": 1, "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
+        "decode": {"replicas": 1, "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
+        "router": {"replicas": 1, "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def converged(api: Api, namespace: str, name: str) -> dict[str, Any] | None:
+    """The LLMService once exactly its expected children exist and it reports Ready."""
+    service = api.llmservice(namespace, name)
+    if service is None or not observed_current(service) or not is_true(service, "Ready"):
+        return None
+    if set(api.children(namespace, name)) != expected_children(service):
+        return None
+    return service
+
+
+def wait_converged(api: Api, operator: OperatorProcess, namespace: str, name: str,
+                   ) -> dict[str, Any]:
+    found: dict[str, Any] = wait_until(lambda: converged(api, namespace, name), CONVERGE_S,
+                                       f"{namespace}/{name} to converge", operator)
+    return found
+
+
+# --- the install itself ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_install_yaml_installs_the_operator(installed: Cluster) -> None:
+    deployment = installed.get("deployment", OPERATOR, "-n", SYSTEM_NAMESPACE)
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["replicas"] == 0
+    assert installed.get("serviceaccount", OPERATOR, "-n", SYSTEM_NAMESPACE)
+    role = installed.get("clusterrole", OPERATOR)
+    assert {"llmservices"} in [set(rule["resources"]) for rule in role["rules"]]
+    explained = installed.kubectl("explain", "llmservice.spec.prefill.accelerator").stdout
+    assert "topology" in explained and "TPU" in explained
+    # Re-applying is a no-op, not a conflict.
+    installed.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
+
+
+@pytest.mark.timeout(120)
+def test_operator_identity_is_least_privilege(installed: Cluster) -> None:
+    account = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{OPERATOR}"
+
+    def can(*args: str) -> bool:
+        done = installed.kubectl("auth", "can-i", *args, "--as", account, check=False)
+        return done.stdout.strip() == "yes"
+
+    assert can("patch", "llmservices.pdserve.dev", "-A")
+    assert can("patch", "llmservices.pdserve.dev", "--subresource=status", "-A")
+    assert can("create", "deployments.apps", "-A")
+    assert can("watch", "pods", "-A")
+    assert not can("create", "pods", "-A")
+    assert not can("get", "secrets", "-A")
+    assert not can("delete", "llmservices.pdserve.dev", "-A")
+    assert not can("create", "clusterroles.rbac.authorization.k8s.io")
+
+
+# --- the samples -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def samples(cluster: Cluster, operator: OperatorProcess, api: Api,
+            ) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
+    """Every sample applied into one namespace and converged: (namespace, name -> object)."""
+    with cluster.namespace("samples") as namespace:
+        cluster.kubectl("apply", "-n", namespace, *[arg for path in SAMPLES
+                                                     for arg in ("-f", str(path))])
+        names = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in SAMPLES]
+        done = {name: wait_converged(api, operator, namespace, name) for name in names}
+        yield namespace, done
+        delete_llmservices(cluster, namespace, api, operator)
+
+
+@pytest.mark.timeout(300)
+def test_samples_get_their_children(samples: tuple[str, dict[str, dict[str, Any]]],
+                                    api: Api) -> None:
+    namespace, services = samples
+    assert len(services) == len(SAMPLES) == 3
+    for name, service in services.items():
+        children = api.children(namespace, name)
+        assert set(children) == expected_children(service)
+        for (kind, child_name), child in children.items():
+            owners = child["metadata"].get("ownerReferences") or []
+            assert [(o["kind"], o["uid"], o.get("controller")) for o in owners] == [
+                ("LLMService", service["metadata"]["uid"], True)], f"{kind} {child_name}"
+            labels = child["metadata"]["labels"]
+            assert labels["app.kubernetes.io/instance"] == name
+            assert labels["app.kubernetes.io/managed-by"] == "pdserve-operator"
+        for role in ("prefill", "decode", "router"):
+            assert ("Deployment", f"{name}-{role}") in children
+
+
+def node_matches(labels: dict[str, str], kind: str, topology: str | None) -> bool:
+    facts = accelerator_facts(kind)
+    if facts.family == "cpu":
+        return labels.get("pdserve.dev/pool") == "cpu"
+    wanted = dict(facts.node_labels)
+    if topology:
+        wanted["cloud.google.com/gke-tpu-topology"] = topology
+    return all(labels.get(key) == value for key, value in wanted.items())
+
+
+@pytest.mark.timeout(300)
+def test_worker_pods_land_on_the_pool_their_sample_names(
+        samples: tuple[str, dict[str, dict[str, Any]]], api: Api) -> None:
+    namespace, services = samples
+    nodes = api.node_labels()
+    families = set()
+    for name, service in services.items():
+        for role in ("prefill", "decode"):
+            accelerator = service["spec"][role]["accelerator"]
+            pods = api.pods(namespace, f"{LABEL_SERVICE}={name},{LABEL_ROLE}={role}")
+            assert len(pods) == service["spec"][role]["replicas"]
+            for pod in pods:
+                node = pod["spec"].get("nodeName")
+                assert node, f"{pod['metadata']['name']} is not scheduled"
+                assert node_matches(nodes[node], accelerator["kind"],
+                                    accelerator.get("topology")), (name, role, node, nodes[node])
+            families.add(accelerator_facts(accelerator["kind"]).family)
+    assert {"gpu", "tpu"} <= families
+
+
+@pytest.mark.timeout(300)
+def test_samples_are_ready_and_shown_by_kubectl_get(
+        samples: tuple[str, dict[str, dict[str, Any]]], cluster: Cluster, api: Api) -> None:
+    namespace, services = samples
+    table = cluster.kubectl("get", "llms", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PROFILE", "PREFILL", "DECODE", "READY", "ENDPOINT",
+                                "AGE"]
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert set(rows) == set(services)
+    for name, service in services.items():
+        fresh = api.llmservice(namespace, name)
+        assert is_true(fresh, "Ready") and not is_true(fresh, "Degraded")
+        prefill = service["spec"]["prefill"]["replicas"]
+        decode = service["spec"]["decode"]["replicas"]
+        assert rows[name][1:6] == [
+            service["spec"]["profile"], f"{prefill}/{prefill}", f"{decode}/{decode}", "True",
+            f"http://{name}-router.{namespace}.svc:8080"]
+
+
+# --- changes, drift, deletion, shortage ----------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_spec_changes_roll_the_children(cluster: Cluster, llm_namespace: str, api: Api,
+                                        operator: OperatorProcess) -> None:
+    cluster.apply([llmservice("rolling", cpu_spec())], "-n", llm_namespace)
+    wait_converged(api, operator, llm_namespace, "rolling")
+    cluster.kubectl("patch", "llmservice", "rolling", "-n", llm_namespace, "--type=merge",
+                    "-p", '{"spec": {"image": "pdserve:rolled", "decode": {"replicas": 3}}}')
+
+    def rolled() -> bool:
+        children = api.children(llm_namespace, "rolling")
+        decode = children.get(("Deployment", "rolling-decode"))
+        if decode is None or decode["spec"]["replicas"] != 3:
+            return False
+        for role in ("prefill", "decode", "router"):
+            deployment = children[("Deployment", f"rolling-{role}")]
+            images = {c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]}
+            if images != {"pdserve:rolled"}:
+                return False
+            status = deployment.get("status") or {}
+            if (status.get("observedGeneration") != deployment["metadata"]["generation"]
+                    or status.get("updatedReplicas") != deployment["spec"]["replicas"]):
+                return False
+        pods = api.pods(llm_namespace, f"{LABEL_SERVICE}=rolling,{LABEL_ROLE}=decode")
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return len(live) == 3 and all(
+            c["image"] == "pdserve:rolled" for p in live for c in p["spec"]["containers"])
+
+    wait_until(rolled, CONVERGE_S, "the new image and replicas to roll out", operator)
+    service = wait_converged(api, operator, llm_namespace, "rolling")
+    assert service["status"]["decode"]["summary"] == "3/3"
+
+
+@pytest.mark.timeout(300)
+def test_deleted_children_are_restored(cluster: Cluster, llm_namespace: str, api: Api,
+                                       operator: OperatorProcess) -> None:
+    cluster.apply([llmservice("drift", cpu_spec())], "-n", llm_namespace)
+    wait_converged(api, operator, llm_namespace, "drift")
+    before = api.children(llm_namespace, "drift")
+    victims = [("Deployment", "drift-decode"), ("Service", "drift-router"),
+               ("ConfigMap", "drift-engine")]
+    for kind, name in victims:
+        cluster.kubectl("delete", kind.lower(), name, "-n", llm_namespace)
+
+    def restored() -> bool:
+        now = api.children(llm_namespace, "drift")
+        return all(key in now and now[key]["metadata"]["uid"] != before[key]["metadata"]["uid"]
+                   for key in victims)
+
+    wait_until(restored, RESYNC_S, "the deleted children to come back", operator)
+    wait_converged(api, operator, llm_namespace, "drift")
+
+
+@pytest.mark.timeout(300)
+def test_edited_child_is_repaired(cluster: Cluster, llm_namespace: str, api: Api,
+                                  operator: OperatorProcess) -> None:
+    cluster.apply([llmservice("edited", cpu_spec())], "-n", llm_namespace)
+    wait_converged(api, operator, llm_namespace, "edited")
+    cluster.kubectl("scale", "deployment", "edited-prefill", "-n", llm_namespace,
+                    "--replicas=4")
+
+    def repaired() -> bool:
+        found = api.children(llm_namespace, "edited").get(("Deployment", "edited-prefill"))
+        return found is not None and found["spec"]["replicas"] == 1
+
+    wait_until(repaired, RESYNC_S, "the hand-scaled Deployment to be put back", operator)
+
+
+@pytest.mark.timeout(300)
+def test_deleting_the_llmservice_collects_its_children(
+        cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess) -> None:
+    cluster.apply([llmservice("doomed", cpu_spec())], "-n", llm_namespace)
+    wait_converged(api, operator, llm_namespace, "doomed")
+    cluster.kubectl("delete", "llmservice", "doomed", "-n", llm_namespace, "--wait=false")
+    wait_until(lambda: api.llmservice(llm_namespace, "doomed") is None, 60,
+               "the LLMService to go", operator)
+    wait_until(lambda: not api.children(llm_namespace, "doomed")
+               and not api.pods(llm_namespace, f"{LABEL_SERVICE}=doomed"),
+               CONVERGE_S, "its children and pods to be garbage-collected", operator)
+
+
+@pytest.mark.timeout(300)
+def test_more_tpus_than_exist_is_degraded(cluster: Cluster, llm_namespace: str, api: Api,
+                                          operator: OperatorProcess) -> None:
+    total = sum(int(node.status.allocatable.get("google.com/tpu", "0"))
+                for node in api.core.list_node().items)
+    replicas = total // 4 + 1
+    spec = cpu_spec(prefill={"replicas": replicas,
+                             "accelerator": {"kind": "tpu-v5e", "topology": "2x2", "count": 4}})
+    cluster.apply([llmservice("tpu-hungry", spec)], "-n", llm_namespace)
+
+    def degraded() -> dict[str, Any] | None:
+        found = condition(api.llmservice(llm_namespace, "tpu-hungry"), "Degraded")
+        return found if found and found["status"] == "True" else None
+
+    found = wait_until(degraded, CONVERGE_S, "Degraded=True", operator)
+    assert found["reason"] == "Unschedulable"
+    assert "prefill" in found["message"] and "google.com/tpu" in found["message"], found
+    service = api.llmservice(llm_namespace, "tpu-hungry")
+    assert not is_true(service, "Ready")
+    events = cluster.get("events", "-n", llm_namespace,
+                         "--field-selector", "involvedObject.name=tpu-hungry")["items"]
+    assert any("google.com/tpu" in (event.get("message") or "") for event in events)
+
+
+# --- invalid specs -----------------------------------------------------------------------------
+
+VALID: dict[str, Any] = {"model": {"source": {"builtin": "tiny"}}}
+
+
+def invalid(path: str, value: Any) -> dict[str, Any]:
+    """VALID with one field (dotted path) set to `value` (None: removed)."""
+    spec = copy.deepcopy(VALID)
+    *parents, leaf = path.split(".")
+    node = spec
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is None:
+        node.pop(leaf, None)
+    else:
+        node[leaf] = value
+    return spec
+
+
+TPU_2X2 = {"kind": "tpu-v5e", "topology": "2x2", "count": 4}
+INVALID_SPECS = {
+    "no-model": (invalid("model", None), "spec.model: Required value"),
+    "two-sources": (invalid("model.source", {"builtin": "tiny", "uri": "hf://org/model"}),
+                    "exactly one model source must be set"),
+    "no-source": (invalid("model.source", {}), "exactly one model source must be set"),
+    "bad-uri-scheme": (invalid("model.source", {"uri": "ftp://example.com/model"}),
+                       "spec.model.source.uri"),
+    "unknown-field": (invalid("replicas", 3), 'unknown field "spec.replicas"'),
+    "unknown-profile": (invalid("profile", "fast"), 'Unsupported value: "fast"'),
+    "unknown-accelerator": (invalid("prefill.accelerator", {"kind": "nvidia-b300"}),
+                            'Unsupported value: "nvidia-b300"'),
+    "negative-replicas": (invalid("decode.replicas", -1), "spec.decode.replicas"),
+    "tpu-without-topology": (invalid("prefill.accelerator", {"kind": "tpu-v5e", "count": 4}),
+                             "TPU accelerators need a topology"),
+    "topology-on-gpu": (invalid("prefill.accelerator",
+                                {"kind": "nvidia-h100", "topology": "2x2", "count": 4}),
+                        "topology applies only to TPU accelerators"),
+    "topology-chip-mismatch": (invalid("prefill.accelerator", {**TPU_2X2, "count": 8}),
+                               "count must equal the chips of the TPU topology"),
+    "cpu-count": (invalid("decode.accelerator", {"kind": "cpu", "count": 2}),
+                  "count must be 1 for cpu"),
+    "gpu-in-resources": (invalid("decode.resources", {"limits": {"nvidia.com/gpu": 1}}),
+                         "accelerators are requested with accelerator.kind"),
+    "chunk-above-step": (invalid("prefill.engine", {"chunkSize": 4096,
+                                                    "maxNumBatchedTokens": 1024}),
+                         "chunkSize must not exceed maxNumBatchedTokens"),
+    "kv-port-clash": (invalid("kvTransfer", {"port": 8000}), "pick another KV port"),
+    "cuda-ipc-across-kinds": (
+        {**invalid("kvTransfer", {"transport": "cuda-ipc"}),
+         "prefill": {"accelerator": {"kind": "nvidia-h100"}},
+         "decode": {"accelerator": {"kind": "nvidia-l4"}}},
+        "cuda-ipc needs the same NVIDIA accelerator kind"),
+    "autoscaling-min-above-max": (
+        invalid("autoscaling", {"prefill": {"minReplicas": 5, "maxReplicas": 2}}),
+        "minReplicas must not exceed maxReplicas"),
+    "autoscaling-without-prometheus": (invalid("autoscaling", {"enabled": True}),
+                                       "prometheusUrl is required"),
+    "budget-below-minimums": (
+        {**invalid("autoscaling", {"acceleratorBudget": 3, "prefill": {"minReplicas": 2},
+                                   "decode": {"minReplicas": 2}}),
+         "prefill": {"accelerator": {"kind": "nvidia-h100"}},
+         "decode": {"accelerator": {"kind": "nvidia-h100"}}},
+        "acceleratorBudget is below"),
+    "router-zero-replicas": (invalid("router.replicas", 0), "spec.router.replicas"),
+}
+
+
+@pytest.fixture(scope="module")
+def dry_run_namespace(installed: Cluster) -> Iterator[str]:
+    with installed.namespace("invalid-specs") as namespace:
+        yield namespace
+
+
+@pytest.mark.timeout(120)
+def test_a_valid_spec_passes_the_same_check(installed: Cluster, dry_run_namespace: str) -> None:
+    manifest = yaml.safe_dump(llmservice("valid", VALID))
+    installed.kubectl("create", "--dry-run=server", "-n", dry_run_namespace, "-f", "-",
+                      input=manifest)
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_SPECS))
+@pytest.mark.timeout(120)
+def test_invalid_spec_is_rejected_by_the_apiserver(installed: Cluster, dry_run_namespace: str,
+                                                   case: str) -> None:
+    spec, message = INVALID_SPECS[case]
+    manifest = yaml.safe_dump(llmservice(case, spec))
+    done = installed.kubectl("create", "--dry-run=server", "-n", dry_run_namespace, "-f", "-",
+                             input=manifest, check=False)
+    assert done.returncode != 0, f"{case} was accepted"
+    assert message in done.stderr, done.stderr
+    # The operator's own models refuse it too: the CRD and the models agree.
+    with pytest.raises(ValidationError):
+        LLMServiceSpec.model_validate(spec)
+
+
+# --- crash in the middle of reconciling ----------------------------------------------------------
+
+CRASH_SERVICES = 6
+
+
+@pytest.mark.timeout(400)
+def test_operator_killed_mid_reconcile_converges_after_restart(
+        cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess) -> None:
+    names = [f"crash-{index}" for index in range(CRASH_SERVICES)]
+    cluster.apply([llmservice(name, cpu_spec()) for name in names], "-n", llm_namespace)
+
+    def some_children_exist() -> bool:
+        return any(api.children(llm_namespace, name) for name in names)
+
+    wait_until(some_children_exist, CONVERGE_S, "the first children", operator)
+    operator.kill()
+    partial = {name: len(api.children(llm_namespace, name)) for name in names}
+    operator.start()
+    services = {name: wait_converged(api, operator, llm_namespace, name) for name in names}
+
+    # Exactly the expected children, each owned once by its (unchanged) LLMService; pods as
+    # many as asked, i.e. no duplicate ReplicaSets left scaled up.
+    for name, service in services.items():
+        children = api.children(llm_namespace, name)
+        assert set(children) == expected_children(service), partial
+        for child in children.values():
+            owners = child["metadata"]["ownerReferences"]
+            assert [o["uid"] for o in owners] == [service["metadata"]["uid"]]
+        for role in ("prefill", "decode", "router"):
+            pods = api.pods(llm_namespace, f"{LABEL_SERVICE}={name},{LABEL_ROLE}={role}")
+            live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+            assert len(live) == 1, (name, role, [p["metadata"]["name"] for p in live])
+    # Nothing labelled as ours without an owner in the namespace.
+    for kind_list in (api.core.list_namespaced_config_map, api.core.list_namespaced_service,
+                      api.apps.list_namespaced_deployment):
+        for item in kind_list(llm_namespace,
+                              label_selector="app.kubernetes.io/managed-by=pdserve-operator").items:
+            assert item.metadata.owner_references, f"orphan {item.metadata.name}"
