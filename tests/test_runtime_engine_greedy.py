@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from runtime_engine_helpers import one_torch_thread  # noqa: F401 - fixture
 from transformers import AutoModelForCausalLM
 
 from pdserve.runtime.engine import EngineConfig, LLMEngine
 from pdserve.runtime.model_init import init_model
 from pdserve.runtime.sampling_params import SamplingParams
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MAX_TOKENS = 12
 SHARED = "You are a helpful assistant. Answer briefly and precisely. " * 3

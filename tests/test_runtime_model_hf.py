@@ -6,12 +6,15 @@ import json
 
 import pytest
 import torch
+from runtime_engine_helpers import one_torch_thread  # noqa: F401 - fixture
 from transformers import AutoModelForCausalLM
 
 from pdserve.runtime.engine_config import EngineConfig, build_components
 from pdserve.runtime.model_init import init_model
 from pdserve.runtime.sequence import Sequence
 from pdserve.runtime.weights import INDEX_NAME, checkpoint_files
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROMPTS = [
     "Hello world, this is a test of the engine.",
