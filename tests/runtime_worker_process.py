@@ -16,9 +16,12 @@ from pathlib import Path
 MODEL_NAME = "tiny"
 
 
-def make_tiny_model(directory: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pdserve", "model", "init", str(directory)],
-                   check=True, capture_output=True)
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """`pdserve model init` once per test session, shared by the server test modules."""
+    directory = tmp_path_factory.getbasetemp() / "pdserve-tiny-model"
+    if not (directory / "config.json").is_file():
+        subprocess.run([sys.executable, "-m", "pdserve", "model", "init", str(directory)],
+                       check=True, capture_output=True)
     return directory
 
 

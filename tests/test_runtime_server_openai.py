@@ -8,7 +8,7 @@ import urllib.request
 
 import openai
 import pytest
-from runtime_worker_process import MODEL_NAME, WorkerProcess, make_tiny_model, metric_value
+from runtime_worker_process import MODEL_NAME, WorkerProcess, metric_value, tiny_model_dir
 
 from pdserve.runtime.tokenizer import Tokenizer
 
@@ -21,7 +21,7 @@ WEATHER_TOOL = {"type": "function", "function": {
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+    return tiny_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
