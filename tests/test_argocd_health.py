@@ -117,3 +117,41 @@ def test_application_points_at_the_chart() -> None:
     for key, sub in values.items():
         assert key in chart_values, f"Application sets unknown chart value {key}"
         assert set(sub) <= set(chart_values[key]), f"unknown keys under {key}: {sub}"
+
+
+def deployment(replicas: int, ready: int) -> dict[str, Any]:
+    return {"metadata": {"generation": 1}, "spec": {"replicas": replicas},
+            "status": {"observedGeneration": 1, "replicas": replicas, "readyReplicas": ready,
+                       "updatedReplicas": replicas, "availableReplicas": ready}}
+
+
+UNSCHEDULABLE_POD = {
+    "metadata": {"labels": {"pdserve.dev/role": "prefill"}},
+    "status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/10 nodes are available: 4 Insufficient google.com/tpu."}]},
+}
+
+
+@pytest.mark.parametrize(("ready", "pods", "expected"), [
+    pytest.param(1, [], "Healthy", id="all-ready"),
+    pytest.param(0, [], "Progressing", id="starting"),
+    pytest.param(0, [UNSCHEDULABLE_POD], "Degraded", id="no-tpu-fits"),
+])
+@pytest.mark.timeout(30)
+def test_health_of_the_status_the_operator_writes(
+        ready: int, pods: list[dict[str, Any]], expected: str) -> None:
+    """The controller's own status computation, judged by the health check."""
+    from pdserve.controller.status import Observation, compute_status
+
+    seen = Observation(
+        name="chat", namespace="default", generation=1, autoscaling_enabled=False,
+        desired={"prefill": 1, "decode": 1, "router": 1},
+        deployments={"prefill": deployment(1, ready), "decode": deployment(1, 1),
+                     "router": deployment(1, 1)},
+        pods=pods)
+    status = compute_status(seen, "2026-01-01T00:00:00Z")
+    health, message = assess(service(status=status))
+    assert health == expected, message
+    if expected == "Degraded":
+        assert "google.com/tpu" in message
