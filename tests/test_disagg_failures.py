@@ -1,0 +1,110 @@
+"""KV handoff failures with real processes: a prefill worker killed mid-transfer, a transfer
+nobody claims, and both --kv-fallback policies. No reserved block may leak."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import pytest
+from disagg_processes import engine_debug, http_get, metric, router, running, worker
+from test_disagg_e2e import prompt, wait_for_tiers
+
+from pdserve.runtime.kv_transfer.sender import TEST_DELAY_ENV
+from pdserve.runtime.model_init import init_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+DELAY = {TEST_DELAY_ENV: "3"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    model = str(init_model(tmp_path_factory.mktemp("model") / "tiny"))
+    logs = tmp_path_factory.mktemp("logs")
+    p1, p2 = worker("prefill", model, logs, env=DELAY), worker("prefill", model, logs, env=DELAY)
+    d1 = worker("decode", model, logs, "--kv-timeout", "4")
+    d2 = worker("decode", model, logs, "--kv-fallback", "fail")
+    both = worker("both", model, logs)
+    with running(p1, p2, d1, d2, both):
+        r1 = router([p1], [d1], logs, "--short-prompt-threshold", "0")
+        r2 = router([p2], [d2], logs, "--short-prompt-threshold", "0")
+        with running(r1, r2):
+            wait_for_tiers(r1)
+            wait_for_tiers(r2)
+            yield {"p1": p1, "p2": p2, "d1": d1, "d2": d2, "both": both, "r1": r1, "r2": r2}
+
+
+def body(i: int) -> dict:
+    return {"model": "tiny", "prompt": prompt(i), "max_tokens": 8, "temperature": 0}
+
+
+async def post(url: str, payload: dict, headers: dict | None = None) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session, session.post(
+            url + "/v1/completions", json=payload, headers=headers or {}) as resp:
+        return resp.status, await resp.json()
+
+
+async def wait_reserved(decode, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = engine_debug(decode)
+        if stats["num_free_blocks"] < stats["num_blocks"]:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the decode worker never reserved blocks")
+
+
+async def wait_all_free(decode, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = engine_debug(decode)
+        if stats["num_free_blocks"] == stats["num_blocks"]:
+            return stats
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"reserved KV blocks leaked: {engine_debug(decode)}")
+
+
+async def test_unclaimed_transfer_is_freed_after_kv_timeout(stack):
+    p1, d1 = stack["p1"], stack["d1"]
+    kv_port = json.loads(http_get(d1.url + "/load")[1])["kv_port"]
+    status, _ = await post(p1.url, body(50), {"x-pdserve-transfer-id": "never-claimed",
+                                              "x-pdserve-kv-target": f"127.0.0.1:{kv_port}"})
+    assert status == 200
+    stats = engine_debug(d1)
+    assert stats["num_free_blocks"] < stats["num_blocks"]  # held for the decode request
+    await asyncio.sleep(4.5)
+    await wait_all_free(d1)
+
+
+async def test_prefill_killed_mid_transfer_recomputes_on_decode(stack):
+    d1, both = stack["d1"], stack["both"]
+    failures = metric(d1.url, "pdserve_kv_transfer_failures_total")
+    fallbacks = metric(d1.url, "pdserve_kv_transfer_fallbacks_total")
+    request = asyncio.ensure_future(post(stack["r1"].url, body(51)))
+    await wait_reserved(d1)
+    stack["p1"].kill()
+    status, got = await request
+    assert status == 200, got
+    _, want = await post(both.url, body(51))
+    assert got["choices"][0]["text"] == want["choices"][0]["text"]
+    assert metric(d1.url, "pdserve_kv_transfer_failures_total") == failures + 1
+    assert metric(d1.url, "pdserve_kv_transfer_fallbacks_total") == fallbacks + 1
+    await wait_all_free(d1)
+    # Later requests succeed (the router took the dead prefill worker out).
+    status, later = await post(stack["r1"].url, body(52))
+    _, want = await post(both.url, body(52))
+    assert status == 200 and later["choices"][0]["text"] == want["choices"][0]["text"]
+    await wait_all_free(d1)
+
+
+async def test_kv_fallback_fail_answers_cleanly(stack):
+    d2 = stack["d2"]
+    request = asyncio.ensure_future(post(stack["r2"].url, body(53)))
+    await wait_reserved(d2)
+    stack["p2"].kill()
+    status, got = await request
+    assert status == 503 and "did not arrive" in got["error"]["message"]
+    await wait_all_free(d2)
+    assert engine_debug(d2)["num_running"] == 0
