@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, int]] = {
 VOCAB_SIZE = 4096
 SEED = 1234
 INIT_STD = 0.02
-_FORMAT_VERSION = 1  # bump when the generated files change, so cached builtins regenerate
+_FORMAT_VERSION = 2  # bump when the generated files change, so cached builtins regenerate
 _MARKER = ".pdserve-model.json"
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
