@@ -1,6 +1,7 @@
 """AsyncEngine with a stand-in engine (pure logic: threading, fan-out, aborts, failures)."""
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -115,4 +116,20 @@ async def test_a_failing_step_fails_its_requests_and_the_engine_lives_on():
     with pytest.raises(RuntimeError, match="engine step failed"):
         await collect(engine, "doomed", 5)
     assert await collect(engine, "next", 2) == [1, 2]
+    await engine.stop()
+
+
+@pytest.mark.timeout(20)
+async def test_cancelled_while_admission_is_queued_is_undone():
+    inner = CountingEngine()
+    engine = AsyncEngine(inner)
+    engine.start()
+    busy = asyncio.create_task(engine.call(lambda e: time.sleep(0.2)))  # hold the engine thread
+    await asyncio.sleep(0.01)
+    admitting = asyncio.create_task(engine.submit("late", [1], 10_000))
+    await asyncio.sleep(0.01)
+    admitting.cancel()
+    await busy
+    await engine.call(lambda e: None)
+    assert inner.aborted == ["late"] and not inner.running and engine.num_active == 0
     await engine.stop()

@@ -107,12 +107,20 @@ class AsyncEngine:
         Raises the engine's ValueError (a bad request) here, before any output exists, so a
         server can still answer 400. The caller must `close()` the stream when done with it.
         """
+        return await self.admit(request_id, lambda engine: engine.add_request(
+            request_id, prompt_token_ids, params, priority=priority))
+
+    async def admit(self, request_id: str, add: Callable[[EngineLike], object]) -> RequestStream:
+        """Open `request_id`'s stream, then run `add(engine)` (any way of admitting it).
+
+        If `add` fails or the caller is cancelled meanwhile, the request is aborted: a queued
+        add still runs, and the abort queued after it undoes it.
+        """
         stream = self.open_stream(request_id)
         try:
-            await self.call(lambda engine: engine.add_request(
-                request_id, prompt_token_ids, params, priority=priority))
+            await self.call(add)
         except BaseException:
-            self._streams.pop(request_id, None)
+            self.abort(request_id)
             raise
         return stream
 
