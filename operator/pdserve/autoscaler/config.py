@@ -70,6 +70,10 @@ class PlannerConfig:
     # Queued prompts are planned to drain within this horizon.
     backlog_drain_seconds: float = 60.0
     kv_high_watermark: float = 0.85
+    # Rising demand is extrapolated this far ahead (about pod start-up plus one interval),
+    # from the trend over the last `trend_window_seconds`.
+    forecast_seconds: float = 90.0
+    trend_window_seconds: float = 180.0
     # A replica Pending this long is reported as ScalingLimited.
     pending_grace_seconds: float = 60.0
 

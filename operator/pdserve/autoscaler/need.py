@@ -69,10 +69,10 @@ def demand(metrics: RoleMetrics, arrival_rate: float) -> float:
     return served
 
 
-def prefill_need(metrics: RoleMetrics, arrival_rate: float, ready: int, correction: float,
+def prefill_need(metrics: RoleMetrics, asked: float, ready: int, correction: float,
                  cfg: PlannerConfig) -> RoleNeed:
+    """`asked`: prompt tokens/s to plan for (demand, or its forecast)."""
     capacity = cfg.capacity.prefill_tokens_per_second * correction * cfg.target_utilization
-    asked = demand(metrics, arrival_rate)
     waiting = _finite(metrics.waiting)
     if waiting > 0 and known(metrics.request_rate) and metrics.request_rate > 0:
         mean_prompt = _finite(metrics.token_rate) / metrics.request_rate
@@ -85,13 +85,16 @@ def prefill_need(metrics: RoleMetrics, arrival_rate: float, ready: int, correcti
     return RoleNeed(by_tokens, ratio, f"{asked:.0f} prompt tok/s")
 
 
-def decode_need(metrics: RoleMetrics, arrival_rate: float, ready: int, correction: float,
-                cfg: PlannerConfig) -> RoleNeed:
+def decode_need(metrics: RoleMetrics, asked: float, growth: float, incoming: float, ready: int,
+                correction: float, cfg: PlannerConfig) -> RoleNeed:
+    """`asked`: generated tokens/s to plan for; `growth`: forecast over current demand, applied
+    to the concurrent sequences too; `incoming`: requests queued in prefill, which will want
+    decode slots next (a drained prefill backlog floods decode)."""
     u = cfg.target_utilization
     capacity = cfg.capacity.decode_tokens_per_second * correction * u
-    asked = demand(metrics, arrival_rate)
     by_tokens = asked / capacity
-    sequences = _finite(metrics.running) + _finite(metrics.waiting)
+    in_decode = _finite(metrics.running) + _finite(metrics.waiting)
+    sequences = in_decode * growth + _finite(incoming)
     by_sequences = sequences / (cfg.capacity.decode_max_sequences * u)
     by_kv = ready * _finite(metrics.kv_usage) / cfg.kv_high_watermark
     ratio = latency_ratio(metrics, cfg.itl_target_seconds * cfg.latency_aim)

@@ -12,6 +12,7 @@ from pdserve.autoscaler.config import PlannerConfig, PlannerConfigError
 from pdserve.autoscaler.need import (
     RoleNeed,
     decode_need,
+    demand,
     latency_ratio,
     prefill_need,
     updated_correction,
@@ -22,7 +23,9 @@ from pdserve.autoscaler.state import (
     PlannerState,
     Recommendation,
     Replicas,
+    RoleReplicas,
 )
+from pdserve.autoscaler.trend import forecast
 
 
 def plan(snapshot: MetricsSnapshot | None, replicas: Replicas, cfg: PlannerConfig,
@@ -53,19 +56,28 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
                    state: PlannerState, now: float, current: tuple[int, int],
                    inputs: dict[str, float | int | str]) -> Decision:
     pre, dec = replicas.prefill, replicas.decode
-    p_corr = updated_correction(
-        state.prefill_correction,
-        latency_ratio(snapshot.prefill, cfg.ttft_target_seconds * cfg.latency_aim),
-        _utilization(snapshot.prefill.token_rate, pre.ready,
-                     cfg.capacity.prefill_tokens_per_second * state.prefill_correction), cfg)
-    d_corr = updated_correction(
-        state.decode_correction,
-        latency_ratio(snapshot.decode, cfg.itl_target_seconds * cfg.latency_aim),
-        _utilization(snapshot.decode.token_rate, dec.ready,
-                     cfg.capacity.decode_tokens_per_second * state.decode_correction), cfg)
+    p_corr, d_corr = state.prefill_correction, state.decode_correction
+    if _steady(pre):
+        p_corr = updated_correction(
+            p_corr, latency_ratio(snapshot.prefill, cfg.ttft_target_seconds * cfg.latency_aim),
+            _utilization(snapshot.prefill.token_rate, pre.ready,
+                         cfg.capacity.prefill_tokens_per_second * p_corr), cfg)
+    if _steady(dec):
+        d_corr = updated_correction(
+            d_corr, latency_ratio(snapshot.decode, cfg.itl_target_seconds * cfg.latency_aim),
+            _utilization(snapshot.decode.token_rate, dec.ready,
+                         cfg.capacity.decode_tokens_per_second * d_corr), cfg)
     state = replace(state, prefill_correction=p_corr, decode_correction=d_corr)
-    p_need = prefill_need(snapshot.prefill, snapshot.arrival_rate, pre.ready, p_corr, cfg)
-    d_need = decode_need(snapshot.decode, snapshot.arrival_rate, dec.ready, d_corr, cfg)
+    p_demand = demand(snapshot.prefill, snapshot.arrival_rate)
+    d_demand = demand(snapshot.decode, snapshot.arrival_rate)
+    state = state.remember_demand(now, p_demand, d_demand, cfg.trend_window_seconds)
+    p_asked = forecast(p_demand, [(t, p) for t, p, _ in state.demand_history],
+                       cfg.forecast_seconds)
+    d_asked = forecast(d_demand, [(t, d) for t, _, d in state.demand_history],
+                       cfg.forecast_seconds)
+    p_need = prefill_need(snapshot.prefill, p_asked, pre.ready, p_corr, cfg)
+    d_need = decode_need(snapshot.decode, d_asked, d_asked / d_demand if d_demand > 0 else 1.0,
+                         snapshot.prefill.waiting, dec.ready, d_corr, cfg)
     limited: list[str] = []
 
     raw = (cfg.prefill.clamp(_hysteresis(p_need.replicas, current[0], cfg.dead_band)),
@@ -101,6 +113,8 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
                                      (p_need, d_need))
     inputs.update({
         "prefillNeed": p_need.replicas, "decodeNeed": d_need.replicas,
+        "prefillDemand": p_demand, "decodeDemand": d_demand,
+        "prefillForecast": p_asked, "decodeForecast": d_asked,
         "prefillCorrection": p_corr, "decodeCorrection": d_corr,
         "prefillReady": pre.ready, "decodeReady": dec.ready,
     })
@@ -209,6 +223,13 @@ def _message(current: tuple[int, int], final: tuple[int, int], p_need: RoleNeed,
     if deferred:
         parts.append("growth waits for draining pods to free accelerators")
     return "; ".join(parts)
+
+
+def _steady(pods: RoleReplicas) -> bool:
+    """Latency only says something about capacity when every wanted pod serves and none is
+    starting or leaving (a backlog left from a scale-up is not a capacity error)."""
+    return (pods.ready == pods.desired and pods.starting == 0 and pods.pending == 0
+            and pods.terminating == 0)
 
 
 def _utilization(rate: float, ready: int, per_replica: float) -> float:

@@ -42,6 +42,13 @@ class PlannerState:
     last_traffic_time: float | None = None
     prefill_correction: float = 1.0
     decode_correction: float = 1.0
+    # (time, prefill demand, decode demand) in tokens/s, for the trend.
+    demand_history: tuple[tuple[float, float, float], ...] = ()
+
+    def remember_demand(self, now: float, prefill: float, decode: float,
+                        keep_seconds: float) -> PlannerState:
+        kept = tuple(h for h in self.demand_history if h[0] >= now - keep_seconds)
+        return replace(self, demand_history=(*kept, (now, prefill, decode)))
 
     def remember(self, rec: Recommendation, keep_seconds: float) -> PlannerState:
         kept = tuple(r for r in self.recommendations if r.time >= rec.time - keep_seconds)
@@ -54,6 +61,7 @@ class PlannerState:
             "lastTrafficTime": self.last_traffic_time,
             "prefillCorrection": self.prefill_correction,
             "decodeCorrection": self.decode_correction,
+            "demandHistory": [list(h) for h in self.demand_history],
         }
 
     @classmethod
@@ -66,6 +74,8 @@ class PlannerState:
             last_traffic_time=data.get("lastTrafficTime"),
             prefill_correction=float(data.get("prefillCorrection", 1.0)),
             decode_correction=float(data.get("decodeCorrection", 1.0)),
+            demand_history=tuple((float(t), float(p), float(d))
+                                 for t, p, d in data.get("demandHistory", [])),
         )
 
 

@@ -1,0 +1,1 @@
+"""Discrete-event simulator of a P/D deployment with the real planner in the loop."""
