@@ -31,7 +31,7 @@ class AcceleratorSpec(ApiModel):
             "topology applies only to TPU accelerators (tpu-v5e, tpu-v6e)"),
         cel("!self.kind.startsWith('tpu-') || has(self.topology)",
             "TPU accelerators need a topology (1x1, 2x2 or 2x4)"),
-        cel(f"!has(self.topology) || {_TOPOLOGY_CHIPS_RULE}",
+        cel(f"!has(self.topology) || !self.kind.startsWith('tpu-') || {_TOPOLOGY_CHIPS_RULE}",
             f"count must equal the chips of the TPU topology ({_TOPOLOGY_CHIPS_TEXT})"),
         cel("self.kind != 'cpu' || self.count == 1",
             "count must be 1 for cpu (size CPU pods with resources)"),
@@ -59,7 +59,7 @@ class AcceleratorSpec(ApiModel):
             raise ValueError("topology applies only to TPU accelerators (tpu-v5e, tpu-v6e)")
         if is_tpu and self.topology is None:
             raise ValueError("TPU accelerators need a topology (1x1, 2x2 or 2x4)")
-        if self.topology is not None and TPU_SINGLE_HOST_TOPOLOGIES[self.topology] != self.count:
+        if is_tpu and self.topology and TPU_SINGLE_HOST_TOPOLOGIES[self.topology] != self.count:
             raise ValueError(
                 f"count must equal the chips of the TPU topology ({_TOPOLOGY_CHIPS_TEXT})"
             )

@@ -9,15 +9,32 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, NoDefault
+from pydantic_core import core_schema
 
 JsonSchema = dict[str, Any]
 
 _DROPPED_KEYS = frozenset({"title", "$defs"})
 
 
+class _WithFactoryDefaults(GenerateJsonSchema):
+    """Also publishes defaults made by default factories, as complete objects: the apiserver
+    checks a default against the CEL rules as written, without filling nested defaults."""
+
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        if factory is None or schema.get("default_factory_takes_data"):
+            return super().get_default_value(schema)
+        value = factory()  # type: ignore[call-arg]
+        if isinstance(value, BaseModel):
+            return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return value if value is not None else NoDefault
+
+
 def structural_schema(model: type[BaseModel]) -> JsonSchema:
     """The structural schema of a model, with every $ref inlined."""
-    raw = model.model_json_schema(by_alias=True, mode="validation")
+    raw = model.model_json_schema(by_alias=True, mode="validation",
+                                  schema_generator=_WithFactoryDefaults)
     return _convert(raw, raw.get("$defs", {}))
 
 
@@ -31,8 +48,7 @@ def _convert(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
             # Loosely typed objects (e.g. core/v1 Affinity) are passed through as they are.
             continue
         if key == "properties":
-            required = set(node.get("required", ()))
-            out[key] = {name: _property(sub, defs, name in required) for name, sub in value.items()}
+            out[key] = {name: _property(sub, defs) for name, sub in value.items()}
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
             out[key] = _convert(value, defs)
         elif key == "const":
@@ -48,14 +64,10 @@ def _convert(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
     return out
 
 
-def _property(sub: JsonSchema, defs: dict[str, JsonSchema], required: bool) -> JsonSchema:
-    is_model = "$ref" in sub
+def _property(sub: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
     converted = _convert(sub, defs)
     if converted.get("default", ...) is None:
         del converted["default"]
-    if is_model and not required and "default" not in converted:
-        # A sub-object with a default factory: `{}` lets the apiserver fill its own defaults.
-        converted["default"] = {}
     return converted
 
 

@@ -74,13 +74,13 @@ class LLMServiceSpec(ApiModel):
             "(self.prefill.accelerator.kind == self.decode.accelerator.kind && "
             "self.prefill.accelerator.kind.startsWith('nvidia-'))",
             "kvTransfer.transport cuda-ipc needs the same NVIDIA accelerator kind for prefill "
-            "and decode", "kvTransfer.transport"),
+            "and decode", ".kvTransfer.transport"),
         cel("!has(self.autoscaling.acceleratorBudget) || self.autoscaling.acceleratorBudget >= "
             "self.autoscaling.prefill.minReplicas * self.prefill.accelerator.count + "
             "self.autoscaling.decode.minReplicas * self.decode.accelerator.count",
             "autoscaling.acceleratorBudget is below the accelerators of the minimum replicas "
             "(prefill.minReplicas x prefill count + decode.minReplicas x decode count)",
-            "autoscaling.acceleratorBudget"),
+            ".autoscaling.acceleratorBudget"),
     ]})
 
     model: ModelSpec = Field(description="The served model and where its weights come from.")
