@@ -101,7 +101,7 @@ def test_server_side_apply_tracks_field_managers(cluster: Cluster, namespace: st
         "--field-manager=e2e-first",
     )
 
-    applied = cluster.get("configmap", "ssa", "-n", namespace)
+    applied = cluster.get("configmap", "ssa", "-n", namespace, "--show-managed-fields")
     assert applied["data"] == {"a": "1", "b": "2"}
     managers = {(m["manager"], m["operation"]) for m in applied["metadata"]["managedFields"]}
     assert ("e2e-first", "Apply") in managers

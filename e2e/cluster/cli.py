@@ -16,7 +16,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m e2e.cluster", description="the local Kubernetes control plane"
     )
-    parser.add_argument(
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
         "--state-dir",
         type=Path,
         default=None,
@@ -25,7 +26,9 @@ def main(argv: list[str]) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build the pinned binaries into the cache (once)")
-    up = sub.add_parser("up", help="start the control plane and the KWOK node pools")
+    up = sub.add_parser(
+        "up", parents=[state], help="start the control plane and the KWOK node pools"
+    )
     nodes = sub.add_parser(
         "nodes", help="add the KWOK node pools to another cluster ($KUBECONFIG, e.g. kind)"
     )
@@ -38,8 +41,8 @@ def main(argv: list[str]) -> int:
         )
     nodes.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", ""))
     nodes.add_argument("--kubectl", default="kubectl")
-    sub.add_parser("down", help="stop everything `up` started")
-    sub.add_parser("status", help="print what runs")
+    sub.add_parser("down", parents=[state], help="stop everything `up` started")
+    sub.add_parser("status", parents=[state], help="print what runs")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":

@@ -42,7 +42,7 @@ class Cluster:
     kubeconfig: Path
     bin_dir: Path | None
     local: bool
-    env: dict[str, str] = field(init=False)
+    env: dict[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         env = dict(os.environ)
