@@ -1,4 +1,4 @@
-"""Starting real `pdserve worker` / `pdserve router` processes on free loopback ports (tests)."""
+"""Real `pdserve worker` / `pdserve router` processes on free loopback ports (tests, bench)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ class Process:
 
     def start(self) -> Process:
         log = self.log_path.open("w")
-        self.popen = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                      env={**os.environ, **self.env})
+        self.popen = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+        )
         return self
 
     def wait_ready(self, path: str = "/ready", timeout: float = 120.0) -> None:
@@ -77,20 +78,49 @@ def pdserve(*args: str) -> list[str]:
     return [sys.executable, "-m", "pdserve", *args]
 
 
-def worker(role: str, model: str, logs: Path, *extra: str,
-           env: dict[str, str] | None = None) -> Process:
+def worker(
+    role: str, model: str, logs: Path, *extra: str, env: dict[str, str] | None = None
+) -> Process:
     port, kv_port = free_port(), free_port()
-    args = pdserve("worker", "--role", role, "--model", model, "--served-model-name", "tiny",
-                   "--host", "127.0.0.1", "--port", str(port), "--kv-port", str(kv_port),
-                   "--device", "cpu", "--kv-timeout", "10", *extra)
+    args = pdserve(
+        "worker",
+        "--role",
+        role,
+        "--model",
+        model,
+        "--served-model-name",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--kv-port",
+        str(kv_port),
+        "--device",
+        "cpu",
+        "--kv-timeout",
+        "10",
+        *extra,
+    )
     return Process(f"{role}-{port}", args, logs / f"{role}-{port}.log", env or {}, port)
 
 
 def router(prefill: list[Process], decode: list[Process], logs: Path, *extra: str) -> Process:
     port = free_port()
-    args = pdserve("router", "--host", "127.0.0.1", "--port", str(port),
-                   "--served-model-name", "tiny", "--resolve-interval", "1",
-                   "--decode-endpoints", ",".join(p.address for p in decode), *extra)
+    args = pdserve(
+        "router",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        "tiny",
+        "--resolve-interval",
+        "1",
+        "--decode-endpoints",
+        ",".join(p.address for p in decode),
+        *extra,
+    )
     if prefill:
         args += ["--prefill-endpoints", ",".join(p.address for p in prefill)]
     return Process(f"router-{port}", args, logs / f"router-{port}.log", {}, port)
@@ -128,3 +158,14 @@ def http_get(url: str) -> tuple[int, str]:
 
 def engine_debug(process: Process) -> dict:
     return json.loads(http_get(process.url + "/debug/engine")[1])
+
+
+def wait_for_tiers(gateway: Process, timeout: float = 30.0) -> None:
+    """Until the router has discovered a ready prefill and a ready decode worker."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = json.loads(http_get(gateway.url + "/ready")[1])
+        if status.get("prefill") and status.get("decode"):
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the router did not discover both tiers")

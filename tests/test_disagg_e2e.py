@@ -8,14 +8,20 @@ receives fewer blocks than the prompt has). The official `openai` client works u
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 
 import aiohttp
 import openai
 import pytest
-from disagg_processes import engine_debug, http_get, metric, router, running, worker
 
+from e2e.local_processes import (
+    engine_debug,
+    http_get,
+    metric,
+    router,
+    running,
+    wait_for_tiers,
+    worker,
+)
 from pdserve.runtime.model_init import init_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -37,16 +43,6 @@ def stack(tmp_path_factory):
         with running(gateway):
             wait_for_tiers(gateway)
             yield {"prefill": prefill, "decode": decode, "both": both, "router": gateway}
-
-
-def wait_for_tiers(gateway, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = json.loads(http_get(gateway.url + "/ready")[1])
-        if status["prefill"] and status["decode"]:
-            return
-        time.sleep(0.2)
-    raise TimeoutError("the router did not discover both tiers")
 
 
 def prompt(i: int) -> str:
@@ -158,6 +154,28 @@ def test_router_metrics_and_errors(stack):
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="tiny", prompt=prompt(3), max_tokens=8, temperature=-1)
+
+
+async def test_client_disconnect_cancels_on_the_decode_worker(stack):
+    decode = stack["decode"]
+    body = {"model": "tiny", "prompt": prompt(30), "max_tokens": 1500, "temperature": 0,
+            "ignore_eos": True, "stream": True}
+    async with aiohttp.ClientSession() as session, session.post(
+            stack["router"].url + "/v1/completions", json=body) as resp:
+        assert resp.status == 200
+        events = 0
+        async for line in resp.content:
+            events += line.startswith(b"data:")
+            if events == 3:
+                break
+        assert engine_debug(decode)["num_running"] == 1
+    for _ in range(100):  # the router closed its upstream stream: the decode worker aborts
+        stats = engine_debug(decode)
+        if stats["num_running"] == 0 and stats["num_free_blocks"] == stats["num_blocks"]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the request kept running after the client left: {stats}")
 
 
 def test_no_blocks_leak(stack):

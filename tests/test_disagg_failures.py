@@ -9,9 +9,17 @@ import time
 
 import aiohttp
 import pytest
-from disagg_processes import engine_debug, http_get, metric, router, running, worker
-from test_disagg_e2e import prompt, wait_for_tiers
+from test_disagg_e2e import prompt
 
+from e2e.local_processes import (
+    engine_debug,
+    http_get,
+    metric,
+    router,
+    running,
+    wait_for_tiers,
+    worker,
+)
 from pdserve.runtime.kv_transfer.sender import TEST_DELAY_ENV
 from pdserve.runtime.model_init import init_model
 

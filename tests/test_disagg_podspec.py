@@ -17,9 +17,8 @@ from pathlib import Path
 import openai
 import pytest
 import yaml
-from disagg_processes import Process, free_port, metric, running
-from test_disagg_e2e import wait_for_tiers
 
+from e2e.local_processes import Process, free_port, metric, running, wait_for_tiers
 from pdserve.api.spec import LLMServiceSpec
 from pdserve.controller.context import Owner
 from pdserve.controller.render import render_children
