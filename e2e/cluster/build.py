@@ -214,7 +214,8 @@ def build_all() -> Path:
         _log(f"{component.name} {component.version}: building (log: {log})", started)
         build_component(component, target, log, started)
         _log(f"{component.name} {component.version}: done", started)
-    _log(f"all binaries in {target}", started)
+    size_mib = sum(f.stat().st_size for f in target.iterdir()) / 2**20
+    _log(f"all binaries in {target} ({size_mib:.0f} MiB)", started)
     return target
 
 

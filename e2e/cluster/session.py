@@ -25,10 +25,11 @@ from typing import Any
 
 import yaml
 
-from e2e.cluster import controlplane
+from e2e.cluster import controlplane, processes
 from e2e.cluster.versions import bin_dir
 
 KUBECTL_TIMEOUT_S = 60
+PRIVATE_PREFIX = "pdserve-cluster-"
 
 
 class KubectlError(RuntimeError):
@@ -140,13 +141,23 @@ def session_cluster() -> Iterator[Cluster]:
     if shared is not None and controlplane.is_healthy(shared):
         yield Cluster(Path(shared.kubeconfig), Path(shared.bin_dir), local=True)
         return
-    state_dir = Path(tempfile.mkdtemp(prefix="pdserve-cluster-"))
+    _remove_dead_private_clusters()
+    state_dir = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
     stopper = _Stopper(state_dir)
     try:
         state = controlplane.up(state_dir, tie_to_parent=True)
         yield Cluster(Path(state.kubeconfig), Path(state.bin_dir), local=True)
     finally:
         stopper()
+
+
+def _remove_dead_private_clusters() -> None:
+    """Deletes the state of private clusters whose session was killed (their processes died
+    with it, see `tie_to_parent`); directories still being set up have no state file yet."""
+    for candidate in Path(tempfile.gettempdir()).glob(f"{PRIVATE_PREFIX}*"):
+        state = controlplane.read_state(candidate)
+        if state is not None and not any(processes.alive(p) for p in state.pids.values()):
+            shutil.rmtree(candidate, ignore_errors=True)
 
 
 class _Stopper:
