@@ -16,6 +16,7 @@ from pdserve.autoscaler import (
     RoleReplicas,
     plan,
 )
+from pdserve.autoscaler.need import CORRECTION_BOUNDS
 
 
 def maybe(rng, low, high):
@@ -90,7 +91,7 @@ def test_decisions_are_always_sane(seed):
         for value in d.inputs.values():
             assert not isinstance(value, float) or math.isfinite(value)
         assert math.isfinite(d.state.prefill_correction)
-        assert 0.5 <= d.state.decode_correction <= 2.0
+        assert CORRECTION_BOUNDS[0] <= d.state.decode_correction <= CORRECTION_BOUNDS[1]
 
 
 @pytest.mark.parametrize("seed", range(4))

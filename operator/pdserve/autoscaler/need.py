@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pdserve.autoscaler.config import PlannerConfig
 from pdserve.autoscaler.snapshot import RoleMetrics, known
 
-# Learned capacity corrections stay within these factors of the prior.
-CORRECTION_BOUNDS = (0.5, 2.0)
+# Learned capacity corrections stay within these factors of the prior (priors per accelerator
+# kind do not know the model size).
+CORRECTION_BOUNDS = (0.1, 10.0)
 CORRECTION_STEP = 1.1
 # Latency below this fraction of its target means the replicas are not the bottleneck.
 COMFORTABLE_RATIO = 0.6

@@ -67,9 +67,8 @@ def main(argv: list[str]) -> int:
     except config.ConfigException as exc:
         print(f"pdserve operator: no Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
+    import pdserve.controller.autoscaling  # registers the planner's kopf timer
     import pdserve.controller.handlers  # noqa: F401  (registers the kopf handlers)
-    # PLANNER HOOK: enable once controller/autoscaling.py (the planner's kopf timer) lands.
-    # import pdserve.controller.autoscaling
     if args.metrics_port:
         start_http_server(args.metrics_port)
     kopf.run(

@@ -1,0 +1,146 @@
+"""The planner's view of the world, from Prometheus (PromQL via prometheus-api-client).
+
+Every query selects by the labels a scrape configuration gives pdserve's pods: `namespace`,
+`llmservice` (from pdserve.dev/llmservice) and `role`, so the same queries work in-cluster
+(pod scraping / ServiceMonitor relabeling) and against local processes relabeled the same way.
+Missing series and empty histograms come back as NaN; a failing Prometheus as None."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
+
+from pdserve.autoscaler.snapshot import NAN, MetricsSnapshot, RoleMetrics
+
+QueryFn = Callable[[str], list[dict[str, Any]]]
+
+
+class PrometheusUnavailable(RuntimeError):
+    """Prometheus did not answer (connection refused, timeout, HTTP or PromQL error)."""
+
+
+@dataclass(frozen=True)
+class Selector:
+    namespace: str
+    llmservice: str
+    window_seconds: int = 120
+
+    def labels(self, role: str | None = None) -> str:
+        parts = [f'namespace="{_escape(self.namespace)}"',
+                 f'llmservice="{_escape(self.llmservice)}"']
+        if role is not None:
+            parts.append(f'role="{role}"')
+        return "{" + ",".join(parts) + "}"
+
+    @property
+    def window(self) -> str:
+        return f"{self.window_seconds}s"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def queries(sel: Selector) -> dict[str, str]:
+    """The PromQL of every input, by name (also shown in docs and tests)."""
+    w = sel.window
+
+    def rate(metric: str, role: str | None) -> str:
+        return f"sum(rate({metric}{sel.labels(role)}[{w}]))"
+
+    def mean(histogram: str, role: str) -> str:
+        return (f"sum(rate({histogram}_sum{sel.labels(role)}[{w}])) / "
+                f"sum(rate({histogram}_count{sel.labels(role)}[{w}]))")
+
+    return {
+        "prefill_prompt_rate": rate("pdserve_prompt_tokens_total", "prefill"),
+        "prefill_cache_hit_rate": rate("pdserve_prefix_cache_hits_total", "prefill"),
+        "prefill_request_rate": rate("pdserve_time_to_first_token_seconds_count", "prefill"),
+        "decode_generation_rate": rate("pdserve_generation_tokens_total", "decode"),
+        "decode_request_rate": rate("pdserve_e2e_request_latency_seconds_count", "decode"),
+        "arrival_rate": rate("pdserve_router_requests_total", None),
+        "router_ttft": mean("pdserve_time_to_first_token_seconds", "router"),
+        "prefill_ttft": mean("pdserve_time_to_first_token_seconds", "prefill"),
+        "router_itl": mean("pdserve_inter_token_latency_seconds", "router"),
+        "decode_itl": mean("pdserve_inter_token_latency_seconds", "decode"),
+        "prefill_running": f"sum(pdserve_requests_running{sel.labels('prefill')})",
+        "prefill_waiting": f"sum(pdserve_requests_waiting{sel.labels('prefill')})",
+        "decode_running": f"sum(pdserve_requests_running{sel.labels('decode')})",
+        "decode_waiting": f"sum(pdserve_requests_waiting{sel.labels('decode')})",
+        "decode_kv_usage": f"avg(pdserve_kv_usage_ratio{sel.labels('decode')})",
+    }
+
+
+def scalar(result: list[dict[str, Any]]) -> float:
+    """The value of a one-series instant vector; NaN when empty or not a number."""
+    if not result:
+        return NAN
+    try:
+        value = float(result[0]["value"][1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return NAN
+    return value if math.isfinite(value) else NAN
+
+
+def _first_known(*values: float) -> float:
+    return next((v for v in values if math.isfinite(v)), NAN)
+
+
+def _minus(total: float, part: float) -> float:
+    if not math.isfinite(total):
+        return NAN
+    return max(0.0, total - part) if math.isfinite(part) else total
+
+
+class PrometheusSource:
+    """Runs the planner's queries. `query` is injectable for tests of the pure mapping."""
+
+    def __init__(self, url: str, timeout_seconds: int = 10, query: QueryFn | None = None) -> None:
+        if query is None:
+            # One try per interval: the next interval is the retry, and an outage must not stall
+            # the loop in back-offs.
+            client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_seconds,
+                                       retry=Retry(total=0))
+            query = client.custom_query
+        self._query = query
+
+    def _run(self, promql: str) -> float:
+        try:
+            return scalar(self._query(promql))
+        except Exception as exc:  # the client raises many kinds; all mean "no answer"
+            raise PrometheusUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def snapshot(self, sel: Selector, now: float) -> MetricsSnapshot:
+        """Raises PrometheusUnavailable when Prometheus does not answer."""
+        v = {name: self._run(promql) for name, promql in queries(sel).items()}
+        prefill = RoleMetrics(
+            token_rate=_minus(v["prefill_prompt_rate"], v["prefill_cache_hit_rate"]),
+            request_rate=v["prefill_request_rate"],
+            latency_seconds=_first_known(v["router_ttft"], v["prefill_ttft"]),
+            running=v["prefill_running"], waiting=v["prefill_waiting"])
+        decode = RoleMetrics(
+            token_rate=v["decode_generation_rate"], request_rate=v["decode_request_rate"],
+            latency_seconds=_first_known(v["router_itl"], v["decode_itl"]),
+            running=v["decode_running"], waiting=v["decode_waiting"],
+            kv_usage=v["decode_kv_usage"])
+        return MetricsSnapshot(now, prefill, decode, arrival_rate=v["arrival_rate"])
+
+    def in_flight_by_pod(self, sel: Selector, role: str) -> dict[str, float]:
+        """Running + waiting requests per pod (label `pod`), for pod-deletion-cost."""
+        promql = (f"sum by (pod) (pdserve_requests_running{sel.labels(role)}) + "
+                  f"sum by (pod) (pdserve_requests_waiting{sel.labels(role)})")
+        try:
+            result = self._query(promql)
+        except Exception as exc:
+            raise PrometheusUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        out: dict[str, float] = {}
+        for series in result:
+            pod = series.get("metric", {}).get("pod")
+            if pod:
+                out[pod] = scalar([series])
+        return out

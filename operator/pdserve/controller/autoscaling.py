@@ -1,0 +1,165 @@
+"""The planner's loop: a kopf timer per LLMService with autoscaling enabled.
+
+Each interval it queries Prometheus, runs the pure planner, records the decision in
+status.autoscaling (which the operator renders into the Deployments), sets the Deployments'
+replicas through the scale subresource under its own field manager (never the LLMService spec,
+which Argo CD would fight), annotates pods with pod-deletion-cost before a scale-down, and
+reports the decision as an Event, the ScalingLimited condition and operator metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes import client
+from pydantic import ValidationError
+
+from pdserve.api.resource import GROUP, PLURAL, VERSION
+from pdserve.api.spec import LLMServiceSpec
+from pdserve.autoscaler import Decision, PlannerState, Replicas, plan
+from pdserve.autoscaler.deletion_cost import DELETION_COST_ANNOTATION, deletion_costs
+from pdserve.autoscaler.prometheus_source import PrometheusSource, PrometheusUnavailable, Selector
+from pdserve.controller import planner_metrics as metrics
+from pdserve.controller.kube import Kube
+from pdserve.controller.names import LABEL_ROLE, WORKER_ROLES, deployment_name
+from pdserve.controller.planner_inputs import (
+    autoscaling_status,
+    limited_condition,
+    planner_config,
+    replicas_from_cluster,
+    with_condition,
+)
+
+PLANNER_FIELD_MANAGER = "pdserve-planner"
+# The timer ticks often; each LLMService is planned every spec.autoscaling.intervalSeconds.
+TICK_SECONDS = 5.0
+MIN_RATE_WINDOW_SECONDS = 60
+
+
+def _enabled(spec: Mapping[str, Any], **_: Any) -> bool:
+    return bool((spec.get("autoscaling") or {}).get("enabled"))
+
+
+def _now() -> tuple[float, datetime, str]:
+    moment = datetime.now(UTC)
+    return time.time(), moment, moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, when=_enabled, id="autoscaling")
+def autoscale(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None,
+              memo: Any, **_: Any) -> None:
+    if namespace is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    try:
+        parsed = LLMServiceSpec.model_validate(dict(spec))
+    except ValidationError:
+        return  # the reconcile handler reports InvalidSpec
+    now, moment, stamp = _now()
+    last = memo.get("planner_last_run")
+    if last is not None and now - last < parsed.autoscaling.interval_seconds:
+        return
+    memo["planner_last_run"] = now
+    kube: Kube = memo.kube
+    deployments = kube.role_deployments(namespace, name)
+    if not all(role in deployments for role in WORKER_ROLES):
+        return  # the operator has not created them yet
+    replicas = replicas_from_cluster(deployments, kube.pods(namespace, name), LABEL_ROLE, moment)
+    url = parsed.autoscaling.prometheus_url or ""
+    source = _source(memo, url)
+    selector = Selector(namespace, name, max(MIN_RATE_WINDOW_SECONDS,
+                                             4 * parsed.autoscaling.interval_seconds))
+    detail = ""
+    try:
+        snapshot = source.snapshot(selector, now)
+    except PrometheusUnavailable as exc:
+        snapshot, detail = None, f"{url}: {exc}"[:512]
+        metrics.PROMETHEUS_ERRORS.labels(namespace, name).inc()
+    state = memo.get("planner_state") or PlannerState()
+    decision = plan(snapshot, replicas, planner_config(parsed), state, now)
+    memo["planner_state"] = decision.state
+    _record(kube, body, decision, detail, stamp)
+    if decision.changes(replicas):
+        _scale(kube, namespace, name, replicas, decision, source, selector)
+    _announce(body, memo, decision, replicas, detail)
+    _export(namespace, name, decision)
+
+
+def _source(memo: Any, url: str) -> PrometheusSource:
+    cached = memo.get("planner_source")
+    if cached is None or cached[0] != url:
+        cached = (url, PrometheusSource(url))
+        memo["planner_source"] = cached
+    source: PrometheusSource = cached[1]
+    return source
+
+
+def _record(kube: Kube, body: kopf.Body, decision: Decision, detail: str, stamp: str) -> None:
+    """status.autoscaling first: the operator renders replicas from it, so a reconcile racing
+    the scale below already renders the new numbers."""
+    meta = body.get("metadata", {})
+    limited, reason, message = limited_condition(decision, detail)
+    conditions = with_condition((body.get("status") or {}).get("conditions") or [], limited,
+                                reason, message, meta.get("generation"), stamp)
+    kube.patch_status(meta["namespace"], meta["name"], {
+        "autoscaling": autoscaling_status(decision, stamp, detail),
+        "conditions": conditions,
+    })
+
+
+def _scale(kube: Kube, namespace: str, name: str, replicas: Replicas, decision: Decision,
+           source: PrometheusSource, selector: Selector) -> None:
+    apps = client.AppsV1Api(kube.api)
+    core = client.CoreV1Api(kube.api)
+    wanted = ((replicas.prefill.desired, decision.prefill_replicas),
+              (replicas.decode.desired, decision.decode_replicas))
+    for role, (before, after) in zip(WORKER_ROLES, wanted, strict=True):
+        if after < before:
+            _mark_deletion_costs(core, namespace, source, selector, role)
+        if after != before:
+            apps.patch_namespaced_deployment_scale(
+                deployment_name(name, role), namespace, {"spec": {"replicas": after}},
+                field_manager=PLANNER_FIELD_MANAGER)
+
+
+def _mark_deletion_costs(core: client.CoreV1Api, namespace: str, source: PrometheusSource,
+                         selector: Selector, role: str) -> None:
+    """Annotate pods so the ReplicaSet removes the least busy first (best effort: without
+    per-pod figures the ReplicaSet's own order applies)."""
+    try:
+        in_flight = source.in_flight_by_pod(selector, role)
+    except PrometheusUnavailable:
+        return
+    for pod, cost in deletion_costs(in_flight).items():
+        patch = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: cost}}}
+        try:
+            core.patch_namespaced_pod(pod, namespace, patch, field_manager=PLANNER_FIELD_MANAGER)
+        except client.ApiException as exc:
+            if exc.status != 404:  # a pod gone since the scrape is fine
+                raise
+
+
+def _announce(body: kopf.Body, memo: Any, decision: Decision, replicas: Replicas,
+              detail: str) -> None:
+    """An Event per scaling action, and one when the planner starts holding or is limited."""
+    if decision.changes(replicas):
+        kopf.info(body, reason=decision.reason, message=decision.message)
+    limited, reason, message = limited_condition(decision, detail)
+    previous = memo.get("planner_last_limited")
+    if limited and previous != reason:
+        kopf.warn(body, reason=reason, message=message)
+    memo["planner_last_limited"] = reason if limited else None
+
+
+def _export(namespace: str, name: str, decision: Decision) -> None:
+    metrics.PLANNER_DECISIONS.labels(namespace, name, decision.reason).inc()
+    metrics.PLANNER_REPLICAS.labels(namespace, name, "prefill").set(decision.prefill_replicas)
+    metrics.PLANNER_REPLICAS.labels(namespace, name, "decode").set(decision.decode_replicas)
+    for role in WORKER_ROLES:
+        need = decision.inputs.get(f"{role}Need")
+        if isinstance(need, float | int):
+            metrics.PLANNER_NEED.labels(namespace, name, role).set(need)
+    limited, _, _ = limited_condition(decision)
+    metrics.PLANNER_LIMITED.labels(namespace, name).set(1 if limited else 0)

@@ -1,0 +1,28 @@
+"""The planner's operator metrics (exported with the operator's own /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+_LABELS = ["namespace", "llmservice"]
+
+PLANNER_REPLICAS = Gauge(
+    "pdserve_operator_planner_replicas", "Replicas the planner decided, by role.",
+    [*_LABELS, "role"],
+)
+PLANNER_NEED = Gauge(
+    "pdserve_operator_planner_need_replicas",
+    "Replicas the planner estimated each role needs (fractional, before bounds and budget).",
+    [*_LABELS, "role"],
+)
+PLANNER_DECISIONS = Counter(
+    "pdserve_operator_planner_decisions_total", "Planner decisions by reason.",
+    [*_LABELS, "reason"],
+)
+PLANNER_LIMITED = Gauge(
+    "pdserve_operator_planner_scaling_limited", "1 while ScalingLimited is True.", _LABELS,
+)
+PROMETHEUS_ERRORS = Counter(
+    "pdserve_operator_planner_prometheus_errors_total", "Planner queries Prometheus failed.",
+    _LABELS,
+)
