@@ -4,14 +4,18 @@ requests (completed, aborted, rejected), and draining on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import subprocess
+import sys
 
 import aiohttp
 import pytest
 from runtime_worker_process import (
     MODEL_NAME,
     WorkerProcess,
+    free_port,
     is_idle,
     metric_value,
     tiny_model_dir,
@@ -176,3 +180,34 @@ async def test_sigterm_drains_in_flight_requests_then_exits(tmp_path_factory):
         assert worker.process.wait(timeout=60) == 0
     finally:
         worker.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_drain_is_bounded_by_the_drain_timeout(tmp_path_factory):
+    worker = WorkerProcess(tiny_model_dir(tmp_path_factory), "--drain-timeout", "1",
+                           log_path=tmp_path_factory.mktemp("logs") / "drain-timeout.log")
+    try:
+        worker.wait_ready()
+        async with aiohttp.ClientSession() as session:
+            # Far more tokens than can be generated within the one-second drain.
+            response = await session.post(worker.base_url + "/v1/completions",
+                                          json=completion(max_tokens=2000, stream=True))
+            await response.content.readline()
+            worker.terminate()
+            lines = []
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                lines += [line async for line in response.content]
+        assert b"data: [DONE]\n" not in lines  # cut off, not finished
+        assert worker.process.wait(timeout=60) == 0
+        assert "drain timeout: cutting off 1 request(s)" in worker.log()
+    finally:
+        worker.stop()
+
+
+def test_a_model_directory_that_is_not_there_is_a_clear_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pdserve", "worker", "--model",
+                           str(tmp_path / "missing"), "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "has no config.json" in done.stderr and "Traceback" not in done.stderr

@@ -102,7 +102,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_error(exc.status, exc.reason, type_="invalid_request_error")
+        type_ = "invalid_request_error" if exc.status < 500 else "server_error"
+        return json_error(exc.status, exc.reason, type_=type_)
     except EngineDeadError as exc:
         return json_error(503, str(exc), type_="service_unavailable")
     except Exception as exc:
@@ -184,8 +185,10 @@ async def serve(app: web.Application, host: str, port: int, drain_timeout: float
     """Serve, load the model (`load` sets engine/tokenizer/max_model_len and starts the engine),
     then run until SIGTERM/SIGINT and drain: refuse new work, finish in-flight, stop."""
     state = app[STATE]
-    # Cancelling the handler of a client that went away is what aborts its request.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # Cancelling the handler of a client that went away is what aborts its request. The drain
+    # below is the grace period; past it, cleanup cancels what is left almost at once.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=0.5)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     stop = asyncio.Event()
