@@ -215,3 +215,12 @@ def test_spec_image_overrides_the_default():
     container = _pod(children, "router")["containers"][0]
     # render_children takes the image chosen by the caller; the reconciler picks spec.image.
     assert container["image"] == IMAGE and container["imagePullPolicy"] == "Always"
+
+
+def test_accelerator_pools_roll_without_surge():
+    gpu = _render(GPU_POOL)[("Deployment", "chat-decode")]["spec"]["strategy"]["rollingUpdate"]
+    assert gpu == {"maxSurge": 0, "maxUnavailable": 1}
+    cpu = _render(CPU)
+    for role in ("decode", "router"):
+        rolling = cpu[("Deployment", f"chat-{role}")]["spec"]["strategy"]["rollingUpdate"]
+        assert rolling == {"maxSurge": 1, "maxUnavailable": 0}

@@ -55,6 +55,9 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":
+        # One line per handled event is too chatty with hundreds of LLMServices.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     for port in (args.liveness, args.metrics_port):
         if not 0 <= port <= 65535:
             print(f"pdserve operator: port {port} out of range", file=sys.stderr)

@@ -114,6 +114,14 @@ def _resources(role_spec: RoleSpec, family: str, accelerator: dict[str, int]) ->
     return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
 
 
+def _rollout(family: str) -> dict[str, int]:
+    """Accelerator pools are usually full: a surge pod would wait for a free device forever
+    and stall the roll, so those pods are replaced one at a time instead."""
+    if family in ("gpu", "tpu"):
+        return {"maxSurge": 0, "maxUnavailable": 1}
+    return {"maxSurge": 1, "maxUnavailable": 0}
+
+
 def _placement(role_spec: PodOverrides, node_labels: dict[str, str],
                tolerations: list[dict[str, Any]]) -> dict[str, Any]:
     user_tolerations = [t.to_k8s() for t in role_spec.tolerations or []]
@@ -150,6 +158,7 @@ def worker_context(spec: LLMServiceSpec, owner: Owner, role: WorkerRole, image: 
         "command": command,
         "kv_port": spec.kv_transfer.port,
         "resources": _resources(role_spec, facts.family, accelerator),
+        "rollout": _rollout(facts.family),
         "config_hash": hashlib.sha256(config.encode()).hexdigest()[:16],
         "config_map": engine_configmap_name(owner.name),
         "config_dir": CONFIG_DIR,
@@ -181,6 +190,7 @@ def router_context(spec: LLMServiceSpec, owner: Owner, image: str) -> dict[str, 
         **_placement(router, {}, []),
         "command": command,
         "resources": given or DEFAULT_RESOURCES["router"],
+        "rollout": _rollout("router"),
         "grace_seconds": ROUTER_TERMINATION_GRACE_SECONDS,
     }
 

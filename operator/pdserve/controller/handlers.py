@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
 
 from pdserve.api.resource import GROUP, PLURAL, VERSION
+from pdserve.controller import metrics
 from pdserve.controller.kube import Kube
 from pdserve.controller.names import LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY
 from pdserve.controller.reconcile import reconcile
@@ -28,6 +30,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.peering.standalone = True
     settings.watching.server_timeout = 300
+    settings.execution.max_workers = 16
 
 
 def _kube(memo: Any) -> Kube:
@@ -35,12 +38,40 @@ def _kube(memo: Any) -> Kube:
     return kube
 
 
-def _write(patch: kopf.Patch, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
-    previous = body.get("status") or {}
-    _announce(body, previous, status)
-    if status_changed(previous, status):
-        for key, value in status.items():
-            patch.status[key] = value
+class _Turn:
+    """One LLMService's turn to reconcile: a lock, and how many passes wait for it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting = 0
+
+
+_TURNS: dict[tuple[str, str], _Turn] = {}
+_TURNS_GUARD = threading.Lock()
+
+
+def sync(kube: Kube, namespace: str, name: str, *, apply: bool, trigger: str) -> None:
+    """Reconcile one LLMService and write its status. Serialized per object, and on a fresh
+    read, so that concurrent triggers (spec change, timer, child events) never write an older
+    observation over a newer one. A status-only refresh is dropped when a pass is already
+    waiting: that pass reads the newer state anyway."""
+    with _TURNS_GUARD:
+        turn = _TURNS.setdefault((namespace, name), _Turn())
+        if turn.waiting and not apply:
+            return
+        turn.waiting += 1
+    with turn.lock:
+        with _TURNS_GUARD:
+            turn.waiting -= 1
+        current = kube.llmservice(namespace, name)
+        if current is None or current["metadata"].get("deletionTimestamp"):
+            return
+        status = reconcile(kube, current, apply=apply, trigger=trigger)
+        previous = current.get("status") or {}
+        _announce(current, previous, status)
+        if status_changed(previous, status):
+            kube.patch_status(namespace, name, status)
+            metrics.STATUS_PATCHES.inc()
 
 
 def _announce(body: Mapping[str, Any], previous: Mapping[str, Any],
@@ -60,33 +91,23 @@ def _announce(body: Mapping[str, Any], previous: Mapping[str, Any],
 @kopf.on.resume(**_LLMS, id="reconcile")
 @kopf.on.create(**_LLMS, id="reconcile")
 @kopf.on.update(**_LLMS, field="spec", id="reconcile")
-def on_spec(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, reason: str,
-            **_: Any) -> None:
-    _write(patch, body, reconcile(_kube(memo), body, apply=True, trigger=str(reason)))
+def on_spec(name: str, namespace: str | None, memo: Any, reason: str, **_: Any) -> None:
+    if namespace:
+        sync(_kube(memo), namespace, name, apply=True, trigger=str(reason))
 
 
 @kopf.timer(**_LLMS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, id="resync")
-def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+def resync(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     """Level-based repair: re-render and re-apply; drifted or deleted children come back."""
-    if body.get("metadata", {}).get("deletionTimestamp"):
-        return
-    _write(patch, body, reconcile(_kube(memo), body, apply=True, trigger="timer"))
+    if namespace:
+        sync(_kube(memo), namespace, name, apply=True, trigger="timer")
 
 
-def _refresh_parent(kube: Kube, child: Mapping[str, Any], *, apply: bool) -> None:
+def _sync_parent(kube: Kube, child: Mapping[str, Any], *, apply: bool) -> None:
     meta = child.get("metadata") or {}
     service = (meta.get("labels") or {}).get(LABEL_SERVICE)
-    namespace = meta.get("namespace")
-    if not service or not namespace:
-        return
-    parent = kube.llmservice(namespace, service)
-    if parent is None or parent["metadata"].get("deletionTimestamp"):
-        return
-    status = reconcile(kube, parent, apply=apply, trigger="child")
-    previous = parent.get("status") or {}
-    _announce(parent, previous, status)
-    if status_changed(previous, status):
-        kube.patch_status(namespace, service, status)
+    if service and meta.get("namespace"):
+        sync(kube, meta["namespace"], service, apply=apply, trigger="child")
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=_CHILDREN, id="child-deployment")
@@ -94,7 +115,7 @@ def on_deployment(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) 
     """A Deployment's rollout moved (refresh status) or it was deleted (restore it now)."""
     if type is None:  # the initial listing: the resume handlers cover it
         return
-    _refresh_parent(_kube(memo), body, apply=type == "DELETED")
+    _sync_parent(_kube(memo), body, apply=type == "DELETED")
 
 
 def _unschedulable(body: kopf.Body, **_: Any) -> bool:
@@ -107,4 +128,4 @@ def on_unschedulable_pod(type: str | None, body: kopf.Body, memo: kopf.Memo, **_
     """The scheduler gave up on a pod: say so in Degraded without waiting for the timer."""
     if type is None:
         return
-    _refresh_parent(_kube(memo), body, apply=False)
+    _sync_parent(_kube(memo), body, apply=False)
