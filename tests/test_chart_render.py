@@ -161,6 +161,7 @@ MANAGE = {"get", "list", "watch", "create", "update", "patch", "delete"}
 NAMESPACED_NEEDS = {
     "pdserve.dev/llmservices": {"get", "list", "watch", "patch"},
     "pdserve.dev/llmservices/status": {"get", "patch", "update"},
+    "pdserve.dev/llmservices/finalizers": {"update"},
     "/events": {"create", "patch"},
     "apps/deployments": MANAGE,
     "/services": MANAGE,
