@@ -56,7 +56,7 @@ class AsyncEngine:
         self._thread.start()
 
     async def stop(self) -> None:
-        """Abort whatever is left and join the engine thread."""
+        """Stop stepping and join the engine thread; streams still open get EngineDeadError."""
         self._stopping = True
         self._wakeup.set()
         if self._thread is not None:

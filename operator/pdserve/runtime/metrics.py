@@ -111,8 +111,9 @@ class WorkerMetrics:
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    def track(self) -> RequestTracker:
-        return RequestTracker(self)
+    def track(self, arrival: float | None = None) -> RequestTracker:
+        """A tracker for one request; latencies count from `arrival` (perf_counter), or now."""
+        return RequestTracker(self, arrival)
 
     def count_request(self, finish_reason: str) -> None:
         self._requests.labels(**self._labels, finish_reason=finish_reason).inc()
@@ -121,9 +122,9 @@ class WorkerMetrics:
 class RequestTracker:
     """Records one request's latencies and token counts from its stream of outputs."""
 
-    def __init__(self, metrics: WorkerMetrics) -> None:
+    def __init__(self, metrics: WorkerMetrics, arrival: float | None = None) -> None:
         self._metrics = metrics
-        self._start = time.perf_counter()
+        self._start = time.perf_counter() if arrival is None else arrival
         self._last_token_at: float | None = None
         self._done = False
 

@@ -135,13 +135,14 @@ class Generation:
 
 
 async def start_generation(request: web.Request, submit: SubmitFn, request_id: str,
-                           prompt_ids: list[int], params: SamplingParams,
-                           priority: int) -> Generation:
+                           prompt_ids: list[int], params: SamplingParams, priority: int,
+                           arrival: float) -> Generation:
+    """Admit the request; its latencies are measured from `arrival` (time.perf_counter())."""
     try:
         stream = await submit(request, request_id, prompt_ids, params, priority)
     except ValueError as exc:  # the engine's verdict on a request it cannot take
         raise RequestError(str(exc)) from None
-    return Generation(stream, request.app[STATE].metrics.track())
+    return Generation(stream, request.app[STATE].metrics.track(arrival))
 
 
 def now() -> int:

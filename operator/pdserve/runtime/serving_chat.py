@@ -3,6 +3,7 @@ the reply parsed back into `content` and hermes `tool_calls`, SSE deltas when st
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -34,6 +35,7 @@ from pdserve.runtime.tool_calls import ToolCallEvents, ToolCallParser, parse_too
 
 def chat_handler(submit: SubmitFn) -> Handler:
     async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+        arrival = time.perf_counter()
         state = request.app[STATE]
         body = parse_request(ChatCompletionRequest, await request.read())
         state.check_model(body.model)
@@ -44,7 +46,7 @@ def chat_handler(submit: SubmitFn) -> Handler:
         priority = parse_priority(request.headers.get(PRIORITY_HEADER), body.priority)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         generation = await start_generation(request, submit, request_id, prompt_ids, params,
-                                            priority)
+                                            priority, arrival)
         with generation:
             head = {"id": request_id, "object": "chat.completion", "created": now(),
                     "model": state.served_model_name}

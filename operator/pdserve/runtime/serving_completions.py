@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -34,6 +35,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 
 def completions_handler(submit: SubmitFn) -> Handler:
     async def create_completion(request: web.Request) -> web.StreamResponse:
+        arrival = time.perf_counter()
         state = request.app[STATE]
         body = parse_request(CompletionRequest, await request.read())
         state.check_model(body.model)
@@ -44,7 +46,7 @@ def completions_handler(submit: SubmitFn) -> Handler:
         priority = parse_priority(request.headers.get(PRIORITY_HEADER), body.priority)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         generation = await start_generation(request, submit, request_id, prompt_ids, params,
-                                            priority)
+                                            priority, arrival)
         with generation:
             head = {"id": request_id, "object": "text_completion", "created": now(),
                     "model": state.served_model_name}
