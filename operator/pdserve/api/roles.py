@@ -83,7 +83,8 @@ class EngineSpec(ApiModel):
     )
     chunk_size: int | None = Field(
         default=None, ge=16, le=1_048_576,
-        description="Most prompt tokens of one request processed in one step (chunked prefill).",
+        description="Most prompt tokens of one request processed in one step (chunked prefill). "
+        "Reserved: today's runtime bounds chunks by maxNumBatchedTokens only.",
     )
     max_num_seqs: int | None = Field(
         default=None, ge=1, le=4096, description="Most sequences running at once.",
