@@ -31,6 +31,10 @@ PRESETS: dict[str, dict[str, int]] = {
     # ~56M parameters, Llama-shaped: the benchmark model.
     "small": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
                   num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=4096),
+    # Qwen3-0.6B's shape (random weights) for GPU benchmarks; ids past the tokenizer go unused.
+    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                       vocab_size=151936, max_position_embeddings=40960),
 }  # fmt: skip
 VOCAB_SIZE = 4096
 SEED = 1234
@@ -56,8 +60,8 @@ def model_config_dict(preset: str, family: str, tie_word_embeddings: bool | None
         "architectures": [_ARCHITECTURES[family]],
         "model_type": family,
         "vocab_size": VOCAB_SIZE,
-        **shape,
         "head_dim": shape["hidden_size"] // shape["num_attention_heads"],
+        **shape,
         "hidden_act": "silu",
         "rms_norm_eps": 1e-6,
         "tie_word_embeddings": tied,
@@ -88,7 +92,8 @@ def _hf_parameter_shapes(cfg: dict[str, Any]) -> list[tuple[str, tuple[int, ...]
     h, i = cfg["hidden_size"], cfg["intermediate_size"]
     hd = cfg["head_dim"]
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (VOCAB_SIZE, h))]
+    vocab = cfg["vocab_size"]
+    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (vocab, h))]
     for n in range(cfg["num_hidden_layers"]):
         attn = [("q_proj.weight", (q, h)), ("k_proj.weight", (kv, h)), ("v_proj.weight", (kv, h))]
         if cfg["model_type"] == "qwen2":
@@ -105,7 +110,7 @@ def _hf_parameter_shapes(cfg: dict[str, Any]) -> list[tuple[str, tuple[int, ...]
         shapes += [(p + "mlp." + name, shape) for name, shape in mlp]
     shapes.append(("model.norm.weight", (h,)))
     if not cfg["tie_word_embeddings"]:
-        shapes.append(("lm_head.weight", (VOCAB_SIZE, h)))
+        shapes.append(("lm_head.weight", (vocab, h)))
     return shapes
 
 
