@@ -59,12 +59,20 @@ class OperatorProcess:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        command = [sys.executable, "-m", "pdserve", "operator", *self.scope,
-                   "--kubeconfig", str(self.kubeconfig),
-                   "--health-port", str(self.health_port),
-                   "--metrics-port", str(self.metrics_port)]
-        env = {key: value for key, value in os.environ.items() if key != "KUBECONFIG"}
-        env["PDSERVE_IMAGE"] = "pdserve:e2e"
+        command = [
+            sys.executable,
+            "-m",
+            "pdserve",
+            "operator",
+            *self.scope,
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--health-port",
+            str(self.health_port),
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PDSERVE_IMAGE="pdserve:e2e")
         with self.log_path.open("ab") as log:
             log.write(f"\n==== start {' '.join(command)}\n".encode())
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -74,8 +82,9 @@ class OperatorProcess:
         if not self.alive():
             raise AssertionError(f"the operator exited:\n{self.log_tail()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz",
-                                        timeout=2) as response:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as response:
                 return bool(response.status == 200)
         except OSError:
             return False
@@ -108,8 +117,9 @@ class OperatorProcess:
 
     def metric(self, name: str) -> float:
         """Sum of one metric's samples on the operator's /metrics."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as response:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as response:
             text = response.read().decode()
         total = 0.0
         for line in text.splitlines():
@@ -123,8 +133,12 @@ class OperatorProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def wait_until(check: Callable[[], T | bool | None], timeout_s: float, what: str,
-               operator: OperatorProcess | None = None) -> T:
+def wait_until(
+    check: Callable[[], T | bool | None],
+    timeout_s: float,
+    what: str,
+    operator: OperatorProcess | None = None,
+) -> T:
     """Polls `check` until it returns something truthy, and returns that."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
@@ -141,18 +155,19 @@ def wait_until(check: Callable[[], T | bool | None], timeout_s: float, what: str
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{detail}{tail}")
 
 
-def service_account_kubeconfig(cluster: Cluster, namespace: str, account: str,
-                               path: Path) -> Path:
+def service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path) -> Path:
     """A kubeconfig that authenticates as a ServiceAccount (a bound token from the apiserver)."""
-    token = cluster.kubectl("create", "token", account, "-n", namespace,
-                            "--duration=4h").stdout.strip()
+    token = cluster.kubectl(
+        "create", "token", account, "-n", namespace, "--duration=4h"
+    ).stdout.strip()
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     contexts = {item["name"]: item["context"] for item in admin["contexts"]}
     cluster_name = contexts[admin["current-context"]]["cluster"]
     cluster_entry = next(item for item in admin["clusters"] if item["name"] == cluster_name)
     user = f"system:serviceaccount:{namespace}:{account}"
     kubeconfig = {
-        "apiVersion": "v1", "kind": "Config",
+        "apiVersion": "v1",
+        "kind": "Config",
         "clusters": [cluster_entry],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": user, "context": {"cluster": cluster_name, "user": user}}],
@@ -172,7 +187,8 @@ class Api:
 
     def __post_init__(self) -> None:
         self.api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(self.cluster.kubeconfig))
+            config_file=str(self.cluster.kubeconfig)
+        )
         self.core = client.CoreV1Api(self.api_client)
         self.apps = client.AppsV1Api(self.api_client)
         self.policy = client.PolicyV1Api(self.api_client)
@@ -182,7 +198,8 @@ class Api:
     def llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             found: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name)
+                GROUP, VERSION, namespace, PLURAL, name
+            )
             return found
         except client.ApiException as exc:
             if exc.status == 404:
@@ -207,8 +224,7 @@ class Api:
         found: dict[tuple[str, str], dict[str, Any]] = {}
         for kind, lister in listers.items():
             for item in lister(namespace, label_selector=selector).items:
-                found[(kind, item.metadata.name)] = self.api_client.sanitize_for_serialization(
-                    item)
+                found[(kind, item.metadata.name)] = self.api_client.sanitize_for_serialization(item)
         return found
 
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
@@ -216,8 +232,9 @@ class Api:
         return [self.api_client.sanitize_for_serialization(pod) for pod in items]
 
     def node_labels(self) -> dict[str, dict[str, str]]:
-        return {node.metadata.name: node.metadata.labels or {}
-                for node in self.core.list_node().items}
+        return {
+            node.metadata.name: node.metadata.labels or {} for node in self.core.list_node().items
+        }
 
 
 def expected_children(service: dict[str, Any]) -> set[tuple[str, str]]:
@@ -225,8 +242,10 @@ def expected_children(service: dict[str, Any]) -> set[tuple[str, str]]:
     meta = service["metadata"]
     spec = LLMServiceSpec.model_validate(service["spec"])
     owner = Owner(meta["name"], meta["namespace"], meta["uid"])
-    return {(child["kind"], child["metadata"]["name"])
-            for child in render_children(spec, owner, "pdserve:e2e")}
+    return {
+        (child["kind"], child["metadata"]["name"])
+        for child in render_children(spec, owner, "pdserve:e2e")
+    }
 
 
 def condition(service: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
@@ -249,8 +268,11 @@ def observed_current(service: dict[str, Any] | None) -> bool:
 
 
 @contextlib.contextmanager
-def running_operator(kubeconfig: Path, scope: list[str], log_path: Path,
-                     ) -> Iterator[OperatorProcess]:
+def running_operator(
+    kubeconfig: Path,
+    scope: list[str],
+    log_path: Path,
+) -> Iterator[OperatorProcess]:
     operator = OperatorProcess(kubeconfig, scope, log_path)
     operator.start()
     try:
@@ -259,11 +281,15 @@ def running_operator(kubeconfig: Path, scope: list[str], log_path: Path,
         operator.stop()
 
 
-def delete_llmservices(cluster: Cluster, namespace: str, api: Api,
-                       operator: OperatorProcess | None = None) -> None:
+def delete_llmservices(
+    cluster: Cluster, namespace: str, api: Api, operator: OperatorProcess | None = None
+) -> None:
     """Delete every LLMService of a namespace and wait until they are gone (while the operator
     still runs, so nothing is left behind for lack of it)."""
-    cluster.kubectl("delete", "llmservices", "--all", "-n", namespace, "--wait=false",
-                    check=False)
-    wait_until(lambda: not api.llmservices(namespace), 120,
-               f"LLMServices of {namespace} to be deleted", operator)
+    cluster.kubectl("delete", "llmservices", "--all", "-n", namespace, "--wait=false", check=False)
+    wait_until(
+        lambda: not api.llmservices(namespace),
+        120,
+        f"LLMServices of {namespace} to be deleted",
+        operator,
+    )

@@ -46,9 +46,22 @@ def helm_ok(cluster: Cluster, *args: str) -> str:
 def release(cluster: Cluster) -> Iterator[tuple[str, str]]:
     """(namespace, `helm install` output) of a namespaced release with the operator at 0."""
     namespace = f"pdserve-helm-{uuid.uuid4().hex[:6]}"
-    output = helm_ok(cluster, "install", RELEASE, str(CHART), "-n", namespace,
-                     "--create-namespace", "--set", "operator.replicas=0",
-                     "--set", "rbac.namespaced=true", "--wait", "--timeout", "120s")
+    output = helm_ok(
+        cluster,
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        namespace,
+        "--create-namespace",
+        "--set",
+        "operator.replicas=0",
+        "--set",
+        "rbac.namespaced=true",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
     try:
         yield namespace, output
     finally:
@@ -62,14 +75,15 @@ def api(cluster: Cluster) -> Api:
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: Cluster, release: tuple[str, str], api: Api,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(
+    cluster: Cluster, release: tuple[str, str], api: Api, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     namespace, _ = release
     workdir = tmp_path_factory.mktemp("operator-helm")
-    kubeconfig = service_account_kubeconfig(cluster, namespace, OPERATOR,
-                                            workdir / "kubeconfig")
-    with running_operator(kubeconfig, [f"--namespace={namespace}"],
-                          workdir / "operator.log") as running:
+    kubeconfig = service_account_kubeconfig(cluster, namespace, OPERATOR, workdir / "kubeconfig")
+    with running_operator(
+        kubeconfig, [f"--namespace={namespace}"], workdir / "operator.log"
+    ) as running:
         yield running
         delete_llmservices(cluster, namespace, api, running)
 
@@ -93,13 +107,15 @@ def test_helm_install_creates_the_release(cluster: Cluster, release: tuple[str, 
     kinds = {doc["kind"] for doc in yaml.safe_load_all(manifest) if doc}
     assert "CustomResourceDefinition" not in kinds
     assert {"Deployment", "ServiceAccount", "Role", "RoleBinding", "ClusterRole"} <= kinds
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s",
-                    timeout=90)
+    cluster.kubectl(
+        "wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s", timeout=90
+    )
 
 
 @pytest.mark.timeout(120)
-def test_namespaced_identity_stays_in_its_namespace(cluster: Cluster,
-                                                    release: tuple[str, str]) -> None:
+def test_namespaced_identity_stays_in_its_namespace(
+    cluster: Cluster, release: tuple[str, str]
+) -> None:
     namespace, _ = release
     account = f"system:serviceaccount:{namespace}:{OPERATOR}"
 
@@ -125,8 +141,8 @@ def converged(api: Api, namespace: str, name: str) -> dict[str, Any] | None:
 
 @pytest.mark.timeout(300)
 def test_namespaced_operator_serves_only_its_namespace(
-        cluster: Cluster, release: tuple[str, str], operator: OperatorProcess,
-        api: Api) -> None:
+    cluster: Cluster, release: tuple[str, str], operator: OperatorProcess, api: Api
+) -> None:
     namespace, _ = release
     with cluster.namespace("outside") as outside:
         # The outside one first: once the inside one has converged, the operator had every
@@ -134,8 +150,12 @@ def test_namespaced_operator_serves_only_its_namespace(
         cluster.kubectl("apply", "-n", outside, "-f", str(STORY))
         cluster.kubectl("apply", "-n", namespace, "-f", str(STORY))
         name = yaml.safe_load(STORY.read_text())["metadata"]["name"]
-        service = wait_until(lambda: converged(api, namespace, name), CONVERGE_S,
-                             "the sample in the release namespace to converge", operator)
+        service = wait_until(
+            lambda: converged(api, namespace, name),
+            CONVERGE_S,
+            "the sample in the release namespace to converge",
+            operator,
+        )
         nodes = api.node_labels()
         gpu_label = accelerator_facts("nvidia-h100").node_labels
         for role in ("prefill", "decode"):
@@ -152,14 +172,27 @@ def test_namespaced_operator_serves_only_its_namespace(
 
 @pytest.mark.timeout(240)
 def test_helm_upgrade_changes_the_operator_not_the_crd(
-        cluster: Cluster, release: tuple[str, str]) -> None:
+    cluster: Cluster, release: tuple[str, str]
+) -> None:
     namespace, _ = release
     crd_before = cluster.get("crd", CRD)
-    helm_ok(cluster, "upgrade", RELEASE, str(CHART), "-n", namespace, "--reuse-values",
-            "--set", "operator.workerImage=registry.example/pdserve:2", "--wait",
-            "--timeout", "120s")
-    container = cluster.get("deployment", OPERATOR, "-n", namespace)["spec"]["template"][
-        "spec"]["containers"][0]
+    helm_ok(
+        cluster,
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        namespace,
+        "--reuse-values",
+        "--set",
+        "operator.workerImage=registry.example/pdserve:2",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
+    container = cluster.get("deployment", OPERATOR, "-n", namespace)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["PDSERVE_IMAGE"] == "registry.example/pdserve:2"
     crd_after = cluster.get("crd", CRD)
@@ -172,14 +205,28 @@ def test_helm_upgrade_changes_the_operator_not_the_crd(
 def test_helm_uninstall_leaves_the_crd(cluster: Cluster) -> None:
     release = "pdserve-gone"
     with cluster.namespace("helm-uninstall") as namespace:
-        helm_ok(cluster, "install", release, str(CHART), "-n", namespace,
-                "--set", "operator.replicas=0", "--set", "rbac.namespaced=true",
-                "--wait", "--timeout", "120s")
+        helm_ok(
+            cluster,
+            "install",
+            release,
+            str(CHART),
+            "-n",
+            namespace,
+            "--set",
+            "operator.replicas=0",
+            "--set",
+            "rbac.namespaced=true",
+            "--wait",
+            "--timeout",
+            "120s",
+        )
         selector = f"app.kubernetes.io/instance={release}"
         assert cluster.get("clusterroles", "-l", selector)["items"]
         helm_ok(cluster, "uninstall", release, "-n", namespace, "--wait", "--timeout", "120s")
-        for kinds in ("clusterroles,clusterrolebindings",
-                      "deployments,serviceaccounts,roles,rolebindings"):
+        for kinds in (
+            "clusterroles,clusterrolebindings",
+            "deployments,serviceaccounts,roles,rolebindings",
+        ):
             left = cluster.get(kinds, "-A", "-l", selector)["items"]
             assert not left, [item["metadata"]["name"] for item in left]
         assert cluster.get("crd", CRD)["metadata"]["name"] == CRD

@@ -49,8 +49,17 @@ SPEC: dict[str, Any] = {
 
 
 def manifest(names: list[str]) -> str:
-    return yaml.safe_dump_all([{"apiVersion": "pdserve.dev/v1alpha1", "kind": "LLMService",
-                                "metadata": {"name": name}, "spec": SPEC} for name in names])
+    return yaml.safe_dump_all(
+        [
+            {
+                "apiVersion": "pdserve.dev/v1alpha1",
+                "kind": "LLMService",
+                "metadata": {"name": name},
+                "spec": SPEC,
+            }
+            for name in names
+        ]
+    )
 
 
 def children_per_service() -> set[tuple[str, str]]:
@@ -61,10 +70,16 @@ def children_per_service() -> set[tuple[str, str]]:
 
 def count_children(api: Api, namespace: str) -> int:
     selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-    return sum(len(lister(namespace, label_selector=selector).items) for lister in (
-        api.core.list_namespaced_config_map, api.core.list_namespaced_service,
-        api.apps.list_namespaced_deployment, api.policy.list_namespaced_pod_disruption_budget,
-        api.networking.list_namespaced_network_policy))
+    return sum(
+        len(lister(namespace, label_selector=selector).items)
+        for lister in (
+            api.core.list_namespaced_config_map,
+            api.core.list_namespaced_service,
+            api.apps.list_namespaced_deployment,
+            api.policy.list_namespaced_pod_disruption_budget,
+            api.networking.list_namespaced_network_policy,
+        )
+    )
 
 
 def has_children(api: Api, namespace: str, name: str, suffixes: set[tuple[str, str]]) -> bool:
@@ -72,26 +87,40 @@ def has_children(api: Api, namespace: str, name: str, suffixes: set[tuple[str, s
 
 
 @pytest.fixture(scope="module")
-def scale_setup(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory,
-                ) -> Iterator[tuple[str, OperatorProcess, Api]]:
+def scale_setup(
+    cluster: Cluster,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, OperatorProcess, Api]]:
     cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/llmservices.pdserve.dev",
-                    "--timeout=60s", timeout=90)
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "crd/llmservices.pdserve.dev",
+        "--timeout=60s",
+        timeout=90,
+    )
     cluster.kubectl("-n", SYSTEM_NAMESPACE, "scale", f"deployment/{OPERATOR}", "--replicas=0")
     api = Api(cluster)
     workdir = tmp_path_factory.mktemp("operator-scale")
-    kubeconfig = service_account_kubeconfig(cluster, SYSTEM_NAMESPACE, OPERATOR,
-                                            workdir / "kubeconfig")
-    with cluster.namespace("scale") as namespace, running_operator(
-            kubeconfig, [f"--namespace={namespace}"], workdir / "operator.log") as operator:
+    kubeconfig = service_account_kubeconfig(
+        cluster, SYSTEM_NAMESPACE, OPERATOR, workdir / "kubeconfig"
+    )
+    with (
+        cluster.namespace("scale") as namespace,
+        running_operator(
+            kubeconfig, [f"--namespace={namespace}"], workdir / "operator.log"
+        ) as operator,
+    ):
         yield namespace, operator, api
         delete_llmservices(cluster, namespace, api, operator)
 
 
 @pytest.mark.timeout(1200)
 def test_children_latency_and_memory_with_200_llmservices(
-        cluster: Cluster, scale_setup: tuple[str, OperatorProcess, Api],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    cluster: Cluster,
+    scale_setup: tuple[str, OperatorProcess, Api],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     namespace, operator, api = scale_setup
     suffixes = children_per_service()
     names = [f"svc-{index:03d}" for index in range(SERVICES)]
@@ -101,21 +130,30 @@ def test_children_latency_and_memory_with_200_llmservices(
     for name in names[:TIMED]:
         started = time.monotonic()
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest([name]))
-        wait_until(lambda name=name: has_children(api, namespace, name, suffixes), 60,
-                   f"children of {name}", operator)
+        wait_until(
+            lambda name=name: has_children(api, namespace, name, suffixes),
+            60,
+            f"children of {name}",
+            operator,
+        )
         latencies.append(time.monotonic() - started)
 
     started = time.monotonic()
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(names[TIMED:]),
-                    timeout=300)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(names[TIMED:]), timeout=300)
     total = SERVICES * len(suffixes)
-    wait_until(lambda: count_children(api, namespace) == total, 600,
-               f"{total} children of {SERVICES} LLMServices", operator)
+    wait_until(
+        lambda: count_children(api, namespace) == total,
+        600,
+        f"{total} children of {SERVICES} LLMServices",
+        operator,
+    )
     batch_s = time.monotonic() - started
 
     def all_observed() -> bool:
-        return all((item.get("status") or {}).get("observedGeneration")
-                   == item["metadata"]["generation"] for item in api.llmservices(namespace))
+        return all(
+            (item.get("status") or {}).get("observedGeneration") == item["metadata"]["generation"]
+            for item in api.llmservices(namespace)
+        )
 
     wait_until(all_observed, 600, "every status to be written", operator)
     rss_converged = operator.rss_bytes()
