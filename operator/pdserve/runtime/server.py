@@ -210,6 +210,8 @@ async def serve(app: web.Application, host: str, port: int, drain_timeout: float
             except TimeoutError:
                 log.warning("drain timeout: cutting off %d request(s)", state.in_flight)
     finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
         state.draining = True
         await runner.cleanup()
         if hasattr(state, "engine"):
