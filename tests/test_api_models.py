@@ -72,6 +72,8 @@ INVALID = {
                                                          "maxNumBatchedTokens": 1024}}),
                                 "chunkSize must not exceed"),
     "bad profile": (_spec(profile="heavy"), "profile"),
+    "gpu in resources": (_spec(decode={"resources": {"limits": {"nvidia.com/gpu": 1}}}),
+                         "not in resources.limits"),
 }
 
 

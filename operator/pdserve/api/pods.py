@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from pdserve.api.accelerators import ACCELERATOR_RESOURCES
 from pdserve.api.base import ApiModel, cel
@@ -50,6 +50,14 @@ class ResourceRequirements(ApiModel):
     limits: dict[str, Quantity] | None = Field(
         default=None, max_length=16, description="Maximum resources (e.g. memory: 32Gi).",
     )
+
+    @model_validator(mode="after")
+    def _no_accelerators(self) -> ResourceRequirements:
+        for kind, given in (("requests", self.requests), ("limits", self.limits)):
+            if any(name in ACCELERATOR_RESOURCES for name in given or {}):
+                raise ValueError("accelerators are requested with accelerator.kind and "
+                                 f"accelerator.count, not in resources.{kind}")
+        return self
 
 
 class PodOverrides(ApiModel):
