@@ -31,17 +31,18 @@ DELAY = {TEST_DELAY_ENV: "3"}
 def stack(tmp_path_factory):
     model = str(init_model(tmp_path_factory.mktemp("model") / "tiny"))
     logs = tmp_path_factory.mktemp("logs")
-    p1, p2 = worker("prefill", model, logs, env=DELAY), worker("prefill", model, logs, env=DELAY)
+    p1, p2, p3 = (worker("prefill", model, logs, env=DELAY) for _ in range(3))
     d1 = worker("decode", model, logs, "--kv-timeout", "4")
     d2 = worker("decode", model, logs, "--kv-fallback", "fail")
     both = worker("both", model, logs)
-    with running(p1, p2, d1, d2, both):
-        r1 = router([p1], [d1], logs, "--short-prompt-threshold", "0")
+    with running(p1, p2, p3, d1, d2, both):
+        r1 = router([p1, p3], [d1], logs, "--short-prompt-threshold", "0")
         r2 = router([p2], [d2], logs, "--short-prompt-threshold", "0")
         with running(r1, r2):
             wait_for_tiers(r1)
             wait_for_tiers(r2)
-            yield {"p1": p1, "p2": p2, "d1": d1, "d2": d2, "both": both, "r1": r1, "r2": r2}
+            yield {"p1": p1, "p2": p2, "p3": p3, "d1": d1, "d2": d2, "both": both, "r1": r1,
+                   "r2": r2}
 
 
 def body(i: int) -> dict:
@@ -86,21 +87,38 @@ async def test_unclaimed_transfer_is_freed_after_kv_timeout(stack):
     await wait_all_free(d1)
 
 
-async def test_prefill_killed_mid_transfer_recomputes_on_decode(stack):
+async def serving(prefills, timeout=30.0):
+    """The prefill worker with a request in flight."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in prefills:
+            if process.popen.poll() is None and engine_debug(process)["in_flight_http"]:
+                return process
+        await asyncio.sleep(0.05)
+    raise TimeoutError("no prefill worker took the request")
+
+
+async def test_prefill_killed_mid_transfer_is_retried_then_recomputed(stack):
     d1, both = stack["d1"], stack["both"]
     failures = metric(d1.url, "pdserve_kv_transfer_failures_total")
     fallbacks = metric(d1.url, "pdserve_kv_transfer_fallbacks_total")
     request = asyncio.ensure_future(post(stack["r1"].url, body(51)))
     await wait_reserved(d1)
-    stack["p1"].kill()
+    first = await serving([stack["p1"], stack["p3"]])
+    first.kill()  # mid-transfer: the router retries on the other prefill worker
+    second = await serving([stack["p1"], stack["p3"]])
+    assert second is not first
+    await asyncio.sleep(1.0)  # its prefill is done and its transfer stalls (test hook)
+    second.kill()  # no prefill worker left: the decode worker recomputes the prompt
     status, got = await request
     assert status == 200, got
     _, want = await post(both.url, body(51))
     assert got["choices"][0]["text"] == want["choices"][0]["text"]
-    assert metric(d1.url, "pdserve_kv_transfer_failures_total") == failures + 1
+    assert metric(d1.url, "pdserve_kv_transfer_failures_total") == failures + 2
     assert metric(d1.url, "pdserve_kv_transfer_fallbacks_total") == fallbacks + 1
+    assert metric(stack["r1"].url, "pdserve_router_prefill_retries_total") >= 1
     await wait_all_free(d1)
-    # Later requests succeed (the router took the dead prefill worker out).
+    # Later requests succeed (the router took the dead prefill workers out).
     status, later = await post(stack["r1"].url, body(52))
     _, want = await post(both.url, body(52))
     assert status == 200 and later["choices"][0]["text"] == want["choices"][0]["text"]

@@ -2,8 +2,9 @@
 
 Workers come from a static `host:port` list or from the DNS name of a headless Service, re-resolved
 every interval (each A record is one ready pod). Every interval each worker's `GET /load` (JSON:
-readiness, queue, KV usage, KV port) is polled; a worker that fails it is out of rotation until a
-later poll succeeds. A proxied request that cannot connect takes its worker out at once.
+readiness, queue, KV usage, KV port; `GET /ready` for a worker without it) is polled; a worker
+that fails it is out of rotation until a later poll succeeds. A proxied request that cannot
+connect takes its worker out at once.
 
 PDSERVE_RESOLVE_OVERRIDE (JSON `{"name:port": ["host:port", ...]}`) replaces DNS answers for the
 given names: running the operator's rendered command lines as local processes, where cluster DNS
@@ -100,10 +101,13 @@ class WorkerSet:
 
     async def _poll_one(self, session: aiohttp.ClientSession, worker: WorkerState,
                         timeout: float) -> None:
+        limit = aiohttp.ClientTimeout(total=timeout)
         try:
-            async with session.get(f"{worker.url}/load",
-                                   timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                payload = await resp.json() if resp.status == 200 else {}
+            async with session.get(f"{worker.url}/load", timeout=limit) as resp:
+                payload = await resp.json() if resp.status in (200, 503) else None
+            if payload is None:  # a worker without /load (role both): readiness only
+                async with session.get(f"{worker.url}/ready", timeout=limit) as resp:
+                    payload = {"ready": resp.status == 200}
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, ValueError):
             payload = {}
         ready = bool(payload.get("ready"))
