@@ -11,7 +11,7 @@ mask offset by the cached length.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,33 @@ class PrefillChunk:
     )  # block ids covering num_context + chunk, None if no context
 
 
+class GatherWorkspace:
+    """Reused buffers for gathered context K/V. A fresh multi-megabyte tensor per layer costs
+    page faults on CPU that take longer than the copy itself."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def gather(self, name: str, cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """cache [num_blocks, block_size, H, D] -> [*blocks.shape[:-1], n * block_size, H, D].
+
+        The result is overwritten by the next gather under the same name."""
+        shape = (blocks.numel(), *cache.shape[1:])
+        numel = blocks.numel() * cache[0].numel()
+        buf = self._buffers.get(name)
+        if (
+            buf is None
+            or buf.numel() < numel
+            or buf.dtype != cache.dtype
+            or buf.device != cache.device
+        ):
+            buf = torch.empty(numel, dtype=cache.dtype, device=cache.device)
+            self._buffers[name] = buf
+        out = buf[:numel].view(shape)
+        torch.index_select(cache, 0, blocks.reshape(-1), out=out)
+        return out.view(*blocks.shape[:-1], -1, *cache.shape[2:])
+
+
 @dataclass
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot (block * block_size + offset) of every new token
@@ -36,12 +63,7 @@ class AttentionMetadata:
     decode_blocks: torch.Tensor | None  # [B, max_blocks] block tables, padded with block 0
     decode_mask: torch.Tensor | None  # [B, 1, 1, max_blocks * block_size] True for valid keys
     prefills: list[PrefillChunk]
-
-
-def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """cache [num_blocks, block_size, H, D] -> [*blocks.shape[:-1], n * block_size, H, D]."""
-    data = cache.index_select(0, blocks.reshape(-1))
-    return data.view(*blocks.shape[:-1], -1, *cache.shape[2:])
+    workspace: GatherWorkspace = field(default_factory=GatherWorkspace)
 
 
 def paged_attention(
@@ -62,8 +84,8 @@ def paged_attention(
         b = meta.num_decodes
         assert meta.decode_blocks is not None
         qd = q[:b].view(b, num_kv_heads, -1, head_dim)
-        kd = _gather(k_cache, meta.decode_blocks).transpose(1, 2)
-        vd = _gather(v_cache, meta.decode_blocks).transpose(1, 2)
+        kd = meta.workspace.gather("k", k_cache, meta.decode_blocks).transpose(1, 2)
+        vd = meta.workspace.gather("v", v_cache, meta.decode_blocks).transpose(1, 2)
         od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale)
         out[:b] = od.reshape(b, q.shape[1], head_dim)
     for chunk in meta.prefills:
@@ -74,8 +96,8 @@ def paged_attention(
             mask = None
         else:
             total = chunk.num_context + chunk.end - chunk.start
-            kp = _gather(k_cache, chunk.context_blocks)[:total].transpose(0, 1)
-            vp = _gather(v_cache, chunk.context_blocks)[:total].transpose(0, 1)
+            kp = meta.workspace.gather("k", k_cache, chunk.context_blocks)[:total].transpose(0, 1)
+            vp = meta.workspace.gather("v", v_cache, chunk.context_blocks)[:total].transpose(0, 1)
             rows = torch.arange(chunk.num_context, total, device=q.device)[:, None]
             mask = torch.arange(total, device=q.device)[None, :] <= rows
         op = F.scaled_dot_product_attention(

@@ -6,6 +6,9 @@ float32 on CPU (CPU bfloat16 matmuls are slow on most hosts).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -55,3 +58,21 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued device work (a no-op on CPU); used around timings."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_cpu_memory_mapped() -> bool:
+    """Make glibc serve large allocations from its heap and keep freed memory: otherwise every
+    multi-megabyte activation tensor is a fresh mmap whose page faults cost more than the math.
+    Process-wide; returns False where glibc's mallopt is unavailable."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 31))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from pdserve.runtime.device import resolve_device, resolve_dtype
+from pdserve.runtime.device import keep_cpu_memory_mapped, resolve_device, resolve_dtype
 from pdserve.runtime.kv_cache import KVCache
 from pdserve.runtime.model_init import resolve_model_path
 from pdserve.runtime.model_runner import ModelRunner
@@ -90,6 +90,8 @@ def build_components(config: EngineConfig) -> EngineComponents:
     path = resolve_model_path(config.model)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    if device.type == "cpu":
+        keep_cpu_memory_mapped()
     model_config = load_model_config(path)
     max_len = config.max_model_len or model_config.max_position_embeddings
     if max_len > model_config.max_position_embeddings:

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from pdserve.runtime.attention import AttentionMetadata, PrefillChunk
+from pdserve.runtime.attention import AttentionMetadata, GatherWorkspace, PrefillChunk
 from pdserve.runtime.models.llama import CausalLM
 from pdserve.runtime.sequence import Sequence
 
@@ -32,6 +32,7 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = device
+        self.workspace = GatherWorkspace()
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
@@ -81,6 +82,7 @@ class ModelRunner:
             decode_blocks=decode_blocks,
             decode_mask=decode_mask,
             prefills=prefill_chunks,
+            workspace=self.workspace,
         )
         ordered = decodes + [c for c in prefills if c.needs_sample]
         return self._tensor(ids), self._tensor(positions), meta, sample_rows, ordered
