@@ -1,0 +1,183 @@
+"""Section 4: the real planner (pdserve.autoscaler.plan) decides how to split an accelerator
+budget between prefill and decode, from what the running processes' /metrics show while the
+load is all summaries (long prompts, short answers) and then all stories (short prompts, long
+answers).
+
+Rates and means come from two scrapes of every process, as Prometheus would compute them over
+the window; the mapping to the planner's inputs follows pdserve.autoscaler.prometheus_source
+(prefill: prompt tokens not served from the prefix cache, TTFT as the router saw it; decode:
+generated tokens, inter-token latency as the router saw it; arrivals at the router)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e.demo import report
+from e2e.demo.scrape import Scrape, gauge_sum, mean, rate, scrape_all
+from e2e.demo.serving import STORY_TOKENS, SUMMARY_TOKENS, Stack
+from e2e.demo.workloads import story_messages, summary_messages, timed_chat
+from pdserve.api.spec import LLMServiceSpec
+from pdserve.autoscaler import (
+    Decision,
+    MetricsSnapshot,
+    PlannerState,
+    Replicas,
+    RoleMetrics,
+    RoleReplicas,
+    plan,
+)
+from pdserve.controller.planner_inputs import planner_config
+
+SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "agentic-chat.yaml"
+# The sample the local processes stand for (CPU pods, builtin tiny model), with the planner on:
+# 2 prefill + 2 decode pods now, at most 5 CPU pods in all (one spare, so a rebalance can start
+# a pod before the one it replaces has drained). The latency targets fit the tiny
+# model on a small shared machine.
+AUTOSCALING: dict[str, Any] = {
+    "enabled": True,
+    "prometheusUrl": "http://prometheus.monitoring:9090",
+    "slo": {"ttftMilliseconds": 1000, "tpotMilliseconds": 50},
+    "prefill": {"minReplicas": 1, "maxReplicas": 3},
+    "decode": {"minReplicas": 1, "maxReplicas": 3},
+    "acceleratorBudget": 5,
+}
+CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    send: Callable[[Any, int], Any]
+
+
+PHASES = (
+    Phase("summaries", lambda client, seed: timed_chat(client, summary_messages(1000 + seed),
+                                                       SUMMARY_TOKENS)),
+    Phase("stories", lambda client, seed: timed_chat(client, story_messages(seed),
+                                                     STORY_TOKENS)),
+)
+
+
+def demo_spec(prefill: int, decode: int) -> LLMServiceSpec:
+    spec = yaml.safe_load(SAMPLE.read_text())["spec"]
+    spec["prefill"]["replicas"] = prefill
+    spec["decode"]["replicas"] = decode
+    spec["autoscaling"] = AUTOSCALING
+    return LLMServiceSpec.model_validate(spec)
+
+
+def snapshot(before: dict[str, list[Scrape]], after: dict[str, list[Scrape]],
+             now: float) -> MetricsSnapshot:
+    p0, p1 = before["prefill"], after["prefill"]
+    d0, d1 = before["decode"], after["decode"]
+    r0, r1 = before["router"], after["router"]
+    prompt = rate(p0, p1, "pdserve_prompt_tokens_total")
+    hits = rate(p0, p1, "pdserve_prefix_cache_hits_total")
+    prefill = RoleMetrics(
+        token_rate=max(0.0, prompt - hits),
+        request_rate=rate(p0, p1, "pdserve_time_to_first_token_seconds_count"),
+        latency_seconds=_first_known(mean(r0, r1, "pdserve_time_to_first_token_seconds"),
+                                     mean(p0, p1, "pdserve_time_to_first_token_seconds")),
+        running=gauge_sum(p1, "pdserve_requests_running"),
+        waiting=gauge_sum(p1, "pdserve_requests_waiting"))
+    decode = RoleMetrics(
+        token_rate=rate(d0, d1, "pdserve_generation_tokens_total"),
+        request_rate=rate(d0, d1, "pdserve_e2e_request_latency_seconds_count"),
+        latency_seconds=_first_known(mean(r0, r1, "pdserve_inter_token_latency_seconds"),
+                                     mean(d0, d1, "pdserve_inter_token_latency_seconds")),
+        running=gauge_sum(d1, "pdserve_requests_running"),
+        waiting=gauge_sum(d1, "pdserve_requests_waiting"),
+        kv_usage=gauge_sum(d1, "pdserve_kv_usage_ratio") / len(d1))
+    arrivals = rate(r0, r1, "pdserve_router_requests_total")
+    return MetricsSnapshot(now, prefill, decode, arrival_rate=arrivals)
+
+
+def _first_known(*values: float) -> float:
+    return next((v for v in values if math.isfinite(v)), math.nan)
+
+
+def _scrape_roles(stack: Stack) -> dict[str, list[Scrape]]:
+    return {"prefill": scrape_all(stack.prefill), "decode": scrape_all(stack.decode),
+            "router": scrape_all([stack.router])}
+
+
+async def load_window(stack: Stack, phase: Phase, seconds: float) -> MetricsSnapshot:
+    """`CONCURRENCY` clients send `phase` requests back to back; the snapshot covers `seconds`
+    of that load after a short warm-up, and is taken while the load still runs."""
+    stop = asyncio.Event()
+    errors: list[BaseException] = []
+
+    async def client_loop(index: int) -> None:
+        seed = index
+        while not stop.is_set():
+            try:
+                await phase.send(client, seed)
+            except Exception as exc:  # reported below: the demo must not hide failures
+                errors.append(exc)
+                return
+            seed += CONCURRENCY
+
+    async with stack.client() as client:
+        tasks = [asyncio.create_task(client_loop(i)) for i in range(CONCURRENCY)]
+        await asyncio.sleep(min(3.0, seconds / 3))
+        before = _scrape_roles(stack)
+        await asyncio.sleep(seconds)
+        after = _scrape_roles(stack)
+        stop.set()
+        await asyncio.gather(*tasks)
+    if errors:
+        raise RuntimeError(f"{phase.name}: {len(errors)} request(s) failed: {errors[0]!r}")
+    return snapshot(before, after, time.time())
+
+
+def decide(snap: MetricsSnapshot, spec: LLMServiceSpec) -> Decision:
+    """The planner's first decision for the deployment as it runs now (ready == desired)."""
+    current = Replicas(RoleReplicas(spec.prefill.replicas or 1, spec.prefill.replicas or 1),
+                       RoleReplicas(spec.decode.replicas or 1, spec.decode.replicas or 1))
+    return plan(snap, current, planner_config(spec), PlannerState(), snap.time)
+
+
+def snapshot_row(name: str, snap: MetricsSnapshot) -> list[object]:
+    p, d = snap.prefill, snap.decode
+    return [name, f"{snap.arrival_rate:.1f}", f"{p.token_rate:.0f}", _ms(p.latency_seconds),
+            f"{d.token_rate:.0f}", _ms(d.latency_seconds), f"{d.running:.0f}",
+            f"{d.kv_usage:.2f}"]
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
+
+
+def show(spec: LLMServiceSpec, results: list[tuple[str, MetricsSnapshot, Decision]]) -> None:
+    report.table(["load", "req/s", "prefill tok/s", "TTFT ms", "decode tok/s", "ITL ms",
+                  "decode running", "KV usage"],
+                 [snapshot_row(name, snap) for name, snap, _ in results])
+    budget = spec.autoscaling.accelerator_budget
+    report.say(f"\n  planner: pdserve.autoscaler.plan, targets TTFT "
+               f"{spec.autoscaling.slo.ttft_milliseconds} ms / ITL "
+               f"{spec.autoscaling.slo.tpot_milliseconds} ms, budget {budget} CPU pods, now "
+               f"{spec.prefill.replicas} prefill + {spec.decode.replicas} decode")
+    report.table(["load", "prefill", "decode", "reason", "why"],
+                 [[name, d.prefill_replicas, d.decode_replicas, d.reason, d.message]
+                  for name, _, d in results])
+    for name, _, d in results:
+        if d.limited:
+            report.say(f"  {name}: ScalingLimited: {d.limited}")
+
+
+async def run(stack: Stack, seconds: float) -> list[tuple[str, MetricsSnapshot, Decision]]:
+    spec = demo_spec(len(stack.prefill), len(stack.decode))
+    results = []
+    for phase in PHASES:
+        snap = await load_window(stack, phase, seconds)
+        results.append((phase.name, snap, decide(snap, spec)))
+    show(spec, results)
+    return results
