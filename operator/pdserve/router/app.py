@@ -18,6 +18,7 @@ from pdserve.router.proxy import Proxy, RouterConfig
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL = 1.0
+PROXY: web.AppKey[Proxy] = web.AppKey("pdserve_router_proxy", Proxy)
 
 
 def build_app(config: RouterConfig, prefill: WorkerSet, decode: WorkerSet,
@@ -27,7 +28,7 @@ def build_app(config: RouterConfig, prefill: WorkerSet, decode: WorkerSet,
     metrics = RouterMetrics(config.served_model_name)
     proxy = Proxy(config, prefill, decode, metrics)
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app["proxy"] = proxy
+    app[PROXY] = proxy
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
