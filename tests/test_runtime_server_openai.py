@@ -26,8 +26,9 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def worker(model_dir, tmp_path_factory):
+    # One sequence at a time: the priority test below needs the worker saturated.
     process = WorkerProcess(model_dir, "--max-model-len", "512", "--num-kv-blocks", "128",
-                            "--block-size", "16",
+                            "--block-size", "16", "--max-num-seqs", "1",
                             log_path=tmp_path_factory.mktemp("logs") / "worker.log")
     try:
         process.wait_ready()
@@ -133,11 +134,23 @@ def test_tool_results_in_the_conversation_are_accepted(client):
     assert result.usage.completion_tokens >= 1
 
 
-def test_priority_from_header_or_body(client):
-    for options in ({"extra_headers": {"x-pdserve-priority": "-5"}},
-                    {"extra_body": {"priority": 3}}):
-        result = client.completions.create(model=MODEL_NAME, prompt="hi", max_tokens=1, **options)
-        assert result.usage.completion_tokens == 1
+@pytest.mark.parametrize("urgent", [{"extra_headers": {"x-pdserve-priority": "-5"}},
+                                    {"extra_body": {"priority": -5}}])
+def test_an_urgent_request_overtakes_a_running_one(worker, client, urgent):
+    """With one sequence slot busy, a more urgent request (header or body) runs first."""
+    background = client.completions.create(
+        model=MODEL_NAME, prompt="long low priority story", max_tokens=300, stream=True,
+        extra_headers={"x-pdserve-priority": "5"}, extra_body={"ignore_eos": True})
+    first = next(iter(background))
+    assert first.choices[0].finish_reason is None
+    result = client.completions.create(model=MODEL_NAME, prompt="urgent", max_tokens=2,
+                                       **{**urgent, "extra_body": {
+                                           **urgent.get("extra_body", {}), "ignore_eos": True}})
+    assert result.usage.completion_tokens == 2
+    stats = worker.get_json("/debug/engine")  # the low-priority request is not done yet...
+    assert stats["num_running"] + stats["num_waiting"] == 1
+    rest = list(background)  # ...and completes afterwards
+    assert rest and rest[-1].choices[0].finish_reason == "length"
 
 
 @pytest.mark.parametrize("request_options, param", [
