@@ -127,3 +127,10 @@ def test_unreachable_decode_worker():
 def test_unknown_transport_fails_at_startup():
     with pytest.raises(ValueError, match="unknown KV transport"):
         KVSender(make_cache(), "rdma")
+
+
+def test_cuda_ipc_to_a_cpu_pool_is_refused_clearly(receiver):
+    server = receiver(RecordingHooks())
+    sender = KVSender(make_cache(), "cuda-ipc", timeout=5)
+    with pytest.raises(KVTransferError, match="cuda-ipc needs both KV pools on one CUDA device"):
+        sender.push(f"127.0.0.1:{server.port}", Offer("t", [1, 2], 3), [0])

@@ -26,10 +26,13 @@ class CudaIpcTransport(Transport):
     def __init__(self) -> None:
         self.peer_kv: torch.Tensor | None = None
 
-    def on_accept(self, conn: FramedSocket, pool: KVPool) -> None:
+    def unusable_with(self, pool: KVPool) -> str | None:
         if not pool.kv.is_cuda:
-            raise KVTransferError("cuda-ipc needs the KV pool on a CUDA device; use --kv-transport "
-                                  "tcp for a CPU worker")
+            return ("cuda-ipc needs both KV pools on one CUDA device, this one is on "
+                    f"{pool.kv.device}: use --kv-transport tcp")
+        return None
+
+    def on_accept(self, conn: FramedSocket, pool: KVPool) -> None:
         rebuild, args = reduce_tensor(pool.kv)
         conn.send_raw(IPC_HANDLE, pickle.dumps((rebuild, args)))
 

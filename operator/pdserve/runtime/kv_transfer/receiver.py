@@ -99,6 +99,9 @@ class KVReceiverServer:
                                       f"{PROTOCOL_VERSION}")
             check_layout(self.layout, hello.get("layout", {}))
             transport = make_transport(str(hello.get("transport")))
+            problem = transport.unusable_with(self.pool)
+            if problem:
+                raise KVTransferError(problem)
         except (KVTransferError, ValueError) as exc:
             framed.send_error(str(exc))
             raise KVTransferError(str(exc)) from exc

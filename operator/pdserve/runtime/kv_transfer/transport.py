@@ -32,6 +32,10 @@ class KVPool(Protocol):
 class Transport(ABC):
     name: str
 
+    def unusable_with(self, pool: KVPool) -> str | None:
+        """Why this transport cannot serve `pool` (checked before ACCEPT), or None."""
+        return None
+
     def on_accept(self, conn: FramedSocket, pool: KVPool) -> None:  # noqa: B027 - optional hook
         """Receiver side, right after ACCEPT: set up what the sender needs."""
 
