@@ -81,11 +81,13 @@ def _announce(body: Mapping[str, Any], previous: Mapping[str, Any],
     for condition in status["conditions"]:
         turned_true = (condition["status"] == "True"
                        and before.get(condition["type"], {}).get("status") != "True")
+        # kopf.event, not kopf.info: posting.level hides INFO, which is meant for kopf's chatter.
         if turned_true and condition["type"] == "Degraded":
-            kopf.warn(cast(kopf.Body, body), reason=condition["reason"],
-                      message=condition["message"])
+            kopf.event(cast(kopf.Body, body), type="Warning", reason=condition["reason"],
+                       message=condition["message"])
         elif turned_true and condition["type"] == "Ready":
-            kopf.info(cast(kopf.Body, body), reason="Ready", message=condition["message"])
+            kopf.event(cast(kopf.Body, body), type="Normal", reason="Ready",
+                       message=condition["message"])
 
 
 @kopf.on.resume(**_LLMS, id="reconcile")
