@@ -134,3 +134,22 @@ def test_cuda_ipc_to_a_cpu_pool_is_refused_clearly(receiver):
     sender = KVSender(make_cache(), "cuda-ipc", timeout=5)
     with pytest.raises(KVTransferError, match="cuda-ipc needs both KV pools on one CUDA device"):
         sender.push(f"127.0.0.1:{server.port}", Offer("t", [1, 2], 3), [0])
+
+
+@pytest.mark.parametrize("staged", ["sender", "receiver"])
+def test_staged_and_zero_copy_paths_share_one_wire_order(receiver, monkeypatch, staged):
+    """A CUDA pool goes through host staging chunks; host pools use scatter/gather I/O. One side
+    of each kind (forced on CPU here) must still agree byte for byte."""
+    from pdserve.runtime.kv_transfer import tcp
+
+    monkeypatch.setattr(tcp, "CHUNK_BYTES", 3 * LAYOUT.bytes_per_block)  # several chunks
+    hooks = RecordingHooks()
+    receiving = make_cache(seed=1)
+    server = receiver(hooks, receiving)
+    source = make_cache(seed=2)
+    monkeypatch.setattr(tcp, "zero_copy",
+                        lambda pool: pool is (receiving if staged == "sender" else source))
+    src_ids = [5, 6, 7, 1, 30, 12, 13, 2]
+    KVSender(source, "tcp", timeout=5).push(f"127.0.0.1:{server.port}",
+                                            Offer("t", list(range(30)), 1), src_ids)
+    assert torch.equal(receiving.read_blocks(hooks.reserved["t"]), source.read_blocks(src_ids))

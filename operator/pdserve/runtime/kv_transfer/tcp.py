@@ -75,7 +75,7 @@ class TcpTransport(Transport):
                     dst_ids: list[int]) -> int:
         nbytes = len(src_ids) * block_nbytes(pool)
         conn.sock.sendall(_data_header(nbytes))
-        if pool.kv.is_cuda:
+        if not zero_copy(pool):
             for ids in _chunks(src_ids, pool):
                 data = pool.kv.index_select(2, torch.tensor(ids, device=pool.kv.device)).cpu()
                 conn.sock.sendall(memoryview(data.reshape(-1).view(torch.uint8).numpy()))
@@ -90,7 +90,7 @@ class TcpTransport(Transport):
         if kind != DATA or length != nbytes:
             raise KVTransferError(f"expected a DATA frame of {nbytes} bytes, got kind {kind} "
                                   f"with {length} bytes")
-        if not pool.kv.is_cuda:
+        if zero_copy(pool):
             recv_views(conn.sock, [v for ids in _chunks(dst_ids, pool)
                                    for v in pool_views(pool, ids)])
             return nbytes
@@ -98,10 +98,15 @@ class TcpTransport(Transport):
         for ids in _chunks(dst_ids, pool):
             # Chunk layout on the wire: [layers, 2, blocks, block_size, heads, dim].
             staging = torch.empty((kv.shape[0], kv.shape[1], len(ids), *kv.shape[3:]),
-                                  dtype=kv.dtype, pin_memory=True)
+                                  dtype=kv.dtype, pin_memory=kv.is_cuda)
             conn.recv_into(memoryview(staging.reshape(-1).view(torch.uint8).numpy()))
             kv.index_copy_(2, torch.tensor(ids, device=kv.device), staging.to(kv.device))
         return nbytes
+
+
+def zero_copy(pool: KVPool) -> bool:
+    """Whether the pool's memory can be a socket buffer (host memory)."""
+    return not pool.kv.is_cuda
 
 
 def _chunks(ids: list[int], pool: KVPool) -> list[list[int]]:
