@@ -108,7 +108,7 @@ async def test_prefill_killed_mid_transfer_is_retried_then_recomputed(stack):
     first.kill()  # mid-transfer: the router retries on the other prefill worker
     second = await serving([stack["p1"], stack["p3"]])
     assert second is not first
-    await asyncio.sleep(1.0)  # its prefill is done and its transfer stalls (test hook)
+    await wait_reserved(d1)  # its transfer reserved blocks and stalls (the test hook)
     second.kill()  # no prefill worker left: the decode worker recomputes the prompt
     status, got = await request
     assert status == 200, got
