@@ -175,6 +175,9 @@ def show(spec: LLMServiceSpec, results: list[tuple[str, MetricsSnapshot, Decisio
 
 async def run(stack: Stack, seconds: float) -> list[tuple[str, MetricsSnapshot, Decision]]:
     spec = demo_spec(len(stack.prefill), len(stack.decode))
+    report.say(f"{CONCURRENCY} clients send summaries back to back, then stories; each window's "
+               f"rates and means come from two scrapes of every /metrics, {seconds:.0f} s apart, "
+               f"taken while the load runs.\n")
     results = []
     for phase in PHASES:
         snap = await load_window(stack, phase, seconds)

@@ -121,7 +121,7 @@ async def run_workloads(stack: Stack) -> list[Measured]:
     return results
 
 
-def show(results: list[Measured], stack: Stack) -> None:
+def show(results: list[Measured]) -> None:
     report.table(HEADER, [r.row() for r in results])
     total = sum(r.kv_bytes for r in results)
     report.say(f"\n  KV handed over in all: {report.human_bytes(total)} "

@@ -40,9 +40,9 @@ class RouterMetrics:
 class StreamTimer:
     """Times server-sent events as they pass through: first event -> TTFT, later ones -> ITL."""
 
-    def __init__(self, metrics: RouterMetrics) -> None:
+    def __init__(self, metrics: RouterMetrics, start: float) -> None:
         self.metrics = metrics
-        self.start = time.perf_counter()
+        self.start = start  # when the router received the request: TTFT includes prefill
         self.last: float | None = None
         self._partial = b""
 

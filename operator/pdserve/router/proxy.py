@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,7 @@ class Proxy:
 
     async def _serve(self, request: web.Request, path: str, body: dict[str, Any],
                      priority: int) -> web.StreamResponse:
+        started = time.perf_counter()
         hashes = text_block_hashes(prompt_text(body, path))
         headers = {PRIORITY_HEADER: str(priority)}
         tried: set[str] = set()
@@ -89,7 +91,7 @@ class Proxy:
                 if early is not None:
                     return early
             try:
-                response = await self._decode(request, path, body, headers, decode)
+                response = await self._decode(request, path, body, headers, decode, started)
             except UPSTREAM_ERRORS as exc:
                 if request.transport is None or request.transport.is_closing():
                     raise
@@ -145,9 +147,10 @@ class Proxy:
         return None
 
     async def _decode(self, request: web.Request, path: str, body: dict[str, Any],
-                      headers: dict[str, str], decode: str) -> web.StreamResponse:
+                      headers: dict[str, str], decode: str,
+                      started: float) -> web.StreamResponse:
         assert self.session is not None
-        timer = StreamTimer(self.metrics)
+        timer = StreamTimer(self.metrics, started)
         load = self.decode.workers[decode].load
         load.inflight += 1
         try:
