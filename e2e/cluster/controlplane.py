@@ -304,19 +304,23 @@ def _start(
     say(f"started {name} (pid {state.pids[name]}, log {logs / (name + '.log')})")
 
 
+def _running(state: ClusterState, name: str) -> bool:
+    """Whether the recorded pid still runs this component (pids are reused, e.g. after a
+    reboot: another program under that pid is never touched)."""
+    pid = state.pids.get(name)
+    return pid is not None and processes.runs(pid, str(Path(state.bin_dir) / name))
+
+
 def is_healthy(state: ClusterState) -> bool:
-    if not all(processes.alive(pid) for pid in state.pids.values()):
-        return False
-    if set(state.pids) != set(STOP_ORDER):
+    if not all(_running(state, name) for name in STOP_ORDER):
         return False
     return _Api(state.server, Path(state.state_dir) / "pki").ok("/readyz")
 
 
 def _stop_all(state: ClusterState) -> None:
     for name in STOP_ORDER:
-        pid = state.pids.get(name)
-        if pid is not None:
-            processes.stop(pid)
+        if _running(state, name):
+            processes.stop(state.pids[name])
 
 
 def down(state_dir: Path | None = None, quiet: bool = False) -> bool:
@@ -348,7 +352,7 @@ def status(state_dir: Path | None = None) -> str:
     ]
     for name in STOP_ORDER:
         pid = state.pids.get(name)
-        running = pid is not None and processes.alive(pid)
+        running = _running(state, name)
         lines.append(f"  {name:<24} pid {pid!s:<8} {'running' if running else 'NOT running'}")
     if is_healthy(state):
         api = _Api(state.server, Path(state.state_dir) / "pki")

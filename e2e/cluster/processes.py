@@ -65,6 +65,15 @@ def alive(pid: int) -> bool:
     return True
 
 
+def runs(pid: int, executable: str) -> bool:
+    """Whether `pid` is alive and was started from `executable`."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+    except OSError:
+        return False
+    return argv0 == executable and alive(pid)
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
