@@ -8,9 +8,10 @@ prompt KV named by a request header) without touching the OpenAI layer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -149,27 +150,38 @@ def now() -> int:
     return int(time.time())
 
 
-async def open_event_stream(request: web.Request) -> web.StreamResponse:
+async def stream_events(request: web.Request,
+                        events: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
+    """Send each event as SSE, then `data: [DONE]`. A failure after the 200 headers went out
+    becomes an error event; a client that left ends the stream quietly (the caller's
+    `with generation` then aborts the request)."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
+    try:
+        async with contextlib.aclosing(events):
+            try:
+                async for event in events:
+                    await _send(response, event)
+            except ConnectionResetError:
+                raise
+            except Exception as exc:
+                await _send(response, _stream_error(exc))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+    except ConnectionResetError:
+        pass
     return response
 
 
-async def send_event(response: web.StreamResponse, data: dict[str, Any]) -> None:
+async def _send(response: web.StreamResponse, data: dict[str, Any]) -> None:
     await response.write(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
 
 
-async def send_done(response: web.StreamResponse) -> None:
-    await response.write(b"data: [DONE]\n\n")
-    await response.write_eof()
-
-
-def stream_error(exc: Exception) -> dict[str, Any]:
-    """The event sent when generation fails after the 200 headers went out."""
+def _stream_error(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, RequestError):
         return exc.body()
-    return {"error": {"message": f"generation failed: {exc}", "type": "internal_error",
+    return {"error": {"message": f"generation failed: {exc}", "type": "server_error",
                       "param": None, "code": None}}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -21,13 +22,10 @@ from pdserve.runtime.openai_serving import (
     SubmitFn,
     chat_logprobs,
     now,
-    open_event_stream,
     resolve_max_tokens,
     sampling_params,
-    send_done,
-    send_event,
     start_generation,
-    stream_error,
+    stream_events,
 )
 from pdserve.runtime.server import STATE, Handler, WorkerState
 from pdserve.runtime.tool_calls import ToolCallEvents, ToolCallParser, parse_tool_calls
@@ -97,42 +95,33 @@ def _chunk(head: dict[str, Any], delta: dict[str, Any], finish_reason: str | Non
 
 async def _stream(request: web.Request, body: ChatCompletionRequest, generation: Generation,
                   head: dict[str, Any]) -> web.StreamResponse:
+    return await stream_events(request, _chunks(request.app[STATE].tokenizer, body, generation,
+                                                head))
+
+
+async def _chunks(tokenizer: Any, body: ChatCompletionRequest, generation: Generation,
+                  head: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     parser = ToolCallParser() if body.template_tools() is not None else None
-    tokenizer = request.app[STATE].tokenizer
-    response = await open_event_stream(request)
-    try:
-        try:
-            await send_event(response, _chunk(head, {"role": "assistant", "content": ""}))
-            async for output in generation:
-                if parser is None:
-                    events = ToolCallEvents(content=output.text)
-                else:
-                    events = parser.feed(output.text)
-                    if output.finished:
-                        tail = parser.finish()
-                        events.content += tail.content
-                        events.tool_calls += tail.tool_calls
-                logprobs = None
-                if body.logprobs and output.logprobs:
-                    logprobs = chat_logprobs(tokenizer, output.logprobs)
-                if events.content or logprobs:
-                    await send_event(response, _chunk(head, {"content": events.content},
-                                                      logprobs=logprobs))
-                if events.tool_calls:
-                    delta = {"tool_calls": [call.to_delta() for call in events.tool_calls]}
-                    await send_event(response, _chunk(head, delta))
-                if output.finished:
-                    called = parser is not None and parser.tool_calls
-                    reason = "tool_calls" if called else output.finish_reason
-                    await send_event(response, _chunk(head, {}, reason))
-            if body.include_usage_in_stream():
-                await send_event(response, {**head, "object": "chat.completion.chunk",
-                                            "choices": [], "usage": generation.usage()})
-        except ConnectionResetError:
-            raise
-        except Exception as exc:
-            await send_event(response, stream_error(exc))
-        await send_done(response)
-    except ConnectionResetError:
-        pass  # the client left; leaving `generation` aborts the request
-    return response
+    yield _chunk(head, {"role": "assistant", "content": ""})
+    async for output in generation:
+        if parser is None:
+            events = ToolCallEvents(content=output.text)
+        else:
+            events = parser.feed(output.text)
+            if output.finished:
+                tail = parser.finish()
+                events.content += tail.content
+                events.tool_calls += tail.tool_calls
+        logprobs = None
+        if body.logprobs and output.logprobs:
+            logprobs = chat_logprobs(tokenizer, output.logprobs)
+        if events.content or logprobs:
+            yield _chunk(head, {"content": events.content}, logprobs=logprobs)
+        if events.tool_calls:
+            yield _chunk(head, {"tool_calls": [call.to_delta() for call in events.tool_calls]})
+        if output.finished:
+            called = parser is not None and parser.tool_calls
+            yield _chunk(head, {}, "tool_calls" if called else output.finish_reason)
+    if body.include_usage_in_stream():
+        yield {**head, "object": "chat.completion.chunk", "choices": [],
+               "usage": generation.usage()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -20,13 +21,10 @@ from pdserve.runtime.openai_serving import (
     check_token_ids,
     completion_logprobs,
     now,
-    open_event_stream,
     resolve_max_tokens,
     sampling_params,
-    send_done,
-    send_event,
     start_generation,
-    stream_error,
+    stream_events,
 )
 from pdserve.runtime.server import STATE, Handler, WorkerState
 
@@ -85,28 +83,21 @@ async def _complete(state: WorkerState, body: CompletionRequest, generation: Gen
 
 async def _stream(request: web.Request, body: CompletionRequest, generation: Generation,
                   head: dict[str, Any]) -> web.StreamResponse:
-    tokenizer = request.app[STATE].tokenizer
-    response = await open_event_stream(request)
+    return await stream_events(request, _chunks(request.app[STATE].tokenizer, body, generation,
+                                                head))
+
+
+async def _chunks(tokenizer: Any, body: CompletionRequest, generation: Generation,
+                  head: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     text_offset = 0
-    try:
-        try:
-            async for output in generation:
-                if output.text or output.finished:
-                    finish_reason = output.finish_reason if output.finished else None
-                    logprobs = None
-                    if body.logprobs is not None:
-                        logprobs = completion_logprobs(tokenizer, output.logprobs or [],
-                                                       text_offset)
-                    text_offset += len(output.text)
-                    choice = _choice(output.text, finish_reason, logprobs)
-                    await send_event(response, {**head, "choices": [choice]})
-            if body.include_usage_in_stream():
-                await send_event(response, {**head, "choices": [], "usage": generation.usage()})
-        except ConnectionResetError:
-            raise
-        except Exception as exc:
-            await send_event(response, stream_error(exc))
-        await send_done(response)
-    except ConnectionResetError:
-        pass  # the client left; leaving `generation` aborts the request
-    return response
+    async for output in generation:
+        if not output.text and not output.finished:
+            continue
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_logprobs(tokenizer, output.logprobs or [], text_offset)
+        text_offset += len(output.text)
+        finish_reason = output.finish_reason if output.finished else None
+        yield {**head, "choices": [_choice(output.text, finish_reason, logprobs)]}
+    if body.include_usage_in_stream():
+        yield {**head, "choices": [], "usage": generation.usage()}
