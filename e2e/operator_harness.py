@@ -281,15 +281,16 @@ def running_operator(
         operator.stop()
 
 
-def delete_llmservices(
-    cluster: Cluster, namespace: str, api: Api, operator: OperatorProcess | None = None
-) -> None:
+def delete_llmservices(api: Api, namespace: str, operator: OperatorProcess | None = None) -> None:
     """Delete every LLMService of a namespace and wait until they are gone (while the operator
-    still runs, so nothing is left behind for lack of it)."""
-    cluster.kubectl("delete", "llmservices", "--all", "-n", namespace, "--wait=false", check=False)
+    still runs: it removes its finalizer, else the namespace would hang in Terminating)."""
+    count = len(api.llmservices(namespace))
+    if not count:
+        return
+    api.custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
     wait_until(
         lambda: not api.llmservices(namespace),
-        120,
-        f"LLMServices of {namespace} to be deleted",
+        60 + count,
+        f"{count} LLMServices of {namespace} to be deleted",
         operator,
     )

@@ -85,7 +85,7 @@ def operator(
         kubeconfig, [f"--namespace={namespace}"], workdir / "operator.log"
     ) as running:
         yield running
-        delete_llmservices(cluster, namespace, api, running)
+        delete_llmservices(api, namespace, running)
 
 
 @pytest.mark.timeout(240)

@@ -80,7 +80,7 @@ def llm_namespace(
     """A namespace whose LLMServices are deleted while the operator still runs."""
     with cluster.namespace(request.node.originalname) as name:
         yield name
-        delete_llmservices(cluster, name, api, operator)
+        delete_llmservices(api, name, operator)
 
 
 def llmservice(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +181,7 @@ def samples(
         names = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in SAMPLES]
         done = {name: wait_converged(api, operator, namespace, name) for name in names}
         yield namespace, done
-        delete_llmservices(cluster, namespace, api, operator)
+        delete_llmservices(api, namespace, operator)
 
 
 @pytest.mark.timeout(300)

@@ -112,7 +112,7 @@ def scale_setup(
         ) as operator,
     ):
         yield namespace, operator, api
-        delete_llmservices(cluster, namespace, api, operator)
+        delete_llmservices(api, namespace, operator)
 
 
 @pytest.mark.timeout(1200)
