@@ -65,6 +65,17 @@ def test_greedy_streaming_matches_non_streaming(client):
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
+def test_stop_strings_end_the_output_before_them(client):
+    request = {"model": MODEL_NAME, "prompt": "Stop here", "max_tokens": 16,
+               "extra_body": {"ignore_eos": True}, **GREEDY}
+    whole = client.completions.create(**request).choices[0].text
+    stop = whole[len(whole) // 2:][:3]
+    assert stop.strip()
+    result = client.completions.create(stop=[stop], **request).choices[0]
+    assert result.finish_reason == "stop"
+    assert result.text == whole[:whole.index(stop)]
+
+
 def test_token_id_prompts_and_logprobs(client):
     result = client.completions.create(model=MODEL_NAME, prompt=[5, 6, 7, 8], max_tokens=3,
                                        logprobs=2, extra_body={"ignore_eos": True}, **GREEDY)
@@ -182,6 +193,9 @@ def test_bad_completion_requests_are_400_with_an_openai_error(client, request_op
      "messages"),
     ({"messages": [{"role": "user", "content": "word " * 600}]}, "messages"),
     ({"tool_choice": "required", "tools": [WEATHER_TOOL]}, "tool_choice"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]},
+     "messages"),
 ])
 def test_bad_chat_requests_are_400_with_an_openai_error(client, request_options, param):
     request = {"model": MODEL_NAME, "max_tokens": 2,
