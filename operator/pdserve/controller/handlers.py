@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Mapping
@@ -98,7 +99,14 @@ def on_spec(name: str, namespace: str | None, memo: Any, reason: str, **_: Any) 
         sync(_kube(memo), namespace, name, apply=True, trigger=str(reason))
 
 
-@kopf.timer(**_LLMS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, id="resync")
+def _resync_offset(uid: str, **_: Any) -> float:
+    """A stable per-object start within one interval: hundreds of LLMServices resumed at once
+    then resync spread over the interval instead of in one burst."""
+    spread = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return RESYNC_SECONDS * (1.0 + spread)
+
+
+@kopf.timer(**_LLMS, interval=RESYNC_SECONDS, initial_delay=_resync_offset, id="resync")
 def resync(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     """Level-based repair: re-render and re-apply; drifted or deleted children come back."""
     if namespace:
@@ -114,10 +122,14 @@ def _sync_parent(kube: Kube, child: Mapping[str, Any], *, apply: bool) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels=_CHILDREN, id="child-deployment")
 def on_deployment(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A Deployment's rollout moved (refresh status) or it was deleted (restore it now)."""
+    """A Deployment's rollout moved (refresh status), or it was deleted or its spec changed
+    (generation not yet observed: maybe a hand edit), so re-apply now rather than at the next
+    resync. After the operator's own change this is one no-op apply."""
     if type is None:  # the initial listing: the resume handlers cover it
         return
-    _sync_parent(_kube(memo), body, apply=type == "DELETED")
+    generation = body.get("metadata", {}).get("generation") or 0
+    observed = body.get("status", {}).get("observedGeneration") or 0
+    _sync_parent(_kube(memo), body, apply=type == "DELETED" or generation > observed)
 
 
 def _unschedulable(body: kopf.Body, **_: Any) -> bool:
