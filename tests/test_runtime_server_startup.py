@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -52,7 +53,7 @@ async def test_loading_then_ready_then_sigterm():
     async def load(state: WorkerState) -> None:
         await loaded.wait()
         state.engine = AsyncEngine(IdleEngine())
-        state.tokenizer = None
+        state.tokenizer = SimpleNamespace(vocab_size=100)  # token-id prompts need no more
         state.max_model_len = 64
         state.engine.start()
 
@@ -92,6 +93,11 @@ async def test_loading_then_ready_then_sigterm():
             assert 'pdserve_kv_blocks_total{model="m",role="both"} 8.0' in await response.text()
         async with session.get(url + "/debug/engine") as response:
             assert (await response.json())["num_free_blocks"] == 8
+        # The engine's own refusal of a request is the client's 400, not a 500.
+        async with session.post(url + "/v1/completions",
+                                json={"prompt": [1, 2, 3], "max_tokens": 2}) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["message"] == "this stand-in serves no requests"
 
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.wait_for(serving, timeout=10)
