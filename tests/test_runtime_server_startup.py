@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from runtime_worker_process import free_port
 
+from pdserve.runtime import openai_routes
 from pdserve.runtime.async_engine import AsyncEngine
 from pdserve.runtime.server import WorkerState, create_app, serve
 
@@ -63,7 +64,8 @@ async def test_loading_then_ready_then_sigterm():
     state = WorkerState(served_model_name="m", role="both")
     state.on_loaded.append(hook)
     port = free_port()
-    serving = asyncio.create_task(serve(create_app(state), "127.0.0.1", port, 5.0, load))
+    app = create_app(state, [openai_routes.install])
+    serving = asyncio.create_task(serve(app, "127.0.0.1", port, 5.0, load))
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
         for _ in range(100):
