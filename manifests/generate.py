@@ -82,9 +82,21 @@ def sync_chart_crds() -> None:
 
 def render(helm: Path) -> str:
     done = subprocess.run(
-        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-         "--kube-version", KUBE_VERSION, "--include-crds"],
-        capture_output=True, text=True, check=False, timeout=120,
+        [
+            str(helm),
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            KUBE_VERSION,
+            "--include-crds",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     if done.returncode != 0:
         raise RuntimeError(f"helm template failed:\n{done.stderr}")
@@ -96,8 +108,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--check", action="store_true", help="fail if install.yaml is stale")
     args = parser.parse_args(argv)
     if args.check and stale_chart_crds():
-        print(f"charts/pdserve/crds differs from crds/ ({', '.join(stale_chart_crds())}): "
-              "run python manifests/generate.py", file=sys.stderr)
+        print(
+            f"charts/pdserve/crds differs from crds/ ({', '.join(stale_chart_crds())}): "
+            "run python manifests/generate.py",
+            file=sys.stderr,
+        )
         return 1
     if not args.check:
         sync_chart_crds()

@@ -51,8 +51,9 @@ def condition(type_: str, status: str, message: str = "", reason: str = "") -> d
 READY = condition("Ready", "True", "all roles have ready replicas", "AllRolesReady")
 NOT_READY = condition("Ready", "False", "decode: 0/1 ready", "RolesNotReady")
 PROGRESSING = condition("Progressing", "True", "rolling out prefill", "RollingOut")
-TPU_SHORTAGE = condition("Degraded", "True", "prefill: needs 4 google.com/tpu, no node fits",
-                         "Unschedulable")
+TPU_SHORTAGE = condition(
+    "Degraded", "True", "prefill: needs 4 google.com/tpu, no node fits", "Unschedulable"
+)
 NOT_DEGRADED = condition("Degraded", "False", "", "AsExpected")
 
 
@@ -61,30 +62,80 @@ NOT_DEGRADED = condition("Degraded", "False", "", "AsExpected")
     [
         pytest.param(service(), "Progressing", "operator", id="no-status-yet"),
         pytest.param(service(status={}), "Progressing", "generation 1", id="empty-status"),
-        pytest.param(service(status={"observedGeneration": 1, "conditions": [READY, NOT_DEGRADED]}),
-                     "Healthy", "all roles have ready replicas", id="ready"),
-        pytest.param(service(status={"observedGeneration": 1,
-                                     "conditions": [NOT_READY, TPU_SHORTAGE]}),
-                     "Degraded", "google.com/tpu", id="tpu-shortage"),
-        pytest.param(service(status={"observedGeneration": 1, "conditions": [READY, TPU_SHORTAGE]}),
-                     "Degraded", "no node fits", id="degraded-wins-over-ready"),
-        pytest.param(service(status={"observedGeneration": 1,
-                                     "conditions": [NOT_READY, PROGRESSING, NOT_DEGRADED]}),
-                     "Progressing", "rolling out prefill", id="rolling-out"),
-        pytest.param(service(status={"observedGeneration": 1, "conditions": [NOT_READY]}),
-                     "Progressing", "decode: 0/1 ready", id="not-ready-yet"),
-        pytest.param(service(generation=3, status={"observedGeneration": 2,
-                                                   "conditions": [READY, NOT_DEGRADED]}),
-                     "Progressing", "generation 3", id="stale-ready-is-not-healthy"),
-        pytest.param(service(generation=3, status={"observedGeneration": 2,
-                                                   "conditions": [TPU_SHORTAGE]}),
-                     "Progressing", "generation 3", id="stale-degraded-is-not-degraded"),
-        pytest.param(service(status={"observedGeneration": 1,
-                                     "conditions": [condition("Ready", "True", "", "AllReady")]}),
-                     "Healthy", "AllReady", id="reason-when-no-message"),
-        pytest.param(service(status={"observedGeneration": 1, "conditions": [
-                         condition("Ready", "Unknown"), condition("ScalingLimited", "True")]}),
-                     "Progressing", "", id="unknown-ready"),
+        pytest.param(
+            service(status={"observedGeneration": 1, "conditions": [READY, NOT_DEGRADED]}),
+            "Healthy",
+            "all roles have ready replicas",
+            id="ready",
+        ),
+        pytest.param(
+            service(status={"observedGeneration": 1, "conditions": [NOT_READY, TPU_SHORTAGE]}),
+            "Degraded",
+            "google.com/tpu",
+            id="tpu-shortage",
+        ),
+        pytest.param(
+            service(status={"observedGeneration": 1, "conditions": [READY, TPU_SHORTAGE]}),
+            "Degraded",
+            "no node fits",
+            id="degraded-wins-over-ready",
+        ),
+        pytest.param(
+            service(
+                status={
+                    "observedGeneration": 1,
+                    "conditions": [NOT_READY, PROGRESSING, NOT_DEGRADED],
+                }
+            ),
+            "Progressing",
+            "rolling out prefill",
+            id="rolling-out",
+        ),
+        pytest.param(
+            service(status={"observedGeneration": 1, "conditions": [NOT_READY]}),
+            "Progressing",
+            "decode: 0/1 ready",
+            id="not-ready-yet",
+        ),
+        pytest.param(
+            service(
+                generation=3, status={"observedGeneration": 2, "conditions": [READY, NOT_DEGRADED]}
+            ),
+            "Progressing",
+            "generation 3",
+            id="stale-ready-is-not-healthy",
+        ),
+        pytest.param(
+            service(generation=3, status={"observedGeneration": 2, "conditions": [TPU_SHORTAGE]}),
+            "Progressing",
+            "generation 3",
+            id="stale-degraded-is-not-degraded",
+        ),
+        pytest.param(
+            service(
+                status={
+                    "observedGeneration": 1,
+                    "conditions": [condition("Ready", "True", "", "AllReady")],
+                }
+            ),
+            "Healthy",
+            "AllReady",
+            id="reason-when-no-message",
+        ),
+        pytest.param(
+            service(
+                status={
+                    "observedGeneration": 1,
+                    "conditions": [
+                        condition("Ready", "Unknown"),
+                        condition("ScalingLimited", "True"),
+                    ],
+                }
+            ),
+            "Progressing",
+            "",
+            id="unknown-ready",
+        ),
     ],
 )
 @pytest.mark.timeout(30)
@@ -120,36 +171,62 @@ def test_application_points_at_the_chart() -> None:
 
 
 def deployment(replicas: int, ready: int) -> dict[str, Any]:
-    return {"metadata": {"generation": 1}, "spec": {"replicas": replicas},
-            "status": {"observedGeneration": 1, "replicas": replicas, "readyReplicas": ready,
-                       "updatedReplicas": replicas, "availableReplicas": ready}}
+    return {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": 1,
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": replicas,
+            "availableReplicas": ready,
+        },
+    }
 
 
 UNSCHEDULABLE_POD = {
     "metadata": {"labels": {"pdserve.dev/role": "prefill"}},
-    "status": {"conditions": [{
-        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-        "message": "0/10 nodes are available: 4 Insufficient google.com/tpu."}]},
+    "status": {
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/10 nodes are available: 4 Insufficient google.com/tpu.",
+            }
+        ]
+    },
 }
 
 
-@pytest.mark.parametrize(("ready", "pods", "expected"), [
-    pytest.param(1, [], "Healthy", id="all-ready"),
-    pytest.param(0, [], "Progressing", id="starting"),
-    pytest.param(0, [UNSCHEDULABLE_POD], "Degraded", id="no-tpu-fits"),
-])
+@pytest.mark.parametrize(
+    ("ready", "pods", "expected"),
+    [
+        pytest.param(1, [], "Healthy", id="all-ready"),
+        pytest.param(0, [], "Progressing", id="starting"),
+        pytest.param(0, [UNSCHEDULABLE_POD], "Degraded", id="no-tpu-fits"),
+    ],
+)
 @pytest.mark.timeout(30)
 def test_health_of_the_status_the_operator_writes(
-        ready: int, pods: list[dict[str, Any]], expected: str) -> None:
+    ready: int, pods: list[dict[str, Any]], expected: str
+) -> None:
     """The controller's own status computation, judged by the health check."""
     from pdserve.controller.status import Observation, compute_status
 
     seen = Observation(
-        name="chat", namespace="default", generation=1, autoscaling_enabled=False,
+        name="chat",
+        namespace="default",
+        generation=1,
+        autoscaling_enabled=False,
         desired={"prefill": 1, "decode": 1, "router": 1},
-        deployments={"prefill": deployment(1, ready), "decode": deployment(1, 1),
-                     "router": deployment(1, 1)},
-        pods=pods)
+        deployments={
+            "prefill": deployment(1, ready),
+            "decode": deployment(1, 1),
+            "router": deployment(1, 1),
+        },
+        pods=pods,
+    )
     status = compute_status(seen, "2026-01-01T00:00:00Z")
     health, message = assess(service(status=status))
     assert health == expected, message

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("manifests_generate",
-                                                  ROOT / "manifests" / "generate.py")
+    spec = importlib.util.spec_from_file_location(
+        "manifests_generate", ROOT / "manifests" / "generate.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

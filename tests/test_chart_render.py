@@ -17,8 +17,9 @@ RELEASE_NAMESPACE = "serving"
 
 
 def _find_helm() -> Path | None:
-    spec = importlib.util.spec_from_file_location("manifests_generate",
-                                                  ROOT / "manifests" / "generate.py")
+    spec = importlib.util.spec_from_file_location(
+        "manifests_generate", ROOT / "manifests" / "generate.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -35,13 +36,21 @@ APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(
+        [str(HELM), *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def render(*sets: str) -> list[dict[str, Any]]:
-    args = ["template", "pdserve", str(CHART), "--namespace", RELEASE_NAMESPACE,
-            "--kube-version", "1.30.0"]
+    args = [
+        "template",
+        "pdserve",
+        str(CHART),
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--kube-version",
+        "1.30.0",
+    ]
     for item in sets:
         args += ["--set", item]
     done = helm(*args)
@@ -66,10 +75,16 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
 
 
-@pytest.mark.parametrize("sets", [
-    [], ["rbac.namespaced=true"], ["serviceMonitor.enabled=true"], ["operator.replicas=0"],
-    ["serviceAccount.create=false", "serviceAccount.name=existing"],
-])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [],
+        ["rbac.namespaced=true"],
+        ["serviceMonitor.enabled=true"],
+        ["operator.replicas=0"],
+        ["serviceAccount.create=false", "serviceAccount.name=existing"],
+    ],
+)
 def test_helm_lint_is_clean(sets: list[str]) -> None:
     args = ["lint", str(CHART), "--strict", "--kube-version", "1.30.0"]
     for item in sets:
@@ -115,8 +130,10 @@ def test_operator_deployment_is_a_restricted_singleton() -> None:
 
 def test_probes_hit_the_operator_health_port() -> None:
     container = operator_container(render("operator.healthPort=9444", "operator.metricsPort=9445"))
-    assert container["ports"] == [{"name": "health", "containerPort": 9444, "protocol": "TCP"},
-                                  {"name": "metrics", "containerPort": 9445, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "health", "containerPort": 9444, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9445, "protocol": "TCP"},
+    ]
     assert {"--health-port=9444", "--metrics-port=9445"} <= set(container["args"])
     for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -131,8 +148,9 @@ def test_command_and_default_images() -> None:
 
 
 def test_image_values() -> None:
-    container = operator_container(render("image.repository=registry.example/pdserve",
-                                          "image.tag=1.2.3"))
+    container = operator_container(
+        render("image.repository=registry.example/pdserve", "image.tag=1.2.3")
+    )
     assert container["image"] == "registry.example/pdserve:1.2.3"
     assert env_of(container)["PDSERVE_IMAGE"] == "registry.example/pdserve:1.2.3"
     container = operator_container(render("operator.workerImage=registry.example/worker:cuda"))
@@ -168,7 +186,9 @@ NAMESPACED_NEEDS = {
     "/configmaps": MANAGE,
     "policy/poddisruptionbudgets": MANAGE,
     "networking.k8s.io/networkpolicies": MANAGE,
-    "/pods": {"get", "list", "watch"},
+    # The planner scales workers through the scale subresource and sets pod-deletion-cost.
+    "apps/deployments/scale": {"get", "patch", "update"},
+    "/pods": {"get", "list", "watch", "patch"},
 }
 DISCOVERY_NEEDS = {
     "apiextensions.k8s.io/customresourcedefinitions": {"get", "list", "watch"},
@@ -181,8 +201,9 @@ def test_cluster_rbac_is_exactly_what_the_operator_needs() -> None:
     assert rules_by_resource(one(objects, "ClusterRole")) == NAMESPACED_NEEDS | DISCOVERY_NEEDS
     binding = one(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pdserve-operator",
-                                    "namespace": RELEASE_NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pdserve-operator", "namespace": RELEASE_NAMESPACE}
+    ]
 
 
 def test_namespaced_rbac_confines_the_operator_to_its_namespace() -> None:
@@ -192,8 +213,11 @@ def test_namespaced_rbac_confines_the_operator_to_its_namespace() -> None:
     assert rules_by_resource(role) == NAMESPACED_NEEDS
     binding = one(objects, "RoleBinding")
     assert binding["metadata"]["namespace"] == RELEASE_NAMESPACE
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
     # Only read-only discovery stays cluster-wide.
     assert rules_by_resource(one(objects, "ClusterRole")) == DISCOVERY_NEEDS
     assert one(objects, "ClusterRoleBinding")["roleRef"]["kind"] == "ClusterRole"
@@ -217,7 +241,9 @@ def test_service_monitors_are_optional() -> None:
         assert [endpoint["path"] for endpoint in monitor["spec"]["endpoints"]] == ["/metrics"]
     workloads = monitors["pdserve-workloads"]["spec"]
     assert workloads["selector"]["matchLabels"] == {
-        "app.kubernetes.io/name": "pdserve", "app.kubernetes.io/managed-by": "pdserve-operator"}
+        "app.kubernetes.io/name": "pdserve",
+        "app.kubernetes.io/managed-by": "pdserve-operator",
+    }
     assert workloads["namespaceSelector"] == {"any": True}
     assert workloads["endpoints"][0]["port"] == "http"
     # The operator's monitor reaches its metrics port through the metrics Service.
@@ -225,23 +251,27 @@ def test_service_monitors_are_optional() -> None:
     operator_monitor = monitors["pdserve-operator"]["spec"]
     selected = operator_monitor["selector"]["matchLabels"]
     assert selected.items() <= service["metadata"]["labels"].items()
-    assert service["spec"]["selector"] == one(objects, "Deployment")["spec"]["selector"][
-        "matchLabels"]
+    assert (
+        service["spec"]["selector"] == one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    )
     assert service["spec"]["ports"][0]["targetPort"] == operator_monitor["endpoints"][0]["port"]
     namespaced = render("serviceMonitor.enabled=true", "rbac.namespaced=true")
     for monitor in (obj for obj in namespaced if obj["kind"] == "ServiceMonitor"):
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    ("bogus=1", "additional properties 'bogus' not allowed"),
-    ("operator.replicas=2", "/operator/replicas"),
-    ("operator.replicaCount=1", "'replicaCount' not allowed"),
-    ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
-    ("serviceMonitor.interval=soon", "/serviceMonitor/interval"),
-    ("rbac.namespaced=maybe", "/rbac/namespaced"),
-    ("operator.tolerations[0].effect=Never", "/operator/tolerations/0/effect"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("bogus=1", "additional properties 'bogus' not allowed"),
+        ("operator.replicas=2", "/operator/replicas"),
+        ("operator.replicaCount=1", "'replicaCount' not allowed"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("serviceMonitor.interval=soon", "/serviceMonitor/interval"),
+        ("rbac.namespaced=maybe", "/rbac/namespaced"),
+        ("operator.tolerations[0].effect=Never", "/operator/tolerations/0/effect"),
+    ],
+)
 def test_schema_rejects_bad_values(bad: str, message: str) -> None:
     done = helm("template", "pdserve", str(CHART), "--kube-version", "1.30.0", "--set", bad)
     assert done.returncode != 0
@@ -260,9 +290,20 @@ def test_operator_command_line_is_accepted_by_the_operator(sets: list[str], tmp_
     container = operator_container(render(*sets))
     missing = tmp_path / "no-kubeconfig"
     done = subprocess.run(
-        [sys.executable, "-m", "pdserve", *container["command"][1:], *container["args"],
-         "--kubeconfig", str(missing)],
-        capture_output=True, text=True, timeout=60, check=False)
+        [
+            sys.executable,
+            "-m",
+            "pdserve",
+            *container["command"][1:],
+            *container["args"],
+            "--kubeconfig",
+            str(missing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     # Arguments parsed; it stopped only at the missing credentials.
     assert done.returncode == 2
     assert f"no kubeconfig at {missing}" in done.stderr, done.stderr

@@ -47,7 +47,7 @@ def test_runs_as_numeric_non_root_user() -> None:
     # Nothing after USER switches back to root.
     keywords = [kw for kw, _ in instructions()]
     assert "USER" in keywords[-6:], "USER must come after every RUN"
-    assert "RUN" not in keywords[keywords.index("USER"):]
+    assert "RUN" not in keywords[keywords.index("USER") :]
 
 
 @pytest.mark.timeout(10)

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("manifests_generate",
-                                                  ROOT / "manifests" / "generate.py")
+    spec = importlib.util.spec_from_file_location(
+        "manifests_generate", ROOT / "manifests" / "generate.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -35,7 +36,8 @@ def installed() -> list[dict[str, Any]]:
 def test_install_yaml_is_up_to_date() -> None:
     fresh = GENERATE.render(HELM)
     assert GENERATE.INSTALL_YAML.read_text() == fresh, (
-        "manifests/install.yaml is stale: run `python manifests/generate.py`")
+        "manifests/install.yaml is stale: run `python manifests/generate.py`"
+    )
 
 
 @pytest.mark.timeout(10)

@@ -25,7 +25,10 @@ def load(name: str) -> LLMService:
 @pytest.mark.timeout(10)
 def test_the_three_samples_exist() -> None:
     assert [path.name for path in SAMPLES] == [
-        "agentic-chat.yaml", "story-generation-gpu.yaml", "summarization-tpu.yaml"]
+        "agentic-chat.yaml",
+        "story-generation-gpu.yaml",
+        "summarization-tpu.yaml",
+    ]
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda path: path.stem)
