@@ -73,7 +73,7 @@ def llm_namespace(cluster: Cluster, operator: OperatorProcess, api: Api,
                   request: pytest.FixtureRequest) -> Iterator[str]:
     with cluster.namespace(request.node.originalname) as name:
         yield name
-        delete_llmservices(cluster, name, api, operator)
+        delete_llmservices(api, name, operator)
 
 
 def targets(stack: tuple[Process, Process, Process], namespace: str, service: str
