@@ -47,7 +47,7 @@ class Process:
         )
         return self
 
-    def wait_ready(self, path: str = "/ready", timeout: float = 120.0) -> None:
+    def wait_ready(self, path: str = "/ready", timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.popen is not None

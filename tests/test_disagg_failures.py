@@ -23,7 +23,7 @@ from e2e.local_processes import (
 from pdserve.runtime.kv_transfer.sender import TEST_DELAY_ENV
 from pdserve.runtime.model_init import init_model
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 DELAY = {TEST_DELAY_ENV: "3"}
 
 
@@ -34,14 +34,14 @@ def stack(tmp_path_factory):
     p1, p2, p3 = (worker("prefill", model, logs, env=DELAY) for _ in range(3))
     d1 = worker("decode", model, logs, "--kv-timeout", "4")
     d2 = worker("decode", model, logs, "--kv-fallback", "fail")
-    both = worker("both", model, logs)
-    with running(p1, p2, p3, d1, d2, both):
+    with running(p1, p2, p3, d1, d2):
         r1 = router([p1, p3], [d1], logs, "--short-prompt-threshold", "0")
         r2 = router([p2], [d2], logs, "--short-prompt-threshold", "0")
         with running(r1, r2):
             wait_for_tiers(r1)
             wait_for_tiers(r2)
-            yield {"p1": p1, "p2": p2, "p3": p3, "d1": d1, "d2": d2, "both": both, "r1": r1,
+            # d1 asked directly (no transfer header) prefills locally: the reference output.
+            yield {"p1": p1, "p2": p2, "p3": p3, "d1": d1, "d2": d2, "reference": d1, "r1": r1,
                    "r2": r2}
 
 
@@ -99,7 +99,7 @@ async def serving(prefills, timeout=30.0):
 
 
 async def test_prefill_killed_mid_transfer_is_retried_then_recomputed(stack):
-    d1, both = stack["d1"], stack["both"]
+    d1, reference = stack["d1"], stack["reference"]
     failures = metric(d1.url, "pdserve_kv_transfer_failures_total")
     fallbacks = metric(d1.url, "pdserve_kv_transfer_fallbacks_total")
     request = asyncio.ensure_future(post(stack["r1"].url, body(51)))
@@ -112,7 +112,7 @@ async def test_prefill_killed_mid_transfer_is_retried_then_recomputed(stack):
     second.kill()  # no prefill worker left: the decode worker recomputes the prompt
     status, got = await request
     assert status == 200, got
-    _, want = await post(both.url, body(51))
+    _, want = await post(reference.url, body(51))
     assert got["choices"][0]["text"] == want["choices"][0]["text"]
     assert metric(d1.url, "pdserve_kv_transfer_failures_total") >= failures + 1
     assert metric(d1.url, "pdserve_kv_transfer_fallbacks_total") == fallbacks + 1
@@ -120,7 +120,7 @@ async def test_prefill_killed_mid_transfer_is_retried_then_recomputed(stack):
     await wait_all_free(d1)
     # Later requests succeed (the router took the dead prefill workers out).
     status, later = await post(stack["r1"].url, body(52))
-    _, want = await post(both.url, body(52))
+    _, want = await post(reference.url, body(52))
     assert status == 200 and later["choices"][0]["text"] == want["choices"][0]["text"]
     await wait_all_free(d1)
 
@@ -134,3 +134,19 @@ async def test_kv_fallback_fail_answers_cleanly(stack):
     assert status == 503 and "did not arrive" in got["error"]["message"]
     await wait_all_free(d2)
     assert engine_debug(d2)["num_running"] == 0
+
+
+async def test_decode_dying_mid_stream_ends_the_stream_with_an_error(stack):
+    """Runs last: it kills d2 (behind r2) while a response streams."""
+    payload = {**body(54), "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    events = []
+    async with aiohttp.ClientSession() as session, session.post(
+            stack["r2"].url + "/v1/completions", json=payload) as resp:
+        assert resp.status == 200
+        async for line in resp.content:
+            if line.startswith(b"data:"):
+                events.append(line.strip())
+                if len(events) == 3:
+                    stack["d2"].kill()
+    assert events[-1] == b"data: [DONE]"
+    assert b"failed mid-stream" in events[-2]

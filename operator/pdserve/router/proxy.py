@@ -17,6 +17,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,7 +165,7 @@ class Proxy:
                 out = web.StreamResponse(status=resp.status, headers={
                     "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
                 await out.prepare(request)
-                async for chunk in resp.content.iter_any():
+                async for chunk in upstream_chunks(resp, decode):
                     timer.feed(chunk)
                     await out.write(chunk)
                 await out.write_eof()
@@ -172,6 +173,19 @@ class Proxy:
                 return out
         finally:
             load.inflight -= 1
+
+
+async def upstream_chunks(resp: aiohttp.ClientResponse, worker: str) -> AsyncIterator[bytes]:
+    """A worker's event stream; once the client's stream has started, a broken upstream ends it
+    with an error event (a retry can no longer be sent)."""
+    try:
+        async for chunk in resp.content.iter_any():
+            yield chunk
+    except UPSTREAM_ERRORS as exc:
+        log.warning("stream from decode worker %s broke: %s", worker, exc)
+        error = {"error": {"message": f"the decode worker failed mid-stream: {exc}",
+                           "type": "internal_error", "code": 502}}
+        yield f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
 
 
 async def parse_request(request: web.Request) -> tuple[dict[str, Any], int]:
