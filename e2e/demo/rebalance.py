@@ -39,12 +39,11 @@ from pdserve.controller.planner_inputs import planner_config
 SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "agentic-chat.yaml"
 # The sample the local processes stand for (CPU pods, builtin tiny model), with the planner on:
 # 2 prefill + 2 decode pods now, at most 5 CPU pods in all (one spare, so a rebalance can start
-# a pod before the one it replaces has drained). The latency targets fit the tiny
-# model on a small shared machine.
+# a pod before the one it replaces has drained). Latency targets: the API's defaults (TTFT 2 s,
+# 100 ms per output token).
 AUTOSCALING: dict[str, Any] = {
     "enabled": True,
     "prometheusUrl": "http://prometheus.monitoring:9090",
-    "slo": {"ttftMilliseconds": 1000, "tpotMilliseconds": 50},
     "prefill": {"minReplicas": 1, "maxReplicas": 3},
     "decode": {"minReplicas": 1, "maxReplicas": 3},
     "acceleratorBudget": 5,
