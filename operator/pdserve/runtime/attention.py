@@ -2,8 +2,9 @@
 
 Each step's new tokens are laid out flat: first the single-token decodes, then the prefill
 chunks. New K/V are written into the paged cache through `slot_mapping`. Decodes attend over
-their context gathered block by block into one padded batch, the query heads of a KV group
-standing in for the query length (so grouped-query attention needs no K/V repetition). A prefill
+their context gathered block by block into padded batches of similar lengths (padding costs
+memory traffic, the CPU's bottleneck here), the query heads of a KV group standing in for the
+query length (so grouped-query attention needs no K/V repetition). A prefill
 chunk with nothing cached before it attends causally over its own new K/V; one that continues a
 cached prefix (prefix cache or an earlier chunk) gathers its context blocks and uses a causal
 mask offset by the cached length.
@@ -24,9 +25,20 @@ class PrefillChunk:
     start: int
     end: int
     num_context: int  # tokens already in the cache before this chunk
-    context_blocks: (
-        torch.Tensor | None
-    )  # block ids covering num_context + chunk, None if no context
+    # Block ids covering num_context + chunk and the offset causal mask [chunk, total];
+    # both None when nothing is cached before the chunk (plain causal attention).
+    context_blocks: torch.Tensor | None
+    mask: torch.Tensor | None
+
+
+@dataclass
+class DecodeGroup:
+    """Decodes in rows [start, end) of similar context length, attended as one padded batch."""
+
+    start: int
+    end: int
+    blocks: torch.Tensor  # [rows, max_blocks] block tables, padded with block 0
+    mask: torch.Tensor  # [rows, 1, 1, max_blocks * block_size] True for valid keys
 
 
 class GatherWorkspace:
@@ -59,9 +71,7 @@ class GatherWorkspace:
 @dataclass
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot (block * block_size + offset) of every new token
-    num_decodes: int  # the first num_decodes rows are single-token decodes
-    decode_blocks: torch.Tensor | None  # [B, max_blocks] block tables, padded with block 0
-    decode_mask: torch.Tensor | None  # [B, 1, 1, max_blocks * block_size] True for valid keys
+    decodes: list[DecodeGroup]  # the single-token decodes come first in the flat batch
     prefills: list[PrefillChunk]
     workspace: GatherWorkspace = field(default_factory=GatherWorkspace)
 
@@ -80,28 +90,25 @@ def paged_attention(
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
     out = torch.empty_like(q)
-    if meta.num_decodes:
-        b = meta.num_decodes
-        assert meta.decode_blocks is not None
-        qd = q[:b].view(b, num_kv_heads, -1, head_dim)
-        kd = meta.workspace.gather("k", k_cache, meta.decode_blocks).transpose(1, 2)
-        vd = meta.workspace.gather("v", v_cache, meta.decode_blocks).transpose(1, 2)
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale)
-        out[:b] = od.reshape(b, q.shape[1], head_dim)
+    for group in meta.decodes:
+        b = group.end - group.start
+        qd = q[group.start : group.end].view(b, num_kv_heads, -1, head_dim)
+        kd = meta.workspace.gather("k", k_cache, group.blocks).transpose(1, 2)
+        vd = meta.workspace.gather("v", v_cache, group.blocks).transpose(1, 2)
+        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=group.mask, scale=scale)
+        out[group.start : group.end] = od.reshape(b, q.shape[1], head_dim)
     for chunk in meta.prefills:
         qp = q[chunk.start : chunk.end].transpose(0, 1)
         if chunk.context_blocks is None:
             kp = k[chunk.start : chunk.end].transpose(0, 1)
             vp = v[chunk.start : chunk.end].transpose(0, 1)
-            mask = None
         else:
             total = chunk.num_context + chunk.end - chunk.start
             kp = meta.workspace.gather("k", k_cache, chunk.context_blocks)[:total].transpose(0, 1)
             vp = meta.workspace.gather("v", v_cache, chunk.context_blocks)[:total].transpose(0, 1)
-            rows = torch.arange(chunk.num_context, total, device=q.device)[:, None]
-            mask = torch.arange(total, device=q.device)[None, :] <= rows
         op = F.scaled_dot_product_attention(
-            qp, kp, vp, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
-        )
+            qp, kp, vp, attn_mask=chunk.mask, is_causal=chunk.mask is None, scale=scale,
+            enable_gqa=True,
+        )  # fmt: skip
         out[chunk.start : chunk.end] = op.transpose(0, 1)
     return out

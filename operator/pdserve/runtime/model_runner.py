@@ -13,9 +13,18 @@ from typing import Protocol
 
 import torch
 
-from pdserve.runtime.attention import AttentionMetadata, GatherWorkspace, PrefillChunk
+from pdserve.runtime.attention import (
+    AttentionMetadata,
+    DecodeGroup,
+    GatherWorkspace,
+    PrefillChunk,
+)
 from pdserve.runtime.models.llama import CausalLM
 from pdserve.runtime.sequence import Sequence
+
+# Decodes of very different context lengths are split into a few padded batches.
+MAX_DECODE_GROUPS = 4
+MIN_DECODE_GROUP_SIZE = 8
 
 
 class ScheduledChunk(Protocol):
@@ -37,29 +46,47 @@ class ModelRunner:
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
 
+    def _decode_groups(self, decodes: list[ScheduledChunk]) -> list[DecodeGroup]:
+        """Split decodes (sorted by context length) into up to MAX_DECODE_GROUPS padded batches."""
+        bs = self.block_size
+        num_groups = min(MAX_DECODE_GROUPS, max(1, len(decodes) // MIN_DECODE_GROUP_SIZE))
+        groups = []
+        for g in range(num_groups):
+            start, end = g * len(decodes) // num_groups, (g + 1) * len(decodes) // num_groups
+            members = decodes[start:end]
+            width = -(-(members[-1].start + 1) // bs)  # blocks of the longest context
+            flat = [b for c in members for b in (c.seq.block_table[:width] + [0] * width)[:width]]
+            lengths = self._tensor([c.start + 1 for c in members])
+            keys = torch.arange(width * bs, device=self.device)
+            mask = (keys[None, :] < lengths[:, None])[:, None, None, :]
+            groups.append(DecodeGroup(start, end, self._tensor(flat).view(-1, width), mask))
+        return groups
+
+    def _prefill_chunk(self, c: ScheduledChunk, row: int) -> PrefillChunk:
+        if c.start == 0:
+            return PrefillChunk(row, row + c.num_new_tokens, 0, None, None)
+        end = c.start + c.num_new_tokens
+        blocks = self._tensor(c.seq.block_table[: -(-end // self.block_size)])
+        rows = torch.arange(c.start, end, device=self.device)[:, None]
+        mask = torch.arange(end, device=self.device)[None, :] <= rows
+        return PrefillChunk(row, row + c.num_new_tokens, c.start, blocks, mask)
+
     def prepare(
         self, chunks: Seq[ScheduledChunk]
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int], list[ScheduledChunk]]:
         """Flat inputs, metadata, rows to sample and the chunks in row order (decodes first)."""
         bs = self.block_size
-        decodes = [c for c in chunks if c.num_new_tokens == 1 and c.needs_sample]
+        decodes = sorted(
+            (c for c in chunks if c.num_new_tokens == 1 and c.needs_sample), key=lambda c: c.start
+        )
         prefills = [c for c in chunks if not (c.num_new_tokens == 1 and c.needs_sample)]
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         for c in decodes:
-            table = c.seq.block_table
             ids.append(c.seq.token_at(c.start))
             positions.append(c.start)
-            slots.append(table[c.start // bs] * bs + c.start % bs)
-        decode_blocks = decode_mask = None
-        if decodes:
-            width = max(len(c.seq.block_table) for c in decodes)
-            tables = [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in decodes]
-            decode_blocks = self._tensor([b for table in tables for b in table]).view(-1, width)
-            lengths = self._tensor([c.start + 1 for c in decodes])
-            keys = torch.arange(width * bs, device=self.device)
-            decode_mask = (keys[None, :] < lengths[:, None])[:, None, None, :]
+            slots.append(c.seq.block_table[c.start // bs] * bs + c.start % bs)
         prefill_chunks = []
         sample_rows = list(range(len(decodes)))
         for c in prefills:
@@ -70,17 +97,12 @@ class ModelRunner:
             span = range(c.start, end)
             positions.extend(span)
             slots.extend(table[p // bs] * bs + p % bs for p in span)
-            context = None
-            if c.start > 0:
-                context = self._tensor(table[: -(-end // bs)])
-            prefill_chunks.append(PrefillChunk(row, row + c.num_new_tokens, c.start, context))
+            prefill_chunks.append(self._prefill_chunk(c, row))
             if c.needs_sample:
                 sample_rows.append(row + c.num_new_tokens - 1)
         meta = AttentionMetadata(
             slot_mapping=self._tensor(slots),
-            num_decodes=len(decodes),
-            decode_blocks=decode_blocks,
-            decode_mask=decode_mask,
+            decodes=self._decode_groups(decodes) if decodes else [],
             prefills=prefill_chunks,
             workspace=self.workspace,
         )
