@@ -564,6 +564,8 @@ def test_operator_killed_mid_reconcile_converges_after_restart(
     partial = {name: len(api.children(llm_namespace, name)) for name in names}
     operator.start()
     services = {name: wait_converged(api, operator, llm_namespace, name) for name in names}
+    full = len(expected_children(services[names[0]]))
+    assert min(partial.values()) < full, f"the kill came after the work: {partial}"
 
     # Exactly the expected children, each owned once by its (unchanged) LLMService; pods as
     # many as asked, i.e. no duplicate ReplicaSets left scaled up.
