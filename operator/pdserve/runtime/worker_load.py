@@ -15,9 +15,9 @@ KV_PORT_KEY: web.AppKey[list[int]] = web.AppKey("pdserve_kv_port", list)
 
 async def load_handler(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    kv_port = request.app.get(KV_PORT_KEY) or [None]
-    ready = state.loaded and not state.draining and (state.role != "decode" or bool(kv_port[0]))
-    body: dict[str, object] = {"ready": ready, "role": state.role, "kv_port": kv_port[0]}
+    kv_port = (request.app.get(KV_PORT_KEY) or [0])[0]  # 0 until the KV receiver listens
+    ready = state.loaded and not state.draining and (state.role != "decode" or kv_port > 0)
+    body: dict[str, object] = {"ready": ready, "role": state.role, "kv_port": kv_port or None}
     if state.loaded:
         stats = state.engine.stats
         body.update(num_waiting=stats.num_waiting, num_running=stats.num_running,
