@@ -8,6 +8,7 @@ reports the decision as an Event, the ScalingLimited condition and operator metr
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -83,7 +84,7 @@ def autoscale(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None
     _record(kube, body, decision, detail, stamp)
     if decision.changes(replicas):
         _scale(kube, namespace, name, replicas, decision, source, selector)
-    _announce(body, memo, decision, replicas, detail)
+    _announce(kube, body, memo, decision, replicas, detail, stamp)
     _export(namespace, name, decision)
 
 
@@ -141,16 +142,35 @@ def _mark_deletion_costs(core: client.CoreV1Api, namespace: str, source: Prometh
                 raise
 
 
-def _announce(body: kopf.Body, memo: Any, decision: Decision, replicas: Replicas,
-              detail: str) -> None:
+def _announce(kube: Kube, body: kopf.Body, memo: Any, decision: Decision, replicas: Replicas,
+              detail: str, stamp: str) -> None:
     """An Event per scaling action, and one when the planner starts holding or is limited."""
     if decision.changes(replicas):
-        kopf.info(body, reason=decision.reason, message=decision.message)
+        _event(kube, body, "Normal", decision.reason, decision.message, stamp)
     limited, reason, message = limited_condition(decision, detail)
     previous = memo.get("planner_last_limited")
     if limited and previous != reason:
-        kopf.warn(body, reason=reason, message=message)
+        _event(kube, body, "Warning", reason, message, stamp)
     memo["planner_last_limited"] = reason if limited else None
+
+
+def _event(kube: Kube, body: kopf.Body, kind: str, reason: str, message: str,
+           stamp: str) -> None:
+    """Posted directly: the operator's kopf settings post only warnings, and scaling actions
+    are Normal events."""
+    meta = body.get("metadata", {})
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}-planner-"),
+        involved_object=client.V1ObjectReference(
+            api_version=f"{GROUP}/{VERSION}", kind="LLMService", name=meta["name"],
+            namespace=meta["namespace"], uid=meta.get("uid")),
+        reason=reason, message=message[:1024], type=kind, first_timestamp=stamp,
+        last_timestamp=stamp, count=1,
+        source=client.V1EventSource(component=PLANNER_FIELD_MANAGER),
+        reporting_component=PLANNER_FIELD_MANAGER)
+    # An Event is informative; the status already carries the decision.
+    with contextlib.suppress(client.ApiException):
+        client.CoreV1Api(kube.api).create_namespaced_event(meta["namespace"], event)
 
 
 def _export(namespace: str, name: str, decision: Decision) -> None:
