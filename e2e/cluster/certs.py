@@ -1,25 +1,29 @@
-"""A throwaway PKI (via `openssl`) and kubeconfigs for the local control plane."""
+"""A throwaway PKI (with `cryptography`) and kubeconfigs for the local control plane."""
 
 from __future__ import annotations
 
 import base64
-import shutil
-import subprocess
+import datetime
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Names the API server's serving certificate must cover (clients on loopback, in-cluster DNS).
-SERVING_SANS = (
-    "IP:127.0.0.1",
-    "DNS:localhost",
-    "DNS:kubernetes",
-    "DNS:kubernetes.default",
-    "DNS:kubernetes.default.svc",
-    "DNS:kubernetes.default.svc.cluster.local",
-    "IP:10.96.0.1",
+SERVING_DNS = (
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
 )
+SERVING_IPS = ("127.0.0.1", "10.96.0.1")
+VALIDITY = datetime.timedelta(days=365)
 
 
 @dataclass(frozen=True)
@@ -42,97 +46,107 @@ class PKIError(RuntimeError):
     pass
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    if shutil.which("openssl") is None:
-        raise PKIError("`openssl` is not on PATH: install it (apt-get install openssl)")
-    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PKIError(f"openssl {args[0]} failed: {proc.stderr.strip()}")
+def _write_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
 
 
-def _new_key(name: str, pki: Path) -> None:
-    _openssl(
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        f"{name}.key",
-        cwd=pki,
+def _name(common_name: str, group: str | None = None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if group:
+        attributes.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, group))
+    return x509.Name(attributes)
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
     )
 
 
-def _signed_cert(name: str, subject: str, extensions: str, pki: Path) -> None:
-    _new_key(name, pki)
-    _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki)
-    (pki / f"{name}.ext").write_text(extensions)
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "365",
-        "-extfile",
-        f"{name}.ext",
-        "-out",
-        f"{name}.crt",
-        cwd=pki,
+def _usage(cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_encipherment=False,
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
 def make_pki(pki: Path) -> None:
     """Writes ca, apiserver serving cert, one client cert per CLIENTS entry, and the
     service-account signing key pair (sa.key / sa.pub) into `pki`."""
+    try:
+        _make_pki(pki)
+    except OSError as err:
+        raise PKIError(f"cannot write the cluster certificates to {pki}: {err}") from err
+
+
+def _make_pki(pki: Path) -> None:
     pki.mkdir(parents=True, exist_ok=True)
-    _new_key("ca", pki)
-    _openssl(
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        "ca.key",
-        "-subj",
-        "/CN=pdserve-local-ca",
-        "-days",
-        "3650",
-        "-out",
-        "ca.crt",
-        cwd=pki,
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("pdserve-local-ca")
+    ca_cert = (
+        _builder(ca_name, ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_usage(cert_sign=True), critical=True)
+        .sign(ca_key, hashes.SHA256())
     )
-    _signed_cert(
-        "apiserver",
-        "/CN=kube-apiserver",
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
-        f"subjectAltName={','.join(SERVING_SANS)}\n",
-        pki,
-    )
-    for client in CLIENTS:
-        subject = (f"/O={client.group}" if client.group else "") + f"/CN={client.user}"
-        _signed_cert(
-            client.name,
-            subject,
-            "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
-            pki,
+    _write_key(ca_key, pki / "ca.key")
+    (pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(name: str, subject: x509.Name, server: bool) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            _builder(subject, ca_name, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_usage(cert_sign=False), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
         )
-    _openssl(
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        "sa.key",
-        cwd=pki,
+        if server:
+            names: list[x509.GeneralName] = [x509.DNSName(d) for d in SERVING_DNS]
+            names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVING_IPS]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        _write_key(key, pki / f"{name}.key")
+        (pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    issue("apiserver", _name("kube-apiserver"), server=True)
+    for client in CLIENTS:
+        issue(client.name, _name(client.user, client.group), server=False)
+
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _write_key(sa_key, pki / "sa.key")
+    (pki / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
-    _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
 
 def _b64(path: Path) -> str:
