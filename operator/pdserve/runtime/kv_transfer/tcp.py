@@ -44,28 +44,33 @@ def pool_views(pool: KVPool, block_ids: list[int]) -> list[memoryview]:
 
 def send_views(sock: socket.socket, views: list[memoryview]) -> None:
     pending = [v for v in views if v.nbytes]
-    while pending:
-        sent = sock.sendmsg(pending[:MAX_IOV])
-        while sent:
-            if sent >= pending[0].nbytes:
-                sent -= pending.pop(0).nbytes
-            else:
-                pending[0] = pending[0][sent:]
-                sent = 0
+    first = 0
+    while first < len(pending):
+        sent = sock.sendmsg(pending[first : first + MAX_IOV])
+        first = _advance(pending, first, sent)
 
 
 def recv_views(sock: socket.socket, views: list[memoryview]) -> None:
     pending = [v for v in views if v.nbytes]
-    while pending:
-        got = sock.recvmsg_into(pending[:MAX_IOV])[0]
+    first = 0
+    while first < len(pending):
+        got = sock.recvmsg_into(pending[first : first + MAX_IOV])[0]
         if got == 0:
             raise KVTransferError("connection closed by the peer mid-transfer")
-        while got:
-            if got >= pending[0].nbytes:
-                got -= pending.pop(0).nbytes
-            else:
-                pending[0] = pending[0][got:]
-                got = 0
+        first = _advance(pending, first, got)
+
+
+def _advance(pending: list[memoryview], first: int, nbytes: int) -> int:
+    """Consume nbytes from pending[first:]; returns the index of the first unfinished view."""
+    while nbytes:
+        size = pending[first].nbytes
+        if nbytes >= size:
+            nbytes -= size
+            first += 1
+        else:
+            pending[first] = pending[first][nbytes:]
+            nbytes = 0
+    return first
 
 
 class TcpTransport(Transport):
