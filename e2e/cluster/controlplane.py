@@ -15,14 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from e2e.cluster import certs, nodepools, processes
-from e2e.cluster.build import KWOK_STAGE_FILES, stages_dir
+from e2e.cluster import certs, components, nodepools, processes
+from e2e.cluster.build import stages_dir
 from e2e.cluster.versions import bin_dir, cache_root
 
 STATE_FILE = "state.json"
 START_TIMEOUT_S = 120.0
-SERVICE_CIDR = "10.96.0.0/16"
-POD_CIDR = "10.244.0.0/16"
 # Stop order: consumers of the API first, etcd last.
 STOP_ORDER = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 
@@ -121,87 +119,6 @@ def _nodes_ready(api: _Api, expected: set[str]) -> bool:
     return expected <= ready
 
 
-def _component_args(bins: Path, state_dir: Path, ports: dict[str, int]) -> dict[str, list[str]]:
-    pki = state_dir / "pki"
-    etcd_url = f"http://127.0.0.1:{ports['etcd']}"
-    peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
-    return {
-        "etcd": [
-            str(bins / "etcd"),
-            "--name=default",
-            f"--data-dir={state_dir / 'etcd'}",
-            f"--listen-client-urls={etcd_url}",
-            f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}",
-            f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=default={peer_url}",
-            "--listen-metrics-urls=",
-            # Test clusters are disposable: skipping fsync makes them much faster.
-            "--unsafe-no-fsync",
-            "--log-level=warn",
-        ],
-        "kube-apiserver": [
-            str(bins / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={ports['apiserver']}",
-            f"--cert-dir={state_dir / 'apiserver-certs'}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            "--authorization-mode=RBAC",
-            "--allow-privileged=true",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            # The advertised address is loopback, which may not back the `kubernetes` Service.
-            "--endpoint-reconciler-type=none",
-            "--profiling=false",
-        ],
-        "kube-controller-manager": [
-            str(bins / "kube-controller-manager"),
-            f"--kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
-            f"--authentication-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
-            f"--authorization-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={ports['controller-manager']}",
-            f"--cert-dir={state_dir / 'controller-manager-certs'}",
-            "--leader-elect=false",
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}",
-            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-            f"--cluster-signing-key-file={pki / 'ca.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--profiling=false",
-        ],
-        "kube-scheduler": [
-            str(bins / "kube-scheduler"),
-            f"--kubeconfig={state_dir / 'scheduler.kubeconfig'}",
-            f"--authentication-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
-            f"--authorization-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={ports['scheduler']}",
-            f"--cert-dir={state_dir / 'scheduler-certs'}",
-            "--leader-elect=false",
-            "--profiling=false",
-        ],
-        "kwok": [
-            str(bins / "kwok"),
-            f"--kubeconfig={state_dir / 'kubeconfig'}",
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector="
-            f"{nodepools.KWOK_ANNOTATION[0]}={nodepools.KWOK_ANNOTATION[1]}",
-            f"--cidr={POD_CIDR}",
-            "--node-ip=10.0.0.1",
-            "--node-lease-duration-seconds=40",
-            *[f"--config={stages_dir() / Path(rel).name}" for rel in KWOK_STAGE_FILES],
-        ],
-    }
-
-
 def _log(message: str, started: float) -> None:
     print(f"[cluster {time.monotonic() - started:6.1f}s] {message}", flush=True)
 
@@ -247,7 +164,7 @@ def up(
     kubeconfig.write_text(certs.kubeconfig(server, pki, "admin"))
     for client in ("controller-manager", "scheduler"):
         (state_dir / f"{client}.kubeconfig").write_text(certs.kubeconfig(server, pki, client))
-    args = _component_args(bins, state_dir, ports)
+    args = components.command_lines(bins, state_dir, ports)
     logs = state_dir / "logs"
     state = ClusterState(str(state_dir), str(bins), server, str(kubeconfig), {}, time.time())
     try:
