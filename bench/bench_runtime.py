@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.bench_runtime [--only throughput,prefix,priority] [--hf-single 8]
     .venv/bin/python -m bench.bench_runtime --only gpu --device cuda   # on a CUDA machine
 
-throughput: 64 requests of mixed prompt/output lengths on the ~56M Llama-shaped `small` model:
+throughput: 64 requests of mixed prompt (16-256) and output (32-256) lengths on the ~56M Llama-shaped `small` model:
   pdserve engine vs transformers `generate` one request at a time (the first --hf-single
   requests) and batched 16 per batch, left-padded, counting only useful tokens; plus the
   engine's useful FLOP/s as a fraction of this machine's fp32 matmul FLOP/s measured here.
@@ -36,6 +36,11 @@ from pdserve.runtime.model_init import init_model, resolve_model_path
 from pdserve.runtime.sampling_params import SamplingParams
 
 
+# A chat-like mix: short to medium prompts, answers of very different lengths.
+PROMPT_LENGTHS = (16, 256)
+OUTPUT_LENGTHS = (32, 256)
+
+
 def hf_generate(path: Path, requests: list[Request], batch: int) -> float:
     """Seconds for transformers greedy generate over the requests, `batch` at a time."""
     from transformers import AutoModelForCausalLM
@@ -58,14 +63,15 @@ def bench_throughput(args: argparse.Namespace) -> None:
     path = resolve_model_path(args.model)
     engine = LLMEngine(EngineConfig(model=str(path), device=args.device, max_num_seqs=64,
                                     max_num_batched_tokens=args.budget))  # fmt: skip
-    requests = mixed_requests(64, 4000, (32, 384), (64, 192))
+    requests = mixed_requests(64, 4000, PROMPT_LENGTHS, OUTPUT_LENGTHS)
     useful = sum(r.max_tokens for r in requests)
     peak = matmul_flops()
     run_engine(engine, requests[:4])  # warm-up
     elapsed = run_engine(engine, requests)["elapsed"]
     flops = model_flops(engine.model_config, requests)
     ours = useful / elapsed
-    print(f"== throughput: 64 requests, prompts 32-384, outputs 64-192 tokens ({useful} useful)")
+    print(f"== throughput: 64 requests, prompt lengths {PROMPT_LENGTHS}, output lengths "
+          f"{OUTPUT_LENGTHS} ({useful} useful output tokens)")  # fmt: skip
     print(
         f"machine fp32 matmul: {peak / 1e9:.1f} GFLOP/s (torch threads: {torch.get_num_threads()})"
     )
@@ -166,7 +172,10 @@ def main() -> None:
     parser.add_argument("--hf-single", type=int, default=8, help="0 skips the slow baseline")
     parser.add_argument("--gpu-batch", type=int, default=64)
     parser.add_argument("--bandwidth", type=float, default=3.35, help="TB/s (H100 SXM)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sections = {"throughput": bench_throughput, "prefix": bench_prefix,
                 "priority": bench_priority, "gpu": bench_gpu}  # fmt: skip
     for name in args.only.split(","):
