@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.bench_runtime [--only throughput,prefix,priority] [--hf-single 8]
     .venv/bin/python -m bench.bench_runtime --only gpu --device cuda   # on a CUDA machine
 
-throughput: 64 requests of mixed prompt (16-256) and output (32-256) lengths on the ~56M Llama-shaped `small` model:
+throughput: 64 requests of mixed prompt (16-256) and output (32-256) lengths on the ~56M
+  Llama-shaped `small` model:
   pdserve engine vs transformers `generate` one request at a time (the first --hf-single
   requests) and batched 16 per batch, left-padded, counting only useful tokens; plus the
   engine's useful FLOP/s as a fraction of this machine's fp32 matmul FLOP/s measured here.
@@ -34,7 +35,6 @@ from pdserve.runtime.device import synchronize
 from pdserve.runtime.engine import EngineConfig, LLMEngine
 from pdserve.runtime.model_init import init_model, resolve_model_path
 from pdserve.runtime.sampling_params import SamplingParams
-
 
 # A chat-like mix: short to medium prompts, answers of very different lengths.
 PROMPT_LENGTHS = (16, 256)
