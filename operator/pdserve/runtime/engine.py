@@ -21,6 +21,7 @@ import torch
 from pdserve.runtime.block_manager import BlockManager, KVReservation
 from pdserve.runtime.detokenizer import IncrementalDetokenizer
 from pdserve.runtime.engine_config import EngineConfig, build_components
+from pdserve.runtime.kv_cache import KVLayout
 from pdserve.runtime.sampler import TokenLogprobs, sample
 from pdserve.runtime.sampling_params import SamplingParams
 from pdserve.runtime.scheduler import Scheduler, SchedulerOutput
@@ -88,7 +89,8 @@ class LLMEngine:
         self._requests: dict[str, _Request] = {}
 
     @property
-    def kv_layout(self):
+    def kv_layout(self) -> KVLayout:
+        """What the KV-transfer handshake compares between two engines."""
         return self.kv_cache.layout
 
     # ---- requests ---------------------------------------------------------------------------
