@@ -3,6 +3,8 @@ kube-scheduler and kwok, as processes of this machine, all state in one director
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -11,6 +13,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -132,8 +135,25 @@ def up(
     """Starts the control plane in `state_dir` (fresh), or returns the running one there.
 
     With `tie_to_parent` the components die with this process (for test sessions)."""
-    started = time.monotonic()
     state_dir = (state_dir or default_state_dir()).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(state_dir):
+        return _up(state_dir, pools, quiet, tie_to_parent)
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """Serialises up/down on one state dir across processes (e.g. `make cluster-up` while a
+    test session or the demo starts the same default cluster)."""
+    with (state_dir / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _up(
+    state_dir: Path, pools: nodepools.NodePools | None, quiet: bool, tie_to_parent: bool
+) -> ClusterState:
+    started = time.monotonic()
     say = (lambda _msg: None) if quiet else (lambda msg: _log(msg, started))
     existing = read_state(state_dir)
     if existing is not None and is_healthy(existing):
@@ -141,7 +161,7 @@ def up(
         return existing
     if existing is not None:
         say("found a stale cluster: stopping it first")
-        down(state_dir, quiet=True)
+        _down(state_dir, quiet=True)
     pools = pools or nodepools.load()
     bins = bin_dir()
     missing = [n for n in (*STOP_ORDER, "kubectl") if not (bins / n).exists()]
@@ -152,7 +172,6 @@ def up(
         )
     for sub in ("etcd", "logs", "pki"):
         shutil.rmtree(state_dir / sub, ignore_errors=True)
-    state_dir.mkdir(parents=True, exist_ok=True)
     certs.make_pki(state_dir / "pki")
     ports = {
         n: processes.free_port()
@@ -243,6 +262,13 @@ def _stop_all(state: ClusterState) -> None:
 def down(state_dir: Path | None = None, quiet: bool = False) -> bool:
     """Stops every process recorded in `state_dir`; returns whether anything was recorded."""
     state_dir = (state_dir or default_state_dir()).resolve()
+    if not state_dir.is_dir():
+        return _down(state_dir, quiet)
+    with _locked(state_dir):
+        return _down(state_dir, quiet)
+
+
+def _down(state_dir: Path, quiet: bool) -> bool:
     state = read_state(state_dir)
     if state is None:
         if not quiet:
