@@ -122,14 +122,11 @@ def _sync_parent(kube: Kube, child: Mapping[str, Any], *, apply: bool) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels=_CHILDREN, id="child-deployment")
 def on_deployment(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A Deployment's rollout moved (refresh status), or it was deleted or its spec changed
-    (generation not yet observed: maybe a hand edit), so re-apply now rather than at the next
-    resync. After the operator's own change this is one no-op apply."""
+    """A Deployment's rollout moved (refresh status) or it was deleted (restore it now).
+    Hand edits of a child's spec are put back by the resync timer."""
     if type is None:  # the initial listing: the resume handlers cover it
         return
-    generation = body.get("metadata", {}).get("generation") or 0
-    observed = body.get("status", {}).get("observedGeneration") or 0
-    _sync_parent(_kube(memo), body, apply=type == "DELETED" or generation > observed)
+    _sync_parent(_kube(memo), body, apply=type == "DELETED")
 
 
 def _unschedulable(body: kopf.Body, **_: Any) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,9 @@ from pdserve.controller.render import render_children
 from pdserve.controller.status import Observation, compute_status
 
 IMAGE_ENV = "PDSERVE_IMAGE"
+# Children are independent objects: applying them concurrently cuts a pass's latency to
+# roughly one round trip instead of one per child.
+_APPLIER = ThreadPoolExecutor(max_workers=12, thread_name_prefix="pdserve-apply")
 
 
 def default_image() -> str:
@@ -86,16 +90,21 @@ def reconcile(kube: Kube, body: Mapping[str, Any], *, apply: bool,
     return computed
 
 
+def _apply_one(kube: Kube, child: Mapping[str, Any]) -> str | None:
+    try:
+        kube.apply(child)
+    except client.ApiException as exc:
+        metrics.APPLY_ERRORS.labels(child["kind"]).inc()
+        return f"{child['kind']} {child['metadata']['name']}: {_api_message(exc)}"
+    return None
+
+
 def _apply_all(kube: Kube, spec: LLMServiceSpec, owner: Owner,
                decided: Mapping[str, Any] | None) -> tuple[str, str] | None:
-    failures = []
-    for child in render_children(spec, owner, spec.image or default_image(),
-                                 dict(decided) if decided else None):
-        try:
-            kube.apply(child)
-        except client.ApiException as exc:
-            metrics.APPLY_ERRORS.labels(child["kind"]).inc()
-            failures.append(f"{child['kind']} {child['metadata']['name']}: {_api_message(exc)}")
+    children = render_children(spec, owner, spec.image or default_image(),
+                               dict(decided) if decided else None)
+    failures = [failure for failure in _APPLIER.map(lambda child: _apply_one(kube, child), children)
+                if failure]
     if not spec.network_policy.enabled:
         for role in ("prefill", "decode"):
             kube.delete("NetworkPolicy", owner.namespace, workers_service_name(owner.name, role))
