@@ -44,10 +44,6 @@ class ClusterState:
     started_at: float
 
     @property
-    def helm(self) -> str:
-        return str(Path(self.bin_dir) / "helm")
-
-    @property
     def kubectl(self) -> str:
         return str(Path(self.bin_dir) / "kubectl")
 

@@ -85,9 +85,3 @@ def version_key() -> str:
 
 def bin_dir() -> Path:
     return cache_root() / "k8s" / version_key() / "bin"
-
-
-def kwok_module_dir() -> Path:
-    """KWOK's module source, kept by `go mod download`: it ships the stage YAMLs."""
-    gomodcache = os.environ.get("GOMODCACHE") or str(Path.home() / "go" / "pkg" / "mod")
-    return Path(gomodcache) / "sigs.k8s.io" / f"kwok@{KWOK_VERSION}"
