@@ -21,6 +21,7 @@ fi
 
 # KWOK in the cluster simulates the accelerator nodes (node lifecycle + pod ready/delete stages).
 kubectl apply -f "${KWOK_RELEASE}/kwok.yaml"
+kubectl wait --for=condition=Established crd/stages.kwok.x-k8s.io --timeout=60s
 kubectl apply -f "${KWOK_RELEASE}/stage-fast.yaml"
 kubectl -n kube-system rollout status deployment/kwok-controller --timeout=180s
 .venv/bin/python -m e2e.cluster nodes --kubeconfig "$KUBECONFIG"
