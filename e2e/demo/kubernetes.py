@@ -116,10 +116,17 @@ def tidy(local: LocalCluster, keep: bool) -> None:
     demo stays up, without the demo's namespace unless --keep."""
     if keep:
         report.say(f"the cluster keeps running (KUBECONFIG={local.cluster.kubeconfig}); "
-                   f"stop it with: make cluster-down")
+                   f"stop it with: {_down_command(local.state_dir)}")
     elif local.started_here:
         controlplane.down(local.state_dir)
     else:
         local.cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
         report.say(f"deleted namespace {NAMESPACE}; the cluster was running before the demo and "
-                   f"keeps running (stop it with: make cluster-down)")
+                   f"keeps running (stop it with: {_down_command(local.state_dir)})")
+
+
+def _down_command(state_dir: Path) -> str:
+    if state_dir == controlplane.default_state_dir().resolve():
+        return "make cluster-down"
+    return f"python -m e2e.cluster down --state-dir {state_dir}"
+
