@@ -138,8 +138,9 @@ def wait_until(
     timeout_s: float,
     what: str,
     operator: OperatorProcess | None = None,
+    interval_s: float = 0.2,
 ) -> T:
-    """Polls `check` until it returns something truthy, and returns that."""
+    """Polls `check` every `interval_s` until it returns something truthy, and returns that."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -149,7 +150,7 @@ def wait_until(
                 return result  # type: ignore[return-value]
         except client.ApiException as exc:
             last_error = exc
-        time.sleep(0.2)
+        time.sleep(interval_s)
     detail = f"\nlast API error: {last_error}" if last_error else ""
     tail = f"\noperator log:\n{operator.log_tail()}" if operator else ""
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{detail}{tail}")
