@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint typecheck cluster-build cluster-up cluster-down cluster-status crds
+.PHONY: venv demo test test-fast lint typecheck cluster-build cluster-up cluster-down cluster-status crds manifests
 
 # uv keeps repeat installs of the multi-GB CUDA torch wheel cheap through its cache.
 $(VENV)/.installed: pyproject.toml
@@ -42,3 +42,7 @@ cluster-status: venv
 
 crds: venv
 	$(PY) -m pdserve crds --output crds/
+
+# The chart's copy of crds/ and manifests/install.yaml (helm template of the chart).
+manifests: venv cluster-build
+	$(PY) manifests/generate.py
