@@ -4,6 +4,7 @@ nobody claims, and both --kv-fallback policies. No reserved block may leak."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -96,6 +97,27 @@ async def serving(prefills, timeout=30.0):
                 return process
         await asyncio.sleep(0.05)
     raise TimeoutError("no prefill worker took the request")
+
+
+async def test_client_leaving_mid_transfer_cancels_it_on_both_workers(stack):
+    d1 = stack["d1"]
+    failures = metric(d1.url, "pdserve_kv_transfer_failures_total")
+    request = asyncio.ensure_future(post(stack["r1"].url, body(55)))
+    await wait_reserved(d1)
+    prefill = await serving([stack["p1"], stack["p3"]])
+    request.cancel()  # the client goes away while the KV push stalls (the test hook)
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+    await wait_all_free(d1)
+    # Freed because the push was cut (a failure), not by the KV timeout (which counts none).
+    assert metric(d1.url, "pdserve_kv_transfer_failures_total") == failures + 1
+    for _ in range(100):
+        stats = engine_debug(prefill)
+        if not stats["in_flight_http"] and stats["num_free_blocks"] == stats["num_blocks"]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"the prefill worker kept the request: {stats}")
 
 
 async def test_prefill_killed_mid_transfer_is_retried_then_recomputed(stack):

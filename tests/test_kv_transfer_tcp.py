@@ -153,3 +153,28 @@ def test_staged_and_zero_copy_paths_share_one_wire_order(receiver, monkeypatch, 
     KVSender(source, "tcp", timeout=5).push(f"127.0.0.1:{server.port}",
                                             Offer("t", list(range(30)), 1), src_ids)
     assert torch.equal(receiving.read_blocks(hooks.reserved["t"]), source.read_blocks(src_ids))
+
+
+def test_cancel_cuts_a_transfer_and_frees_the_reservation(receiver, monkeypatch):
+    from pdserve.runtime.kv_transfer.sender import TEST_DELAY_ENV
+
+    monkeypatch.setenv(TEST_DELAY_ENV, "1")  # stall after the reservation
+    hooks = RecordingHooks()
+    server = receiver(hooks)
+    sender = KVSender(make_cache(), "tcp", timeout=5)
+    errors = []
+
+    def push():
+        try:
+            sender.push(f"127.0.0.1:{server.port}", Offer("gone", list(range(12)), 1), [0, 1, 2])
+        except KVTransferError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=push)
+    thread.start()
+    while "gone" not in hooks.reserved:
+        threading.Event().wait(0.01)
+    sender.cancel("gone")
+    thread.join(10)
+    assert errors and hooks.done.wait(5)
+    assert "gone" in hooks.failed and "gone" not in hooks.completed

@@ -41,12 +41,10 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
         raise RequestError(f"a prefill worker serves the pdserve router: headers {TRANSFER_HEADER}"
                            f" and {KV_TARGET_HEADER} are required")
     engine = state.engine
-    stream = engine.open_stream(request_id)
-    try:
-        await engine.call(lambda e: e.prefill_only(request_id, prompt_ids, params, priority))
-    except BaseException:
-        engine.forget(request_id)
-        raise
+    # admit() aborts a request whose caller is cancelled while prefill_only is still queued,
+    # so a cancelled prefill never keeps its KV blocks pinned.
+    stream = await engine.admit(
+        request_id, lambda e: e.prefill_only(request_id, prompt_ids, params, priority))
     first = None
     try:
         async for output in stream:
@@ -69,13 +67,14 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
 
 async def push(sender: KVSender, state: WorkerState, request_id: str, offer: Offer,
                target: str) -> None:
-    """Push the pinned prompt KV; waits for the sending thread even if the request is cancelled,
-    so that the blocks are released only once nothing reads them any more."""
+    """Push the pinned prompt KV. A cancelled request cuts its transfer, then still waits for the
+    sending thread, so that the blocks are released only once nothing reads them any more."""
     blocks = await state.engine.call(lambda e: e.prefilled_blocks(request_id))
     sending = asyncio.ensure_future(asyncio.to_thread(sender.push, target, offer, blocks))
     try:
         result = await asyncio.shield(sending)
     except asyncio.CancelledError:
+        sender.cancel(offer.transfer_id)
         with contextlib.suppress(Exception):
             await sending
         raise

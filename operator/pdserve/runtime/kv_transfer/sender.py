@@ -7,6 +7,7 @@ from a worker thread (`asyncio.to_thread`), never from the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -57,16 +58,25 @@ class KVSender:
         self.transport = transport
         self.timeout = timeout
         self._idle: dict[str, list[_Connection]] = {}
+        self._active: dict[str, _Connection] = {}  # transfer id -> its connection
+        self._cancelled: set[str] = set()
         self._lock = threading.Lock()
 
     def push(self, target: str, offer: Offer, src_block_ids: list[int]) -> PushResult:
         """Send the KV of `src_block_ids` (the prompt's blocks, in order) to `target`."""
+        try:
+            return self._push(target, offer, src_block_ids)
+        finally:
+            with self._lock:
+                self._cancelled.discard(offer.transfer_id)
+
+    def _push(self, target: str, offer: Offer, src_block_ids: list[int]) -> PushResult:
         conn, reused = self._checkout(target)
         try:
             result = self._push_on(conn, offer, src_block_ids)
         except (OSError, KVTransferError) as exc:
             conn.framed.close()
-            if not (reused and _is_stale(exc)):
+            if offer.transfer_id in self._cancelled or not (reused and _is_stale(exc)):
                 raise _transfer_error(target, exc) from exc
             # The kept connection died while idle (decode worker restarted): one fresh try.
             conn, _ = self._checkout(target, fresh=True)
@@ -79,6 +89,16 @@ class KVSender:
             self._idle.setdefault(target, []).append(conn)
         return result
 
+    def cancel(self, transfer_id: str) -> None:
+        """Cut a transfer in flight (its request went away): the push fails at once and the
+        decode worker, seeing the connection close, frees the blocks it reserved."""
+        with self._lock:
+            conn = self._active.get(transfer_id)
+            self._cancelled.add(transfer_id)
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.framed.sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         with self._lock:
             for conns in self._idle.values():
@@ -87,6 +107,18 @@ class KVSender:
             self._idle.clear()
 
     def _push_on(self, conn: _Connection, offer: Offer, src_block_ids: list[int]) -> PushResult:
+        with self._lock:
+            self._active[offer.transfer_id] = conn
+            cancelled = offer.transfer_id in self._cancelled
+        try:
+            if cancelled:
+                raise KVTransferError(f"transfer {offer.transfer_id} was cancelled")
+            return self._transfer(conn, offer, src_block_ids)
+        finally:
+            with self._lock:
+                self._active.pop(offer.transfer_id, None)
+
+    def _transfer(self, conn: _Connection, offer: Offer, src_block_ids: list[int]) -> PushResult:
         start = time.perf_counter()
         framed = conn.framed
         framed.send_json(OFFER, offer.to_json())
