@@ -23,7 +23,7 @@ from bench.sim.tuning import tune
 
 MAIN = "h100-llama8b"
 EVALUATION = (("shifting", 11), ("shifting-bursty", 12), ("step", 13))
-OTHERS = ("l4-llama1b", "tpu-v5e-llama1b", "cpu-tiny")
+OTHERS = ("l4-llama1b", "tpu-v5e-llama8b", "cpu-tiny")
 
 
 def specs_for(deployment: str, trace: str, seed: int, robustness: bool) -> list[RunSpec]:
@@ -44,9 +44,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="main trace and profile only")
     parser.add_argument("--tune", action="store_true", help="search settings on tuning traces")
+    parser.add_argument("--no-hpa", action="store_true", help="with --tune: planner only")
     args = parser.parse_args(argv)
     if args.tune:
-        print(tune(MAIN, args.processes))
+        print(tune(MAIN, args.processes, hpa=not args.no_hpa))
         return 0
     started = time.time()
     groups: list[tuple[str, str, int]] = [(MAIN, t, s) for t, s in EVALUATION]

@@ -16,7 +16,7 @@ from bench.sim.traces import Trace
 # The node pool is shared and larger than the budget: the budget is the service's policy.
 POOL_FACTOR = 1.5
 # HPA targets (in-flight requests per pod), chosen on the tuning traces like the planner's.
-HPA_TARGETS = {"prefill": 4.0, "decode_fraction_of_max_sequences": 0.6}
+HPA_TARGETS = {"prefill": 2.0, "decode_fraction_of_max_sequences": 0.8}
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def trace_for(deployment: str, name: str, seed: int) -> Trace:
         return shifting(dep, seed, bursty=True)
     if name == "step":
         return load_step(dep, seed)
-    return next(t for t in tuning_traces(dep) if t.name == name)
+    return next(t for t in tuning_traces(dep, seed) if t.name == name)
 
 
 def sim_config(dep: Deployment, seed: int) -> SimConfig:

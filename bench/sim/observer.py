@@ -25,6 +25,7 @@ class ObserverConfig:
     lag: float = 5.0
     rate_window: float = 60.0
     lookback: float = 300.0
+    peak_lookback: float = 300.0
     noise: float = 0.05
     outages: tuple[tuple[float, float], ...] = ()
 
@@ -98,6 +99,13 @@ class Observer:
         out_gauges = gauges if any_gauge else [NAN, NAN]
         return (*out_rates, *out_gauges, sum(kv) / len(kv) if kv else NAN)  # type: ignore[return-value]
 
+    def _peak_arrivals(self, at: float) -> float:
+        """max_over_time of the 30 s arrival rate over the last `peak_lookback` seconds."""
+        visible = [s for s in self.router if at - self.cfg.peak_lookback - 30.0 < s[0] <= at]
+        peaks = [(b[5] - a[5]) / (b[0] - a[0]) for a, b in zip(visible, visible[2:],
+                                                               strict=False)]
+        return max(peaks) if peaks else NAN
+
     def _router(self, at: float) -> tuple[float, float, float]:
         """(mean TTFT, mean ITL, arrivals/s) over the rate window."""
         window = [s for s in self.router if at - self.cfg.rate_window < s[0] <= at]
@@ -121,7 +129,7 @@ class Observer:
             now,
             RoleMetrics(n(p_prompt), n(p_requests), n(ttft), p_running, p_waiting, NAN),
             RoleMetrics(n(d_generation), n(d_requests), n(itl), d_running, d_waiting, n(d_kv)),
-            arrival_rate=n(arrivals))
+            arrival_rate=n(arrivals), peak_arrival_rate=n(self._peak_arrivals(at)))
 
     def pod_in_flight(self, now: float) -> dict[str, float]:
         """Per-pod running + waiting as last scraped (what the loop would annotate from)."""

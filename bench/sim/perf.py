@@ -110,7 +110,8 @@ PROFILES: dict[str, PerfModel] = {
     "h100-llama8b": PerfModel("h100-llama8b", H100, LLAMA_31_8B),
     "l4-llama1b": PerfModel("l4-llama1b", L4, LLAMA_32_1B, prefill_mfu=0.4,
                             kv_link_bandwidth=12.5 * GB, startup_seconds=45.0),
-    "tpu-v5e-llama1b": PerfModel("tpu-v5e-llama1b", TPU_V5E, LLAMA_32_1B, prefill_mfu=0.5,
+    "tpu-v5e-llama8b": PerfModel("tpu-v5e-llama8b", TPU_V5E, LLAMA_31_8B,
+                                 accelerators_per_replica=4, prefill_mfu=0.5,
                                  kv_link_bandwidth=25 * GB, startup_seconds=90.0),
     "cpu-tiny": _cpu_calibrated(),
 }

@@ -13,7 +13,8 @@ from pdserve.autoscaler import CapacityPrior, PlannerConfig, RoleBounds
 FROZEN_SETTINGS = {
     "latency_aim": 0.6,
     "interval_seconds": 30.0,
-    "target_utilization": 0.75,
+    "target_utilization": 0.65,
+    "peak_utilization": 0.95,
     "dead_band": 0.1,
     "scale_down_stabilization_seconds": 120.0,
     "max_step": 3,
@@ -40,9 +41,10 @@ class Deployment:
 
 DEPLOYMENTS = {
     "h100-llama8b": Deployment(PROFILES["h100-llama8b"], 12, 1.0, 0.030, rate=60.0),
-    "l4-llama1b": Deployment(PROFILES["l4-llama1b"], 16, 1.0, 0.030, rate=18.0),
-    "tpu-v5e-llama1b": Deployment(PROFILES["tpu-v5e-llama1b"], 16, 1.0, 0.030, rate=36.0),
-    "cpu-tiny": Deployment(PROFILES["cpu-tiny"], 8, 20.0, 0.25, rate=0.08, duration=3600.0),
+    "l4-llama1b": Deployment(PROFILES["l4-llama1b"], 12, 1.0, 0.030, rate=22.0),
+    # Llama-3.1-8B needs a 2x2 v5e slice per pod (16 GB per chip): 4 chips per replica.
+    "tpu-v5e-llama8b": Deployment(PROFILES["tpu-v5e-llama8b"], 48, 1.0, 0.030, rate=55.0),
+    "cpu-tiny": Deployment(PROFILES["cpu-tiny"], 8, 20.0, 0.25, rate=0.8, duration=3600.0),
 }
 
 
@@ -78,7 +80,8 @@ def planner_config(dep: Deployment, capacity_error: float = 1.0,
         target_utilization=values["target_utilization"], dead_band=values["dead_band"],
         scale_down_stabilization_seconds=values["scale_down_stabilization_seconds"],
         max_step=int(values["max_step"]), hold_seconds=values["hold_seconds"],
-        latency_aim=values["latency_aim"], backlog_drain_seconds=30.0)
+        latency_aim=values["latency_aim"], peak_utilization=values["peak_utilization"],
+        backlog_drain_seconds=30.0)
 
 
 SUMMARIES = (0.85, 0.1, 0.05)
@@ -107,12 +110,14 @@ def load_step(dep: Deployment, seed: int) -> Trace:
                        lambda t: MIXED, seed, marks=((step, "step"),))
 
 
-def tuning_traces(dep: Deployment) -> list[Trace]:
+def tuning_traces(dep: Deployment, seed: int = 0) -> list[Trace]:
     """Traces the settings were chosen on: other seeds and shapes than the evaluation."""
     d = dep.duration
     ramp = piecewise([(0, 0.3), (0.5 * d, 0.9), (d, 0.4)])
     swap = mix_curve([(0, STORIES), (0.5 * d, STORIES), (0.6 * d, SUMMARIES), (d, SUMMARIES)])
     return [
-        build_trace("tune-ramp-mixed", d, lambda t: dep.rate * ramp(t), lambda t: MIXED, 101),
-        build_trace("tune-swap-bursty", d, lambda t: dep.rate * 0.6, swap, 102, bursty=True),
+        build_trace("tune-ramp-mixed", d, lambda t: dep.rate * ramp(t), lambda t: MIXED,
+                    101 + 2 * seed),
+        build_trace("tune-swap-bursty", d, lambda t: dep.rate * 0.6, swap, 102 + 2 * seed,
+                    bursty=True),
     ]

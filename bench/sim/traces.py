@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 KINDS = ("summarization", "story", "agentic")
 AGENTIC_MEAN_TURNS = 5.5
+BURST, CALM = 2.0, 0.75
 
 
 @dataclass(slots=True)
@@ -52,8 +53,8 @@ def _lognormal(rng: random.Random, mean: float, sigma: float, low: int, high: in
 def _arrival_times(rng: random.Random, rate: Callable[[float], float], duration: float,
                    bursty: bool) -> list[float]:
     """Non-homogeneous Poisson by thinning; bursty = a two-state modulated process whose bursts
-    triple the rate for ~20 s and whose calm spells run at 0.6x (same mean)."""
-    peak = max(rate(t) for t in _grid(duration)) * (3.0 if bursty else 1.0) * 1.05
+    double the rate for ~20 s and whose calm spells (~80 s) run at 0.75x (same mean)."""
+    peak = max(rate(t) for t in _grid(duration)) * (BURST if bursty else 1.0) * 1.05
     times: list[float] = []
     t, burst_until, calm_until = 0.0, -1.0, 0.0
     while True:
@@ -65,7 +66,7 @@ def _arrival_times(rng: random.Random, rate: Callable[[float], float], duration:
             if t >= burst_until and t >= calm_until:
                 burst_until = t + rng.expovariate(1 / 20.0)
                 calm_until = burst_until + rng.expovariate(1 / 80.0)
-            factor = 3.0 if t < burst_until else 0.5
+            factor = BURST if t < burst_until else CALM
         if rng.random() * peak < rate(t) * factor:
             times.append(t)
 
