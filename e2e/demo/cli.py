@@ -84,6 +84,8 @@ def run(args: argparse.Namespace, workdir: Path, state_dir: Path,
         report.section(2, "Install pdserve; the operator reconciles the samples onto the pools")
         kubernetes.install(local.cluster)
         running = cleanup.enter_context(kubernetes.operator(local.cluster, workdir))
+        if not args.keep and not local.started_here:
+            cleanup.callback(kubernetes.remove_samples, local.cluster, running)
         kubernetes.apply_samples(local.cluster, running)
     report.section(3, f"Serve the tiny model: router -> {args.prefill} prefill + {args.decode} "
                    "decode workers (local processes)")

@@ -21,6 +21,7 @@ from e2e.operator_harness import (
     SAMPLES,
     Api,
     OperatorProcess,
+    delete_llmservices,
     is_true,
     observed_current,
     running_operator,
@@ -111,18 +112,26 @@ def apply_samples(cluster: Cluster, running: OperatorProcess) -> None:
     report.table(["LLMService", "role", "pods", "pool", "nodes"], rows)
 
 
+def remove_samples(cluster: Cluster, running: OperatorProcess) -> None:
+    """Deletes the demo's LLMServices while the operator still runs (it removes their
+    finalizers; without it they and their namespace would hang in deletion), then the
+    namespace."""
+    delete_llmservices(Api(cluster), NAMESPACE, running)
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
 def tidy(local: LocalCluster, keep: bool) -> None:
     """Stops the cluster the demo started unless --keep; a cluster that already ran before the
-    demo stays up, without the demo's namespace unless --keep."""
+    demo stays up (without the demo's namespace unless --keep: see remove_samples)."""
     if keep:
         report.say(f"the cluster keeps running (KUBECONFIG={local.cluster.kubeconfig}); "
                    f"stop it with: {_down_command(local.state_dir)}")
     elif local.started_here:
         controlplane.down(local.state_dir)
     else:
-        local.cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
-        report.say(f"deleted namespace {NAMESPACE}; the cluster was running before the demo and "
-                   f"keeps running (stop it with: {_down_command(local.state_dir)})")
+        report.say(f"deleted the samples and namespace {NAMESPACE}; the cluster was running "
+                   f"before the demo and keeps running (stop it with: "
+                   f"{_down_command(local.state_dir)})")
 
 
 def _down_command(state_dir: Path) -> str:
