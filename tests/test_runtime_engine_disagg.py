@@ -64,7 +64,6 @@ def _disaggregated(prefill: LLMEngine, decode: LLMEngine, rid: str, ids: list[in
     return tokens, "".join(o.text for o in outs), reservation.num_cached_blocks
 
 
-@pytest.mark.timeout(120)
 def test_kv_handoff_gives_the_same_greedy_output(engines):
     single, prefill, decode = engines
     prompts = [SYSTEM + "What is two plus two?", SYSTEM + "Name a colour.", "short", "x " * 70]

@@ -75,7 +75,6 @@ def _generate(engine: LLMEngine, prompts: list[list[int]]) -> tuple[list[list[in
     return [outputs[str(i)] for i in range(len(prompts))], preemptions
 
 
-@pytest.mark.timeout(180)
 @pytest.mark.parametrize(
     "num_kv_blocks, budget",
     [(256, 64), (256, 23), (24, 48)],  # chunked prefill; odd chunk edges; preemption
@@ -95,7 +94,6 @@ def test_batched_greedy_matches_transformers(setup, num_kv_blocks, budget):
     assert stats.num_free_blocks == stats.num_blocks
 
 
-@pytest.mark.timeout(120)
 def test_second_run_reuses_prefix_cache_and_matches(setup):
     path, prompts, expected = setup
     engine = LLMEngine(EngineConfig(model=str(path), device="cpu", dtype="float32",

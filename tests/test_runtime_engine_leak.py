@@ -14,7 +14,7 @@ from pdserve.runtime.sampling_params import SamplingParams
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_thousand_requests_leave_no_blocks_behind(tmp_path, monkeypatch):
     path = init_model(tmp_path, "tiny", "llama")
     engine = LLMEngine(EngineConfig(model=str(path), device="cpu", num_kv_blocks=48, block_size=8,

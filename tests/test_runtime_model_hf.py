@@ -63,7 +63,6 @@ def model_pair(request, tmp_path_factory):
     return parts, hf
 
 
-@pytest.mark.timeout(120)
 def test_prefill_logits_match_transformers(model_pair):
     parts, hf = model_pair
     for text in PROMPTS:
@@ -78,7 +77,6 @@ def test_prefill_logits_match_transformers(model_pair):
         )
 
 
-@pytest.mark.timeout(120)
 def test_chunked_prefill_logits_match_unchunked(model_pair):
     parts, _ = model_pair
     ids = parts.tokenizer.encode(PROMPTS[2])
@@ -93,7 +91,6 @@ def test_llama_config_carries_rope_scaling(tmp_path):
     assert scaling["rope_type"] == "llama3"
 
 
-@pytest.mark.timeout(120)
 def test_sharded_checkpoint_loads_the_same_weights(tmp_path):
     single = init_model(tmp_path / "single", "tiny", "qwen2")
     sharded = init_model(tmp_path / "sharded", "tiny", "qwen2", max_shard_bytes=200_000)
