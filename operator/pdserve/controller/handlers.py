@@ -18,6 +18,7 @@ from pdserve.controller.reconcile import reconcile
 from pdserve.controller.status import status_changed
 
 RESYNC_SECONDS = 30.0
+CHILD_DEBOUNCE_SECONDS = 1.0
 _LLMS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": PLURAL}
 _CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY}
 
@@ -113,20 +114,47 @@ def resync(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
         sync(_kube(memo), namespace, name, apply=True, trigger="timer")
 
 
-def _sync_parent(kube: Kube, child: Mapping[str, Any], *, apply: bool) -> None:
+_PENDING: set[tuple[str, str]] = set()
+_log = logging.getLogger(__name__)
+
+
+def _parent(child: Mapping[str, Any]) -> tuple[str, str] | None:
     meta = child.get("metadata") or {}
     service = (meta.get("labels") or {}).get(LABEL_SERVICE)
-    if service and meta.get("namespace"):
-        sync(kube, meta["namespace"], service, apply=apply, trigger="child")
+    return (meta["namespace"], service) if service and meta.get("namespace") else None
+
+
+def _refresh_soon(kube: Kube, namespace: str, name: str) -> None:
+    """One status refresh for a burst of child events (a new Deployment alone sends several)."""
+    with _TURNS_GUARD:
+        if (namespace, name) in _PENDING:
+            return
+        _PENDING.add((namespace, name))
+
+    def refresh() -> None:
+        with _TURNS_GUARD:
+            _PENDING.discard((namespace, name))
+        try:
+            sync(kube, namespace, name, apply=False, trigger="child")
+        except Exception:  # the resync timer retries; a refresh thread must not die loudly
+            _log.exception("status refresh of %s/%s failed", namespace, name)
+
+    timer = threading.Timer(CHILD_DEBOUNCE_SECONDS, refresh)
+    timer.daemon = True
+    timer.start()
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=_CHILDREN, id="child-deployment")
 def on_deployment(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A Deployment's rollout moved (refresh status) or it was deleted (restore it now).
     Hand edits of a child's spec are put back by the resync timer."""
-    if type is None:  # the initial listing: the resume handlers cover it
+    parent = _parent(body)
+    if type is None or parent is None:  # the initial listing: the resume handlers cover it
         return
-    _sync_parent(_kube(memo), body, apply=type == "DELETED")
+    if type == "DELETED":
+        sync(_kube(memo), *parent, apply=True, trigger="child")
+    else:
+        _refresh_soon(_kube(memo), *parent)
 
 
 def _unschedulable(body: kopf.Body, **_: Any) -> bool:
@@ -137,6 +165,6 @@ def _unschedulable(body: kopf.Body, **_: Any) -> bool:
 @kopf.on.event("", "v1", "pods", labels=_CHILDREN, when=_unschedulable, id="child-pod")
 def on_unschedulable_pod(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The scheduler gave up on a pod: say so in Degraded without waiting for the timer."""
-    if type is None:
-        return
-    _sync_parent(_kube(memo), body, apply=False)
+    parent = _parent(body)
+    if type is not None and parent is not None:
+        _refresh_soon(_kube(memo), *parent)
