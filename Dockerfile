@@ -14,6 +14,10 @@ RUN groupadd --system --gid 10001 pdserve \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/pdserve \
     --shell /usr/sbin/nologin pdserve
 
+# A CPU-only image (no CUDA libraries, ~3 GB smaller):
+#   docker build --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu .
+ARG PIP_EXTRA_INDEX_URL
+
 COPY pyproject.toml README.md /tmp/pdserve-src/
 COPY operator /tmp/pdserve-src/operator
 RUN pip install "/tmp/pdserve-src[runtime]" && rm -rf /tmp/pdserve-src
