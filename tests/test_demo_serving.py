@@ -1,5 +1,6 @@
 """`make demo`'s serving and rebalancing sections (3 and 4) on real processes: router ->
-prefill -> decode with the tiny model, the official `openai` client, the real planner."""
+prefill -> decode with the tiny model, the official `openai` client, a real Prometheus (when
+one can run here) and the real planner."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from e2e.demo.scrape import Scrape
 
 
 @pytest.mark.slow
+@pytest.mark.prometheus
 @pytest.mark.timeout(400)
 def test_serving_and_rebalancing_sections(tmp_path):
     with serving.serving_stack(tmp_path, prefill=1, decode=1) as stack:
         results = asyncio.run(serving.run_workloads(stack))
-        decisions = asyncio.run(rebalance.run(stack, seconds=3.0))
+        with rebalance.prometheus(stack) as url:
+            decisions = asyncio.run(rebalance.run(stack, 5.0, url))
     by_label = {r.label: r for r in results}
     assert len(by_label) == 2 + 2 + serving.AGENT_TURNS
     for r in results:

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace, workdir: Path, state_dir: Path,
     serving.show(asyncio.run(serving.run_workloads(stack)))
     report.section(4, "Rebalancing: the planner's decision as the load moves from summaries "
                    "to stories")
-    asyncio.run(rebalance.run(stack, args.window))
+    url = cleanup.enter_context(rebalance.prometheus(stack))
+    asyncio.run(rebalance.run(stack, args.window, url))
 
 
 def _tidy_section(local: kubernetes.LocalCluster | None, keep: bool) -> None:

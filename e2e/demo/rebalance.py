@@ -1,22 +1,25 @@
 """Section 4: the real planner (pdserve.autoscaler.plan) decides how to split an accelerator
-budget between prefill and decode, from what the running processes' /metrics show while the
+budget between prefill and decode, from what the running processes' metrics show while the
 load is all summaries (long prompts, short answers) and then all stories (short prompts, long
 answers).
 
-Rates and means come from two scrapes of every process, as Prometheus would compute them over
-the window; the mapping to the planner's inputs follows pdserve.autoscaler.prometheus_source
-(prefill: prompt tokens not served from the prefix cache, TTFT as the router saw it; decode:
-generated tokens, inter-token latency as the router saw it; arrivals at the router)."""
+The planner's inputs come from a real Prometheus (Debian's package, e2e/prometheus.py) scraping
+the router and workers under the labels a pod would carry, through the operator's own queries
+(pdserve.autoscaler.prometheus_source). Without Prometheus (not installed, no root to install
+it) they come from two scrapes of every /metrics, with rates and means computed the way those
+queries compute them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -24,6 +27,7 @@ from e2e.demo import report
 from e2e.demo.scrape import Scrape, gauge_sum, mean, rate, scrape_all
 from e2e.demo.serving import STORY_TOKENS, SUMMARY_TOKENS, Stack
 from e2e.demo.workloads import story_messages, summary_messages, timed_chat
+from e2e.prometheus import Target, running_prometheus
 from pdserve.api.spec import LLMServiceSpec
 from pdserve.autoscaler import (
     Decision,
@@ -34,6 +38,7 @@ from pdserve.autoscaler import (
     RoleReplicas,
     plan,
 )
+from pdserve.autoscaler.prometheus_source import PrometheusSource, Selector
 from pdserve.controller.planner_inputs import planner_config
 
 SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "agentic-chat.yaml"
@@ -49,6 +54,9 @@ AUTOSCALING: dict[str, Any] = {
     "acceleratorBudget": 5,
 }
 CONCURRENCY = 8
+# What the local processes stand for, as Prometheus labels (what pod relabeling gives in-cluster).
+NAMESPACE, SERVICE = "pdserve-demo", "agentic-chat"
+SCRAPE_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,67 @@ def _scrape_roles(stack: Stack) -> dict[str, list[Scrape]]:
             "router": scrape_all([stack.router])}
 
 
-async def load_window(stack: Stack, phase: Phase, seconds: float) -> MetricsSnapshot:
+class Window(Protocol):
+    """Where a load window's snapshot comes from."""
+
+    def begin(self) -> None: ...
+
+    def end(self, now: float) -> MetricsSnapshot: ...
+
+
+class ScrapeWindow:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.before: dict[str, list[Scrape]] = {}
+
+    def begin(self) -> None:
+        self.before = _scrape_roles(self.stack)
+
+    def end(self, now: float) -> MetricsSnapshot:
+        return snapshot(self.before, _scrape_roles(self.stack), now)
+
+
+class PrometheusWindow:
+    """The operator's queries over the last `seconds` (Prometheus computes the rates)."""
+
+    def __init__(self, url: str, seconds: float) -> None:
+        self.source = PrometheusSource(url)
+        self.selector = Selector(NAMESPACE, SERVICE, max(2, math.ceil(seconds)))
+
+    def begin(self) -> None:
+        pass
+
+    def end(self, now: float) -> MetricsSnapshot:
+        return self.source.snapshot(self.selector, now)
+
+
+def targets(stack: Stack) -> list[Target]:
+    roles = [*((p, "prefill") for p in stack.prefill), *((p, "decode") for p in stack.decode),
+             (stack.router, "router")]
+    return [Target(p.address, {"namespace": NAMESPACE, "llmservice": SERVICE, "role": role,
+                               "pod": f"{SERVICE}-{role}-{p.port}"}) for p, role in roles]
+
+
+@contextlib.contextmanager
+def prometheus(stack: Stack) -> Iterator[str | None]:
+    """A Prometheus scraping the stack (its URL), or None when none can run here."""
+    with contextlib.ExitStack() as resources:
+        url = None
+        try:
+            url = resources.enter_context(running_prometheus(targets(stack),
+                                                             SCRAPE_INTERVAL_S)).url
+        except (RuntimeError, TimeoutError, OSError, subprocess.CalledProcessError) as exc:
+            report.say(f"no Prometheus here ({exc}); the planner's inputs come from two scrapes "
+                       f"of every /metrics instead.")
+        else:
+            report.say(f"Prometheus {url} scrapes the router and workers every "
+                       f"{SCRAPE_INTERVAL_S:g} s, labelled namespace={NAMESPACE}, "
+                       f"llmservice={SERVICE}, role=..., as pods would be.")
+        yield url
+
+
+async def load_window(stack: Stack, phase: Phase, seconds: float,
+                      window: Window) -> MetricsSnapshot:
     """`CONCURRENCY` clients send `phase` requests back to back; the snapshot covers `seconds`
     of that load after a short warm-up, and is taken while the load still runs."""
     stop = asyncio.Event()
@@ -126,15 +194,15 @@ async def load_window(stack: Stack, phase: Phase, seconds: float) -> MetricsSnap
 
     async with stack.client() as client:
         tasks = [asyncio.create_task(client_loop(i)) for i in range(CONCURRENCY)]
-        await asyncio.sleep(min(3.0, seconds / 3))
-        before = _scrape_roles(stack)
+        await asyncio.sleep(3.0)
+        window.begin()
         await asyncio.sleep(seconds)
-        after = _scrape_roles(stack)
+        snap = window.end(time.time())
         stop.set()
         await asyncio.gather(*tasks)
     if errors:
         raise RuntimeError(f"{phase.name}: {len(errors)} request(s) failed: {errors[0]!r}")
-    return snapshot(before, after, time.time())
+    return snap
 
 
 def decide(snap: MetricsSnapshot, spec: LLMServiceSpec) -> Decision:
@@ -172,14 +240,18 @@ def show(spec: LLMServiceSpec, results: list[tuple[str, MetricsSnapshot, Decisio
             report.say(f"  {name}: ScalingLimited: {d.limited}")
 
 
-async def run(stack: Stack, seconds: float) -> list[tuple[str, MetricsSnapshot, Decision]]:
+async def run(stack: Stack, seconds: float, prometheus_url: str | None
+              ) -> list[tuple[str, MetricsSnapshot, Decision]]:
     spec = demo_spec(len(stack.prefill), len(stack.decode))
+    source = "Prometheus" if prometheus_url else "two scrapes of every /metrics"
     report.say(f"{CONCURRENCY} clients send summaries back to back, then stories; each window's "
-               f"rates and means come from two scrapes of every /metrics, {seconds:.0f} s apart, "
-               f"taken while the load runs.\n")
+               f"rates and means cover {seconds:.0f} s of that load ({source}), read while the "
+               f"load runs.\n")
     results = []
     for phase in PHASES:
-        snap = await load_window(stack, phase, seconds)
+        window: Window = (PrometheusWindow(prometheus_url, seconds) if prometheus_url
+                          else ScrapeWindow(stack))
+        snap = await load_window(stack, phase, seconds, window)
         results.append((phase.name, snap, decide(snap, spec)))
     show(spec, results)
     return results
