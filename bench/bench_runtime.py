@@ -17,6 +17,7 @@ gpu: Qwen3-0.6B-shaped random model: decode tokens/s and step time vs the memory
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -162,6 +163,7 @@ def bench_gpu(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # figures show up as they are measured
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
