@@ -12,7 +12,7 @@ import pytest
 
 from e2e.demo import rebalance, serving
 from e2e.demo.cli import parser
-from e2e.demo.scrape import Scrape
+from e2e.demo.scrape import Scrape, snapshot
 
 
 @pytest.mark.slow
@@ -74,7 +74,7 @@ def test_snapshot_maps_two_scrapes_like_the_prometheus_queries():
                            pdserve_time_to_first_token_seconds_count=5.0,
                            pdserve_time_to_first_token_seconds_sum=2.5)],
     }
-    snap = rebalance.snapshot(zero, after, now=123.0)
+    snap = snapshot(zero, after, now=123.0)
     assert snap.prefill.token_rate == pytest.approx(80.0)  # prefix-cache hits are not work
     assert snap.prefill.latency_seconds == pytest.approx(0.5)  # the router's TTFT first
     assert snap.prefill.waiting == 3.0

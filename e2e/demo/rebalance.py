@@ -5,9 +5,8 @@ answers).
 
 The planner's inputs come from a real Prometheus (Debian's package, e2e/prometheus.py) scraping
 the router and workers under the labels a pod would carry, through the operator's own queries
-(pdserve.autoscaler.prometheus_source). Without Prometheus (not installed, no root to install
-it) they come from two scrapes of every /metrics, with rates and means computed the way those
-queries compute them."""
+(pdserve.autoscaler.prometheus_source); without Prometheus, from two scrapes of every /metrics
+(e2e/demo/scrape.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from typing import Any, Protocol
 import yaml
 
 from e2e.demo import report
-from e2e.demo.scrape import Scrape, gauge_sum, mean, rate, scrape_all
+from e2e.demo.scrape import ScrapeWindow
 from e2e.demo.serving import STORY_TOKENS, SUMMARY_TOKENS, Stack
 from e2e.demo.workloads import story_messages, summary_messages, timed_chat
 from e2e.prometheus import Target, running_prometheus
@@ -34,7 +33,6 @@ from pdserve.autoscaler import (
     MetricsSnapshot,
     PlannerState,
     Replicas,
-    RoleMetrics,
     RoleReplicas,
     plan,
 )
@@ -81,59 +79,12 @@ def demo_spec(prefill: int, decode: int) -> LLMServiceSpec:
     return LLMServiceSpec.model_validate(spec)
 
 
-def snapshot(before: dict[str, list[Scrape]], after: dict[str, list[Scrape]],
-             now: float) -> MetricsSnapshot:
-    p0, p1 = before["prefill"], after["prefill"]
-    d0, d1 = before["decode"], after["decode"]
-    r0, r1 = before["router"], after["router"]
-    prompt = rate(p0, p1, "pdserve_prompt_tokens_total")
-    hits = rate(p0, p1, "pdserve_prefix_cache_hits_total")
-    prefill = RoleMetrics(
-        token_rate=max(0.0, prompt - hits),
-        request_rate=rate(p0, p1, "pdserve_time_to_first_token_seconds_count"),
-        latency_seconds=_first_known(mean(r0, r1, "pdserve_time_to_first_token_seconds"),
-                                     mean(p0, p1, "pdserve_time_to_first_token_seconds")),
-        running=gauge_sum(p1, "pdserve_requests_running"),
-        waiting=gauge_sum(p1, "pdserve_requests_waiting"))
-    decode = RoleMetrics(
-        token_rate=rate(d0, d1, "pdserve_generation_tokens_total"),
-        request_rate=rate(d0, d1, "pdserve_e2e_request_latency_seconds_count"),
-        latency_seconds=_first_known(mean(r0, r1, "pdserve_inter_token_latency_seconds"),
-                                     mean(d0, d1, "pdserve_inter_token_latency_seconds")),
-        running=gauge_sum(d1, "pdserve_requests_running"),
-        waiting=gauge_sum(d1, "pdserve_requests_waiting"),
-        kv_usage=gauge_sum(d1, "pdserve_kv_usage_ratio") / len(d1))
-    arrivals = rate(r0, r1, "pdserve_router_requests_total")
-    return MetricsSnapshot(now, prefill, decode, arrival_rate=arrivals)
-
-
-def _first_known(*values: float) -> float:
-    return next((v for v in values if math.isfinite(v)), math.nan)
-
-
-def _scrape_roles(stack: Stack) -> dict[str, list[Scrape]]:
-    return {"prefill": scrape_all(stack.prefill), "decode": scrape_all(stack.decode),
-            "router": scrape_all([stack.router])}
-
-
 class Window(Protocol):
     """Where a load window's snapshot comes from."""
 
     def begin(self) -> None: ...
 
     def end(self, now: float) -> MetricsSnapshot: ...
-
-
-class ScrapeWindow:
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.before: dict[str, list[Scrape]] = {}
-
-    def begin(self) -> None:
-        self.before = _scrape_roles(self.stack)
-
-    def end(self, now: float) -> MetricsSnapshot:
-        return snapshot(self.before, _scrape_roles(self.stack), now)
 
 
 class PrometheusWindow:

@@ -1,5 +1,7 @@
 """Reading the processes' /metrics pages (Prometheus text) the way Prometheus would: counters
-and histogram sums as of one scrape, rates and means between two scrapes."""
+and histogram sums as of one scrape, rates and means between two scrapes; and from two scrapes,
+the planner's snapshot where no Prometheus can run (the same inputs as the operator's queries in
+pdserve.autoscaler.prometheus_source)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,15 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.local_processes import Process, http_get
+from pdserve.autoscaler import MetricsSnapshot, RoleMetrics
+
+if TYPE_CHECKING:
+    from e2e.demo.serving import Stack
 
 
 @dataclass(frozen=True)
@@ -58,3 +65,52 @@ def mean(before: list[Scrape], after: list[Scrape], histogram: str) -> float:
 
 def gauge_sum(after: list[Scrape], name: str) -> float:
     return sum(s.value(name) for s in after)
+
+
+def snapshot(before: dict[str, list[Scrape]], after: dict[str, list[Scrape]],
+             now: float) -> MetricsSnapshot:
+    p0, p1 = before["prefill"], after["prefill"]
+    d0, d1 = before["decode"], after["decode"]
+    r0, r1 = before["router"], after["router"]
+    prompt = rate(p0, p1, "pdserve_prompt_tokens_total")
+    hits = rate(p0, p1, "pdserve_prefix_cache_hits_total")
+    prefill = RoleMetrics(
+        token_rate=max(0.0, prompt - hits),
+        request_rate=rate(p0, p1, "pdserve_time_to_first_token_seconds_count"),
+        latency_seconds=_first_known(mean(r0, r1, "pdserve_time_to_first_token_seconds"),
+                                     mean(p0, p1, "pdserve_time_to_first_token_seconds")),
+        running=gauge_sum(p1, "pdserve_requests_running"),
+        waiting=gauge_sum(p1, "pdserve_requests_waiting"))
+    decode = RoleMetrics(
+        token_rate=rate(d0, d1, "pdserve_generation_tokens_total"),
+        request_rate=rate(d0, d1, "pdserve_e2e_request_latency_seconds_count"),
+        latency_seconds=_first_known(mean(r0, r1, "pdserve_inter_token_latency_seconds"),
+                                     mean(d0, d1, "pdserve_inter_token_latency_seconds")),
+        running=gauge_sum(d1, "pdserve_requests_running"),
+        waiting=gauge_sum(d1, "pdserve_requests_waiting"),
+        kv_usage=gauge_sum(d1, "pdserve_kv_usage_ratio") / len(d1))
+    arrivals = rate(r0, r1, "pdserve_router_requests_total")
+    return MetricsSnapshot(now, prefill, decode, arrival_rate=arrivals)
+
+
+def _first_known(*values: float) -> float:
+    return next((v for v in values if math.isfinite(v)), math.nan)
+
+
+def _scrape_roles(stack: Stack) -> dict[str, list[Scrape]]:
+    return {"prefill": scrape_all(stack.prefill), "decode": scrape_all(stack.decode),
+            "router": scrape_all([stack.router])}
+
+
+class ScrapeWindow:
+    """A load window measured by scraping every process at its start and end."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.before: dict[str, list[Scrape]] = {}
+
+    def begin(self) -> None:
+        self.before = _scrape_roles(self.stack)
+
+    def end(self, now: float) -> MetricsSnapshot:
+        return snapshot(self.before, _scrape_roles(self.stack), now)
