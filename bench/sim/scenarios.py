@@ -14,7 +14,7 @@ FROZEN_SETTINGS = {
     "latency_aim": 0.6,
     "interval_seconds": 30.0,
     "target_utilization": 0.65,
-    "peak_utilization": 0.95,
+    "peak_utilization": 0.7,
     "dead_band": 0.1,
     "scale_down_stabilization_seconds": 120.0,
     "max_step": 3,
