@@ -182,3 +182,10 @@ def test_saturated_role_is_sized_by_arrivals_not_throughput():
     d = plan(MetricsSnapshot(0, pre, dec, arrival_rate=30.0), replicas(2, 1),
              config(max_step=10), PlannerState(), 0)
     assert d.prefill_replicas == 8  # 60k / (10k x 0.8) = 7.5
+
+
+def test_backlog_while_pods_start_is_not_taken_for_a_capacity_error():
+    # TTFT far over target while new prefill pods start: no lowering of the capacity estimate.
+    starting = Replicas(RoleReplicas(6, 2, starting=4), RoleReplicas(1, 1))
+    d = plan(snap(0, 8_000, 400, ttft=3.0), starting, config(), PlannerState(), 0)
+    assert d.state.prefill_correction == 1.0

@@ -57,6 +57,8 @@ class PlannerConfig:
     interval_seconds: float = 30.0
     # Plan for replicas this busy so that bursts inside a scrape interval still meet targets.
     target_utilization: float = 0.8
+    # ...and for recent short-term peaks of arrivals at this utilization.
+    peak_utilization: float = 0.95
     # Mean latencies are steered to this fraction of the targets: the targets bind every
     # request, and a mean at the target leaves about half of them over it.
     latency_aim: float = 0.6
@@ -87,6 +89,8 @@ class PlannerConfig:
             raise PlannerConfigError("maxStep must be at least 1")
         if not 0.0 < self.latency_aim <= 1.0:
             raise PlannerConfigError("latency aim must be in (0, 1]")
+        if not 0.0 < self.peak_utilization <= 1.0:
+            raise PlannerConfigError("peak utilization must be in (0, 1]")
         if not 0.0 < self.target_utilization <= 1.0:
             raise PlannerConfigError("target utilization must be in (0, 1]")
         budget = self.accelerator_budget

@@ -35,16 +35,18 @@ def latency_ratio(metrics: RoleMetrics, target_seconds: float) -> float:
 
 
 def updated_correction(correction: float, ratio: float, utilization: float,
-                       cfg: PlannerConfig) -> float:
+                       cfg: PlannerConfig, steady: bool = True) -> float:
     """Nudge the capacity correction when latency contradicts the capacity model.
 
     Missing the target while the model says the replicas are not busy: capacity was
     overestimated. Comfortably within target while the model says they are busier than planned:
-    underestimated. Bounded, multiplicative, one small step per interval."""
+    underestimated. Bounded, multiplicative, one small step per interval. Only a `steady` role
+    (no pod starting or leaving) may lower it: a backlog left from before a scale-up looks like
+    a capacity error but is not; comfortable latency under load is evidence either way."""
     if not (math.isfinite(ratio) and math.isfinite(utilization)):
         return correction
     low, high = CORRECTION_BOUNDS
-    if ratio > 1.0 + cfg.dead_band and utilization < cfg.target_utilization:
+    if steady and ratio > 1.0 + cfg.dead_band and utilization < cfg.target_utilization:
         return max(low, correction / CORRECTION_STEP)
     if ratio < COMFORTABLE_RATIO and utilization > cfg.target_utilization:
         return min(high, correction * CORRECTION_STEP)
@@ -70,10 +72,13 @@ def demand(metrics: RoleMetrics, arrival_rate: float) -> float:
     return served
 
 
-def prefill_need(metrics: RoleMetrics, asked: float, ready: int, correction: float,
-                 cfg: PlannerConfig) -> RoleNeed:
-    """`asked`: prompt tokens/s to plan for (demand, or its forecast)."""
-    capacity = cfg.capacity.prefill_tokens_per_second * correction * cfg.target_utilization
+def prefill_need(metrics: RoleMetrics, asked: float, peak: float, ready: int,
+                 correction: float, cfg: PlannerConfig) -> RoleNeed:
+    """`asked`: prompt tokens/s to plan for (demand, or its forecast); `peak`: the recent
+    short-term peak of demand, planned at `peak_utilization`."""
+    per_replica = cfg.capacity.prefill_tokens_per_second * correction
+    capacity = per_replica * cfg.target_utilization
+    asked = max(asked, peak * cfg.target_utilization / cfg.peak_utilization)
     waiting = _finite(metrics.waiting)
     if waiting > 0 and known(metrics.request_rate) and metrics.request_rate > 0:
         mean_prompt = _finite(metrics.token_rate) / metrics.request_rate
@@ -86,13 +91,15 @@ def prefill_need(metrics: RoleMetrics, asked: float, ready: int, correction: flo
     return RoleNeed(by_tokens, ratio, f"{asked:.0f} prompt tok/s")
 
 
-def decode_need(metrics: RoleMetrics, asked: float, growth: float, incoming: float, ready: int,
-                correction: float, cfg: PlannerConfig) -> RoleNeed:
-    """`asked`: generated tokens/s to plan for; `growth`: forecast over current demand, applied
-    to the concurrent sequences too; `incoming`: requests queued in prefill, which will want
-    decode slots next (a drained prefill backlog floods decode)."""
+def decode_need(metrics: RoleMetrics, asked: float, peak: float, growth: float,
+                incoming: float, ready: int, correction: float, cfg: PlannerConfig) -> RoleNeed:
+    """`asked`: generated tokens/s to plan for; `peak`: its recent short-term peak (planned at
+    `peak_utilization`); `growth`: forecast over current demand, applied to the concurrent
+    sequences too; `incoming`: requests queued in prefill, which will want decode slots next
+    (a drained prefill backlog floods decode)."""
     u = cfg.target_utilization
     capacity = cfg.capacity.decode_tokens_per_second * correction * u
+    asked = max(asked, peak * u / cfg.peak_utilization)
     by_tokens = asked / capacity
     in_decode = _finite(metrics.running) + _finite(metrics.waiting)
     sequences = in_decode * growth + _finite(incoming)

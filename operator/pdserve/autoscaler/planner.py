@@ -56,17 +56,18 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
                    state: PlannerState, now: float, current: tuple[int, int],
                    inputs: dict[str, float | int | str]) -> Decision:
     pre, dec = replicas.prefill, replicas.decode
-    p_corr, d_corr = state.prefill_correction, state.decode_correction
-    if _steady(pre):
-        p_corr = updated_correction(
-            p_corr, latency_ratio(snapshot.prefill, cfg.ttft_target_seconds * cfg.latency_aim),
-            _utilization(snapshot.prefill.token_rate, pre.ready,
-                         cfg.capacity.prefill_tokens_per_second * p_corr), cfg)
-    if _steady(dec):
-        d_corr = updated_correction(
-            d_corr, latency_ratio(snapshot.decode, cfg.itl_target_seconds * cfg.latency_aim),
-            _utilization(snapshot.decode.token_rate, dec.ready,
-                         cfg.capacity.decode_tokens_per_second * d_corr), cfg)
+    p_corr = updated_correction(
+        state.prefill_correction,
+        latency_ratio(snapshot.prefill, cfg.ttft_target_seconds * cfg.latency_aim),
+        _utilization(snapshot.prefill.token_rate, pre.ready,
+                     cfg.capacity.prefill_tokens_per_second * state.prefill_correction),
+        cfg, _steady(pre))
+    d_corr = updated_correction(
+        state.decode_correction,
+        latency_ratio(snapshot.decode, cfg.itl_target_seconds * cfg.latency_aim),
+        _utilization(snapshot.decode.token_rate, dec.ready,
+                     cfg.capacity.decode_tokens_per_second * state.decode_correction),
+        cfg, _steady(dec))
     state = replace(state, prefill_correction=p_corr, decode_correction=d_corr)
     p_demand = demand(snapshot.prefill, snapshot.arrival_rate)
     d_demand = demand(snapshot.decode, snapshot.arrival_rate)
@@ -75,8 +76,11 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
                        cfg.forecast_seconds)
     d_asked = forecast(d_demand, [(t, d) for t, _, d in state.demand_history],
                        cfg.forecast_seconds)
-    p_need = prefill_need(snapshot.prefill, p_asked, pre.ready, p_corr, cfg)
-    d_need = decode_need(snapshot.decode, d_asked, d_asked / d_demand if d_demand > 0 else 1.0,
+    p_peak = demand(snapshot.prefill, snapshot.peak_arrival_rate)
+    d_peak = demand(snapshot.decode, snapshot.peak_arrival_rate)
+    p_need = prefill_need(snapshot.prefill, p_asked, p_peak, pre.ready, p_corr, cfg)
+    d_need = decode_need(snapshot.decode, d_asked, d_peak,
+                         d_asked / d_demand if d_demand > 0 else 1.0,
                          snapshot.prefill.waiting, dec.ready, d_corr, cfg)
     limited: list[str] = []
 
@@ -243,6 +247,7 @@ def _inputs(snapshot: MetricsSnapshot) -> dict[str, float | int | str]:
     values.update(snapshot.prefill.as_inputs("prefill"))
     values.update(snapshot.decode.as_inputs("decode"))
     values["arrivalRate"] = snapshot.arrival_rate
+    values["peakArrivalRate"] = snapshot.peak_arrival_rate
     return values
 
 

@@ -18,6 +18,8 @@ from urllib3.util.retry import Retry
 from pdserve.autoscaler.snapshot import NAN, MetricsSnapshot, RoleMetrics
 
 QueryFn = Callable[[str], list[dict[str, Any]]]
+# Short-term arrival peaks: the highest 30 s rate over the last 5 minutes.
+PEAK_RATE_WINDOW, PEAK_LOOKBACK, PEAK_STEP = "30s", "5m", "15s"
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -64,6 +66,9 @@ def queries(sel: Selector) -> dict[str, str]:
         "decode_generation_rate": rate("pdserve_generation_tokens_total", "decode"),
         "decode_request_rate": rate("pdserve_e2e_request_latency_seconds_count", "decode"),
         "arrival_rate": rate("pdserve_router_requests_total", None),
+        "peak_arrival_rate": (
+            f"max_over_time(sum(rate(pdserve_router_requests_total{sel.labels(None)}"
+            f"[{PEAK_RATE_WINDOW}]))[{PEAK_LOOKBACK}:{PEAK_STEP}])"),
         "router_ttft": mean("pdserve_time_to_first_token_seconds", "router"),
         "prefill_ttft": mean("pdserve_time_to_first_token_seconds", "prefill"),
         "router_itl": mean("pdserve_inter_token_latency_seconds", "router"),
@@ -128,7 +133,8 @@ class PrometheusSource:
             latency_seconds=_first_known(v["router_itl"], v["decode_itl"]),
             running=v["decode_running"], waiting=v["decode_waiting"],
             kv_usage=v["decode_kv_usage"])
-        return MetricsSnapshot(now, prefill, decode, arrival_rate=v["arrival_rate"])
+        return MetricsSnapshot(now, prefill, decode, arrival_rate=v["arrival_rate"],
+                               peak_arrival_rate=v["peak_arrival_rate"])
 
     def in_flight_by_pod(self, sel: Selector, role: str) -> dict[str, float]:
         """Running + waiting requests per pod (label `pod`), for pod-deletion-cost."""

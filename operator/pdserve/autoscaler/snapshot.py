@@ -59,9 +59,12 @@ class RoleMetrics:
 @dataclass(frozen=True)
 class MetricsSnapshot:
     """One evaluation of the planner's queries, taken at `time` (seconds, any epoch).
-    arrival_rate: requests/s arriving at the router, whether or not they are served yet."""
+    arrival_rate: requests/s arriving at the router, whether or not they are served yet.
+    peak_arrival_rate: the highest short-window (about 30 s) arrival rate of the last few
+    minutes: bursts shorter than a pod's start-up can only be met by capacity already there."""
 
     time: float
     prefill: RoleMetrics = field(default_factory=RoleMetrics)
     decode: RoleMetrics = field(default_factory=RoleMetrics)
     arrival_rate: float = NAN
+    peak_arrival_rate: float = NAN
