@@ -100,6 +100,7 @@ def run(args: argparse.Namespace, workdir: Path, state_dir: Path,
 
 
 def _tidy_section(local: kubernetes.LocalCluster | None, keep: bool) -> None:
-    report.section(5, "Tidy up: the local processes and the operator are stopped")
+    stopped = "Prometheus, router and workers" + (" and the operator" if local else "")
+    report.section(5, f"Tidy up: {stopped} stopped")
     if local is not None:
         kubernetes.tidy(local, keep)
