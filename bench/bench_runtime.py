@@ -129,14 +129,15 @@ def bench_priority(args: argparse.Namespace) -> None:
 def bench_gpu(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     path = Path(tempfile.mkdtemp(prefix="pdserve-qwen3-0.6b-"))
-    init_model(path, "qwen3-0.6b", "qwen3")
-    engine = LLMEngine(EngineConfig(model=str(path), device=args.device, dtype="bfloat16",
-                                    max_num_seqs=args.gpu_batch, max_model_len=4096,
+    init_model(path, args.gpu_preset, "qwen3")
+    engine = LLMEngine(EngineConfig(model=str(path), device=args.device, dtype=args.dtype,
+                                    max_num_seqs=args.gpu_batch, max_model_len=2048,
                                     max_num_batched_tokens=8192))  # fmt: skip
     requests = mixed_requests(args.gpu_batch, 4000, (512, 512), (128, 128), seed=4)
     run_engine(engine, requests[:2])
     elapsed = run_engine(engine, requests)["elapsed"]
-    print(f"== gpu ({torch.cuda.get_device_name(device)}): Qwen3-0.6B-shaped, bf16, "
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"== gpu ({name}): {args.gpu_preset}-shaped qwen3, {engine.dtype}, "
           f"{len(requests)} x (512 prompt + 128 output)")  # fmt: skip
     print(f"end to end: {sum(r.max_tokens for r in requests) / elapsed:.0f} output tok/s")
     for batch in (1, args.gpu_batch):  # steady decode steps at context ~640
@@ -173,6 +174,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=2048, help="max_num_batched_tokens")
     parser.add_argument("--hf-single", type=int, default=8, help="0 skips the slow baseline")
     parser.add_argument("--gpu-batch", type=int, default=64)
+    parser.add_argument("--gpu-preset", default="qwen3-0.6b", help="tiny: a CPU smoke test")
+    parser.add_argument("--dtype", default="auto", help="engine dtype (auto: bf16 on CUDA)")
     parser.add_argument("--bandwidth", type=float, default=3.35, help="TB/s (H100 SXM)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
