@@ -33,7 +33,7 @@ RELEASE = "pdserve-helm"
 OPERATOR = f"{RELEASE}-operator"
 CRD = "llmservices.pdserve.dev"
 STORY = ROOT / "manifests" / "samples" / "story-generation-gpu.yaml"
-CONVERGE_S = 90
+CONVERGE_S = 150
 
 
 def helm_ok(cluster: Cluster, *args: str) -> str:
@@ -139,7 +139,7 @@ def converged(api: Api, namespace: str, name: str) -> dict[str, Any] | None:
     return service
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_namespaced_operator_serves_only_its_namespace(
     cluster: Cluster, release: tuple[str, str], operator: OperatorProcess, api: Api
 ) -> None:

@@ -35,9 +35,9 @@ pytestmark = [pytest.mark.e2e]
 
 SYSTEM_NAMESPACE = "pdserve-system"
 OPERATOR = "pdserve-operator"
-CONVERGE_S = 90
+CONVERGE_S = 150
 # Children with no event handler of their own come back with the periodic re-check (30 s).
-RESYNC_S = 90
+RESYNC_S = 150
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def samples(
         delete_llmservices(api, namespace, operator)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_samples_get_their_children(
     samples: tuple[str, dict[str, dict[str, Any]]], api: Api
 ) -> None:
@@ -215,7 +215,7 @@ def node_matches(labels: dict[str, str], kind: str, topology: str | None) -> boo
     return all(labels.get(key) == value for key, value in wanted.items())
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_worker_pods_land_on_the_pool_their_sample_names(
     samples: tuple[str, dict[str, dict[str, Any]]], api: Api
 ) -> None:
@@ -237,7 +237,7 @@ def test_worker_pods_land_on_the_pool_their_sample_names(
     assert {"gpu", "tpu"} <= families
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_samples_are_ready_and_shown_by_kubectl_get(
     samples: tuple[str, dict[str, dict[str, Any]]], cluster: Cluster, api: Api
 ) -> None:
@@ -263,7 +263,7 @@ def test_samples_are_ready_and_shown_by_kubectl_get(
 # --- changes, drift, deletion, shortage ----------------------------------------------------------
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_spec_changes_roll_the_children(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
@@ -307,7 +307,7 @@ def test_spec_changes_roll_the_children(
     assert service["status"]["decode"]["summary"] == "3/3"
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_deleted_children_are_restored(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
@@ -333,7 +333,7 @@ def test_deleted_children_are_restored(
     wait_converged(api, operator, llm_namespace, "drift")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_edited_child_is_repaired(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
@@ -348,7 +348,7 @@ def test_edited_child_is_repaired(
     wait_until(repaired, RESYNC_S, "the hand-scaled Deployment to be put back", operator)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_deleting_the_llmservice_collects_its_children(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
@@ -372,7 +372,7 @@ def test_deleting_the_llmservice_collects_its_children(
     )
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_more_tpus_than_exist_is_degraded(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
@@ -549,7 +549,7 @@ def test_invalid_spec_is_rejected_by_the_apiserver(
 CRASH_SERVICES = 6
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_operator_killed_mid_reconcile_converges_after_restart(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
