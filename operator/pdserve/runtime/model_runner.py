@@ -22,9 +22,9 @@ from pdserve.runtime.attention import (
 from pdserve.runtime.models.llama import CausalLM
 from pdserve.runtime.sequence import Sequence
 
-# Decodes of very different context lengths are split into a few padded batches.
-MAX_DECODE_GROUPS = 4
-MIN_DECODE_GROUP_SIZE = 8
+# Decodes are attended in padded batches of at most this many sequences of similar context
+# length: less padding, and the gathered K/V of a batch stays in the CPU's cache for attention.
+DECODE_GROUP_ROWS = 8
 
 
 class ScheduledChunk(Protocol):
@@ -47,9 +47,9 @@ class ModelRunner:
         return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
 
     def _decode_groups(self, decodes: list[ScheduledChunk]) -> list[DecodeGroup]:
-        """Split decodes (sorted by context length) into up to MAX_DECODE_GROUPS padded batches."""
+        """Split decodes (sorted by context length) into padded batches of similar lengths."""
         bs = self.block_size
-        num_groups = min(MAX_DECODE_GROUPS, max(1, len(decodes) // MIN_DECODE_GROUP_SIZE))
+        num_groups = -(-len(decodes) // DECODE_GROUP_ROWS)
         groups = []
         for g in range(num_groups):
             start, end = g * len(decodes) // num_groups, (g + 1) * len(decodes) // num_groups
