@@ -24,7 +24,7 @@ from pdserve.runtime.sequence import Sequence
 
 # Decodes are attended in padded batches of at most this many sequences of similar context
 # length: less padding, and the gathered K/V of a batch stays in the CPU's cache for attention.
-DECODE_GROUP_ROWS = 8
+DECODE_GROUP_ROWS = 4
 
 
 class ScheduledChunk(Protocol):
