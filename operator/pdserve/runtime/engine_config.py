@@ -65,7 +65,10 @@ def load_model(cfg: ModelConfig, path: Path, device: torch.device, dtype: torch.
     with torch.device(device):
         model = CausalLM(cfg)
     model.load_weights(iter_weights(path))
-    return model.to(dtype=dtype).eval()
+    model = model.to(dtype=dtype).eval()
+    if device.type == "cpu":
+        model.use_transposed_weights()
+    return model
 
 
 def _num_kv_blocks(

@@ -32,6 +32,22 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
+class Linear(nn.Linear):
+    """nn.Linear that can multiply by its weight stored transposed ([in, out] row-major): on CPU,
+    MKL runs the small-batch products of decode steps faster that way."""
+
+    def use_transposed_weight(self) -> None:
+        # The parameter becomes a view of the transposed copy: no second copy of the weights.
+        transposed = self.weight.detach().t().contiguous()
+        self.weight.data = transposed.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.is_contiguous():
+            return F.linear(x, self.weight, self.bias)
+        weight_t = self.weight.t()
+        return torch.mm(x, weight_t) if self.bias is None else torch.addmm(self.bias, x, weight_t)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -40,8 +56,8 @@ class Attention(nn.Module):
         self.head_dim = cfg.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, cfg.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, cfg.o_bias)
+        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, cfg.qkv_bias)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, cfg.o_bias)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.scale = self.head_dim**-0.5
@@ -68,8 +84,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -137,6 +153,12 @@ class CausalLM(nn.Module):
         for layer, kv in zip(self.layers, self.kv_layers, strict=True):
             x = layer(x, rope, kv, meta)
         return self.norm(x)
+
+    def use_transposed_weights(self) -> None:
+        """Store the decoder layers' projection weights transposed (a CPU speed-up)."""
+        for module in self.layers.modules():
+            if isinstance(module, Linear):
+                module.use_transposed_weight()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
