@@ -153,23 +153,6 @@ def test_health_returns_only_argocd_statuses() -> None:
     assert "Suspended" not in script and "Missing" not in script
 
 
-@pytest.mark.timeout(30)
-def test_application_points_at_the_chart() -> None:
-    app = yaml.safe_load((ARGOCD / "application.yaml").read_text())
-    assert app["apiVersion"] == "argoproj.io/v1alpha1" and app["kind"] == "Application"
-    source = app["spec"]["source"]
-    chart_dir = ROOT / source["path"]
-    assert (chart_dir / "Chart.yaml").is_file(), source["path"]
-    assert "REPLACE-ME" in source["repoURL"], "the repo URL must be an obvious placeholder"
-    options = app["spec"]["syncPolicy"]["syncOptions"]
-    assert "ServerSideApply=true" in options and "CreateNamespace=true" in options
-    values = source["helm"]["valuesObject"]
-    chart_values = yaml.safe_load((chart_dir / "values.yaml").read_text())
-    for key, sub in values.items():
-        assert key in chart_values, f"Application sets unknown chart value {key}"
-        assert set(sub) <= set(chart_values[key]), f"unknown keys under {key}: {sub}"
-
-
 def deployment(replicas: int, ready: int) -> dict[str, Any]:
     return {
         "metadata": {"generation": 1},
