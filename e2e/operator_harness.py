@@ -72,7 +72,9 @@ class OperatorProcess:
             "--metrics-port",
             str(self.metrics_port),
         ]
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PDSERVE_IMAGE="pdserve:e2e")
+        # No KUBECONFIG in the environment: --kubeconfig alone must lead to the cluster.
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        env["PDSERVE_IMAGE"] = "pdserve:e2e"
         with self.log_path.open("ab") as log:
             log.write(f"\n==== start {' '.join(command)}\n".encode())
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

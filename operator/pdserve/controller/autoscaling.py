@@ -8,7 +8,6 @@ reports the decision as an Event, the ScalingLimited condition and operator metr
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -156,21 +155,7 @@ def _announce(kube: Kube, body: kopf.Body, memo: Any, decision: Decision, replic
 
 def _event(kube: Kube, body: kopf.Body, kind: str, reason: str, message: str,
            stamp: str) -> None:
-    """Posted directly: the operator's kopf settings post only warnings, and scaling actions
-    are Normal events."""
-    meta = body.get("metadata", {})
-    event = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}-planner-"),
-        involved_object=client.V1ObjectReference(
-            api_version=f"{GROUP}/{VERSION}", kind="LLMService", name=meta["name"],
-            namespace=meta["namespace"], uid=meta.get("uid")),
-        reason=reason, message=message[:1024], type=kind, first_timestamp=stamp,
-        last_timestamp=stamp, count=1,
-        source=client.V1EventSource(component=PLANNER_FIELD_MANAGER),
-        reporting_component=PLANNER_FIELD_MANAGER)
-    # An Event is informative; the status already carries the decision.
-    with contextlib.suppress(client.ApiException):
-        client.CoreV1Api(kube.api).create_namespaced_event(meta["namespace"], event)
+    kube.post_event(body, kind, reason, message, component=PLANNER_FIELD_MANAGER, stamp=stamp)
 
 
 def _export(namespace: str, name: str, decision: Decision) -> None:

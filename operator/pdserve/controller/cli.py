@@ -70,6 +70,10 @@ def main(argv: list[str]) -> int:
     except config.ConfigException as exc:
         print(f"pdserve operator: no Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
+    if args.kubeconfig:
+        # kopf's default login goes through the kubernetes library, whose default kubeconfig
+        # path was fixed at import; this one reads $KUBECONFIG, set above, when it logs in.
+        kopf.on.login()(kopf.login_with_kubeconfig)
     import pdserve.controller.autoscaling  # registers the planner's kopf timer
     import pdserve.controller.handlers  # noqa: F401  (registers the kopf handlers)
     if args.metrics_port:

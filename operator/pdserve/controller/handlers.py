@@ -6,14 +6,14 @@ import hashlib
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
 from pdserve.api.resource import GROUP, PLURAL, VERSION
 from pdserve.controller import metrics
 from pdserve.controller.kube import Kube
-from pdserve.controller.names import LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY
+from pdserve.controller.names import FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY
 from pdserve.controller.reconcile import reconcile
 from pdserve.controller.status import status_changed
 
@@ -70,26 +70,22 @@ def sync(kube: Kube, namespace: str, name: str, *, apply: bool, trigger: str) ->
             return
         status = reconcile(kube, current, apply=apply, trigger=trigger)
         previous = current.get("status") or {}
-        _announce(current, previous, status)
+        _announce(kube, current, previous, status)
         if status_changed(previous, status):
             kube.patch_status(namespace, name, status)
             metrics.STATUS_PATCHES.inc()
 
 
-def _announce(body: Mapping[str, Any], previous: Mapping[str, Any],
+def _announce(kube: Kube, body: Mapping[str, Any], previous: Mapping[str, Any],
               status: Mapping[str, Any]) -> None:
     """Events for the transitions people watch for: Degraded and Ready turning True."""
     before = {c["type"]: c for c in previous.get("conditions") or []}
     for condition in status["conditions"]:
         turned_true = (condition["status"] == "True"
                        and before.get(condition["type"], {}).get("status") != "True")
-        # kopf.event, not kopf.info: posting.level hides INFO, which is meant for kopf's chatter.
-        if turned_true and condition["type"] == "Degraded":
-            kopf.event(cast(kopf.Body, body), type="Warning", reason=condition["reason"],
-                       message=condition["message"])
-        elif turned_true and condition["type"] == "Ready":
-            kopf.event(cast(kopf.Body, body), type="Normal", reason="Ready",
-                       message=condition["message"])
+        if turned_true and condition["type"] in ("Degraded", "Ready"):
+            kube.post_event(body, "Warning" if condition["type"] == "Degraded" else "Normal",
+                            condition["reason"], condition["message"], component=FIELD_MANAGER)
 
 
 @kopf.on.resume(**_LLMS, id="reconcile")

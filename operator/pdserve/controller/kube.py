@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -91,3 +93,20 @@ class Kube:
         """Merge-patch the status subresource (never the spec)."""
         self._call("PATCH", "LLMService", namespace, f"{name}/status",
                    body={"status": dict(status)}, content_type="application/merge-patch+json")
+
+    def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str, *,
+                   component: str, stamp: str | None = None) -> None:
+        """Post an Event about an LLMService. Direct, not kopf.event: it is called from threads
+        outside kopf's context too. An Event is informative: a refusal is not an error."""
+        meta = involved["metadata"]
+        stamp = stamp or datetime.now(UTC).isoformat()
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}-"),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind="LLMService", name=meta["name"],
+                namespace=meta["namespace"], uid=meta.get("uid")),
+            reason=reason, message=message[:1024], type=type_, first_timestamp=stamp,
+            last_timestamp=stamp, count=1, source=client.V1EventSource(component=component),
+            reporting_component=component)
+        with contextlib.suppress(client.ApiException):
+            client.CoreV1Api(self.api).create_namespaced_event(meta["namespace"], event)
