@@ -3,7 +3,6 @@ the real apiserver is exercised by e2e/test_operator_*.py)."""
 
 import copy
 
-import pytest
 from kubernetes.client import ApiException
 
 from pdserve.controller import handlers
@@ -19,6 +18,7 @@ class MemoryKube:
         self.patches = []
         self.deployments = {}
         self.refuse_kind = None
+        self.events = []
 
     def llmservice(self, namespace, name):
         return copy.deepcopy(self.service)
@@ -37,6 +37,9 @@ class MemoryKube:
     def pods(self, namespace, service):
         return []
 
+    def post_event(self, involved, type_, reason, message, *, component, stamp=None):
+        self.events.append((type_, reason))
+
     def patch_status(self, namespace, name, status):
         self.patches.append(status)
         self.service["status"] = {**self.service.get("status", {}), **status}
@@ -48,14 +51,6 @@ def _service(spec):
             "spec": spec}
 
 
-@pytest.fixture
-def events(monkeypatch):
-    posted = []
-    monkeypatch.setattr(handlers.kopf, "event",
-                        lambda body, type, reason, message: posted.append((type, reason)))
-    return posted
-
-
 def _sync(kube):
     handlers.sync(kube, "ns", "chat", apply=True, trigger="test")
 
@@ -64,7 +59,7 @@ def _condition(kube, kind):
     return next(c for c in kube.service["status"]["conditions"] if c["type"] == kind)
 
 
-def test_applies_children_and_writes_status_once(events):
+def test_applies_children_and_writes_status_once():
     kube = MemoryKube(_service({"model": {"source": {"builtin": "tiny"}}}))
     _sync(kube)
     assert len(kube.applied) == 12 and len(kube.patches) == 1
@@ -78,20 +73,20 @@ def test_applies_children_and_writes_status_once(events):
     kube.deployments = {role: ready for role in ("prefill", "decode", "router")}
     _sync(kube)
     assert _condition(kube, "Ready")["status"] == "True"
-    assert events == [("Normal", "Ready")]
+    assert kube.events == [("Normal", "Ready")]
 
 
-def test_invalid_spec_degrades_without_applying(events):
+def test_invalid_spec_degrades_without_applying():
     kube = MemoryKube(_service({"model": {"source": {"builtin": "tiny", "path": "/m"}}}))
     _sync(kube)
     assert kube.applied == []
     degraded = _condition(kube, "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "InvalidSpec"
     assert "exactly one model source" in degraded["message"]
-    assert events == [("Warning", "InvalidSpec")]
+    assert kube.events == [("Warning", "InvalidSpec")]
 
 
-def test_refused_children_degrade_with_the_apiservers_answer(events):
+def test_refused_children_degrade_with_the_apiservers_answer():
     kube = MemoryKube(_service({"model": {"source": {"builtin": "tiny"}}}))
     kube.refuse_kind = "NetworkPolicy"
     _sync(kube)
@@ -100,7 +95,7 @@ def test_refused_children_degrade_with_the_apiservers_answer(events):
     assert "NetworkPolicy chat-prefill-workers: 422" in degraded["message"]
 
 
-def test_disabled_network_policies_are_removed(events):
+def test_disabled_network_policies_are_removed():
     kube = MemoryKube(_service({"model": {"source": {"builtin": "tiny"}},
                                 "networkPolicy": {"enabled": False}}))
     _sync(kube)
@@ -108,7 +103,7 @@ def test_disabled_network_policies_are_removed(events):
     assert not [c for c in kube.applied if c["kind"] == "NetworkPolicy"]
 
 
-def test_a_deleted_llmservice_is_left_alone(events):
+def test_a_deleted_llmservice_is_left_alone():
     kube = MemoryKube(None)
     _sync(kube)
     assert kube.applied == [] and kube.patches == []

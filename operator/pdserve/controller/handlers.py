@@ -83,9 +83,12 @@ def _announce(kube: Kube, body: Mapping[str, Any], previous: Mapping[str, Any],
     for condition in status["conditions"]:
         turned_true = (condition["status"] == "True"
                        and before.get(condition["type"], {}).get("status") != "True")
-        if turned_true and condition["type"] in ("Degraded", "Ready"):
-            kube.post_event(body, "Warning" if condition["type"] == "Degraded" else "Normal",
-                            condition["reason"], condition["message"], component=FIELD_MANAGER)
+        if turned_true and condition["type"] == "Degraded":
+            kube.post_event(body, "Warning", condition["reason"], condition["message"],
+                            component=FIELD_MANAGER)
+        elif turned_true and condition["type"] == "Ready":
+            kube.post_event(body, "Normal", "Ready", condition["message"],
+                            component=FIELD_MANAGER)
 
 
 @kopf.on.resume(**_LLMS, id="reconcile")
