@@ -501,10 +501,6 @@ INVALID_SPECS = {
     "router-zero-replicas": (invalid("router.replicas", 0), "spec.router.replicas"),
 }
 
-# Rules the models leave to the apiserver's CEL (the operator never sees such a spec).
-APISERVER_ONLY = {"gpu-in-resources"}
-
-
 @pytest.fixture(scope="module")
 def dry_run_namespace(installed: Cluster) -> Iterator[str]:
     with installed.namespace("invalid-specs") as namespace:
@@ -539,9 +535,8 @@ def test_invalid_spec_is_rejected_by_the_apiserver(
     assert done.returncode != 0, f"{case} was accepted"
     assert message in done.stderr, done.stderr
     # The operator's own models refuse it too: the CRD and the models agree.
-    if case not in APISERVER_ONLY:
-        with pytest.raises(ValidationError):
-            LLMServiceSpec.model_validate(spec)
+    with pytest.raises(ValidationError):
+        LLMServiceSpec.model_validate(spec)
 
 
 # --- crash in the middle of reconciling ----------------------------------------------------------
