@@ -1,11 +1,13 @@
 """`pdserve model ...`: model tools. `pdserve model init DIR [--preset tiny|small]
-[--family llama|qwen2|qwen3]` writes a deterministic model in Hugging Face layout."""
+[--family llama|qwen2|qwen3]` writes a deterministic model in Hugging Face layout;
+`pdserve model fetch URI DIR` downloads one (the operator's init container for source.uri)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from pdserve.runtime.model_fetch import FetchError, fetch_model
 from pdserve.runtime.model_init import FAMILIES, PRESETS, init_model
 
 
@@ -31,11 +33,22 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="split the weights into shards of at most this size, with an index",
     )
+    fetch = sub.add_parser("fetch", help="download a model (hf://, s3://, gs://, file://) to DIR")
+    fetch.add_argument("uri")
+    fetch.add_argument("dir", help="output directory (created if missing)")
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "fetch":
+        try:
+            path = fetch_model(args.uri, args.dir)
+        except (FetchError, OSError) as exc:
+            print(f"pdserve model fetch: {exc}", file=sys.stderr)
+            return 1
+        print(f"fetched {args.uri} to {path}")
+        return 0
     shard_bytes = None if args.max_shard_mb is None else int(args.max_shard_mb * 1024 * 1024)
     if shard_bytes is not None and shard_bytes <= 0:
         print("pdserve model init: --max-shard-mb must be positive", file=sys.stderr)
