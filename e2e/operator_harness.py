@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTALL_YAML = ROOT / "manifests" / "install.yaml"
 CHART = ROOT / "charts" / "pdserve"
 SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
+# What manifests/install.yaml creates.
+SYSTEM_NAMESPACE = "pdserve-system"
+OPERATOR = "pdserve-operator"
 CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy")
 
 T = TypeVar("T")
@@ -282,6 +285,25 @@ def running_operator(
         yield operator
     finally:
         operator.stop()
+
+
+def install_manifests(cluster: Cluster) -> None:
+    """`kubectl apply --server-side` of install.yaml, then its in-cluster operator scaled to 0:
+    KWOK nodes run no containers, so the operator runs as a local process instead."""
+    cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
+    cluster.kubectl("wait", "--for=condition=Established", "crd/llmservices.pdserve.dev",
+                    "--timeout=60s", timeout=90)
+    cluster.kubectl("-n", SYSTEM_NAMESPACE, "scale", f"deployment/{OPERATOR}", "--replicas=0")
+
+
+@contextlib.contextmanager
+def installed_operator(cluster: Cluster, workdir: Path) -> Iterator[OperatorProcess]:
+    """The operator of install.yaml run here with its ServiceAccount's token, so the install's
+    RBAC is exactly what it works with."""
+    kubeconfig = service_account_kubeconfig(cluster, SYSTEM_NAMESPACE, OPERATOR,
+                                            workdir / "operator.kubeconfig")
+    with running_operator(kubeconfig, ["--all-namespaces"], workdir / "operator.log") as running:
+        yield running
 
 
 def delete_llmservices(api: Api, namespace: str, operator: OperatorProcess | None = None) -> None:

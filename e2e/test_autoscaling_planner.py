@@ -18,21 +18,18 @@ from e2e.autoscaling_load import Load
 from e2e.cluster.session import Cluster
 from e2e.local_processes import Process, router, running, worker
 from e2e.operator_harness import (
-    INSTALL_YAML,
     Api,
     OperatorProcess,
     condition,
     delete_llmservices,
-    running_operator,
-    service_account_kubeconfig,
+    install_manifests,
+    installed_operator,
     wait_until,
 )
 from e2e.prometheus import PrometheusServer, Target, running_prometheus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.prometheus, pytest.mark.slow]
 
-SYSTEM_NAMESPACE = "pdserve-system"
-OPERATOR = "pdserve-operator"
 BUDGET = 5
 INTERVAL_S = 5
 
@@ -42,14 +39,8 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[OperatorProcess]:
     """The chart's install with the operator run here under its ServiceAccount (no kubelet
     behind KWOK nodes): the planner's RBAC is the chart's."""
-    cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/llmservices.pdserve.dev",
-                    "--timeout=60s", timeout=90)
-    cluster.kubectl("-n", SYSTEM_NAMESPACE, "scale", f"deployment/{OPERATOR}", "--replicas=0")
-    workdir = tmp_path_factory.mktemp("planner-operator")
-    kubeconfig = service_account_kubeconfig(cluster, SYSTEM_NAMESPACE, OPERATOR,
-                                            workdir / "kubeconfig")
-    with running_operator(kubeconfig, ["--all-namespaces"], workdir / "operator.log") as found:
+    install_manifests(cluster)
+    with installed_operator(cluster, tmp_path_factory.mktemp("planner-operator")) as found:
         yield found
 
 

@@ -15,16 +15,18 @@ from pydantic import ValidationError
 from e2e.cluster.session import Cluster
 from e2e.operator_harness import (
     INSTALL_YAML,
+    OPERATOR,
     SAMPLES,
+    SYSTEM_NAMESPACE,
     Api,
     OperatorProcess,
     condition,
     delete_llmservices,
     expected_children,
+    install_manifests,
+    installed_operator,
     is_true,
     observed_current,
-    running_operator,
-    service_account_kubeconfig,
     wait_until,
 )
 from pdserve.api.accelerators import accelerator_facts
@@ -33,8 +35,6 @@ from pdserve.controller.names import LABEL_ROLE, LABEL_SERVICE
 
 pytestmark = [pytest.mark.e2e]
 
-SYSTEM_NAMESPACE = "pdserve-system"
-OPERATOR = "pdserve-operator"
 CONVERGE_S = 150
 # Children with no event handler of their own come back with the periodic re-check (30 s).
 RESYNC_S = 150
@@ -42,16 +42,7 @@ RESYNC_S = 150
 
 @pytest.fixture(scope="module")
 def installed(cluster: Cluster) -> Cluster:
-    cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/llmservices.pdserve.dev",
-        "--timeout=60s",
-        timeout=90,
-    )
-    # No kubelet behind KWOK nodes: the operator runs here, not in the Deployment's pod.
-    cluster.kubectl("-n", SYSTEM_NAMESPACE, "scale", f"deployment/{OPERATOR}", "--replicas=0")
+    install_manifests(cluster)
     return cluster
 
 
@@ -65,11 +56,7 @@ def operator(
     installed: Cluster,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    workdir = tmp_path_factory.mktemp("operator-kubectl")
-    kubeconfig = service_account_kubeconfig(
-        installed, SYSTEM_NAMESPACE, OPERATOR, workdir / "kubeconfig"
-    )
-    with running_operator(kubeconfig, ["--all-namespaces"], workdir / "operator.log") as running:
+    with installed_operator(installed, tmp_path_factory.mktemp("operator-kubectl")) as running:
         yield running
 
 

@@ -17,11 +17,13 @@ import yaml
 
 from e2e.cluster.session import Cluster
 from e2e.operator_harness import (
-    INSTALL_YAML,
+    OPERATOR,
     ROOT,
+    SYSTEM_NAMESPACE,
     Api,
     OperatorProcess,
     delete_llmservices,
+    install_manifests,
     running_operator,
     service_account_kubeconfig,
     wait_until,
@@ -35,8 +37,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SERVICES = 200
 TIMED = 20  # applied one by one and timed; the rest are applied in one batch
-SYSTEM_NAMESPACE = "pdserve-system"
-OPERATOR = "pdserve-operator"
 RESYNC_S = 30
 # Workers at 0 replicas and a tiny router: the operator's work per LLMService is the same, and
 # 200 router pods still fit the local CPU pool.
@@ -97,15 +97,7 @@ def scale_setup(
     cluster: Cluster,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, OperatorProcess, Api]]:
-    cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/llmservices.pdserve.dev",
-        "--timeout=60s",
-        timeout=90,
-    )
-    cluster.kubectl("-n", SYSTEM_NAMESPACE, "scale", f"deployment/{OPERATOR}", "--replicas=0")
+    install_manifests(cluster)
     api = Api(cluster)
     workdir = tmp_path_factory.mktemp("operator-scale")
     kubeconfig = service_account_kubeconfig(

@@ -18,21 +18,20 @@ from e2e.cluster.session import Cluster
 from e2e.demo import report
 from e2e.operator_harness import (
     INSTALL_YAML,
+    OPERATOR,
     SAMPLES,
+    SYSTEM_NAMESPACE,
     Api,
     OperatorProcess,
     delete_llmservices,
+    installed_operator,
     is_true,
     observed_current,
-    running_operator,
-    service_account_kubeconfig,
     wait_until,
 )
 from pdserve.controller.names import LABEL_ROLE, LABEL_SERVICE
 
 NAMESPACE = "pdserve-demo"
-SYSTEM_NAMESPACE = "pdserve-system"
-OPERATOR = "pdserve-operator"
 READY_TIMEOUT_S = 240
 POOL_LABELS = ("pdserve.dev/pool", "cloud.google.com/gke-accelerator",
                "cloud.google.com/gke-tpu-accelerator", "cloud.google.com/gke-tpu-topology")
@@ -77,9 +76,7 @@ def install(cluster: Cluster) -> None:
 
 @contextlib.contextmanager
 def operator(cluster: Cluster, workdir: Path) -> Iterator[OperatorProcess]:
-    kubeconfig = service_account_kubeconfig(cluster, SYSTEM_NAMESPACE, OPERATOR,
-                                            workdir / "operator.kubeconfig")
-    with running_operator(kubeconfig, ["--all-namespaces"], workdir / "operator.log") as process:
+    with installed_operator(cluster, workdir) as process:
         report.say(f"operator running (pid {process.proc.pid if process.proc else '?'}, "
                    f"log {workdir / 'operator.log'})")
         yield process
