@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from manifests_generator import GENERATE
 
 ROOT = Path(__file__).resolve().parents[1]
 APPLICATION = ROOT / "manifests" / "argocd" / "application.yaml"
@@ -17,17 +17,6 @@ APPLICATION = ROOT / "manifests" / "argocd" / "application.yaml"
 def application() -> dict[str, Any]:
     app: dict[str, Any] = yaml.safe_load(APPLICATION.read_text())
     return app
-
-
-def find_helm() -> Path | None:
-    spec = importlib.util.spec_from_file_location(
-        "manifests_generate", ROOT / "manifests" / "generate.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    found: Path | None = module.find_helm()
-    return found
 
 
 @pytest.mark.timeout(10)
@@ -45,7 +34,7 @@ def test_application_points_at_the_chart() -> None:
 
 @pytest.mark.timeout(60)
 def test_application_values_render_the_chart(tmp_path: Path) -> None:
-    helm = find_helm()
+    helm = GENERATE.find_helm()
     if helm is None:
         pytest.skip("helm not built (make cluster-build) nor on PATH")
     source = application()["spec"]["source"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,24 +9,14 @@ from typing import Any
 
 import pytest
 import yaml
+from manifests_generator import GENERATE
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "pdserve"
 RELEASE_NAMESPACE = "serving"
 
 
-def _find_helm() -> Path | None:
-    spec = importlib.util.spec_from_file_location(
-        "manifests_generate", ROOT / "manifests" / "generate.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    found: Path | None = module.find_helm()
-    return found
-
-
-HELM = _find_helm()
+HELM = GENERATE.find_helm()
 pytestmark = [
     pytest.mark.skipif(HELM is None, reason="helm not built (make cluster-build) nor on PATH"),
     pytest.mark.timeout(60),

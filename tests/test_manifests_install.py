@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from manifests_generator import GENERATE
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "manifests_generate", ROOT / "manifests" / "generate.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GENERATE = generator()
 HELM = GENERATE.find_helm()
 
 
