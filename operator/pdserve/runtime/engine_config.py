@@ -67,7 +67,7 @@ def load_model(cfg: ModelConfig, path: Path, device: torch.device, dtype: torch.
     model.load_weights(iter_weights(path))
     model = model.to(dtype=dtype).eval()
     if device.type == "cpu":
-        model.use_transposed_weights()
+        model.pack_linear_weights()
     return model
 
 
