@@ -14,6 +14,12 @@ RUN groupadd --system --gid 10001 pdserve \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/pdserve \
     --shell /usr/sbin/nologin pdserve
 
+# A C compiler: CPU workers build their paged-attention kernel on first start (into /tmp when
+# the home directory is read-only); without it they fall back to a slower pure-torch path.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 # A CPU-only image (no CUDA libraries, ~3 GB smaller):
 #   docker build --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu .
 ARG PIP_EXTRA_INDEX_URL

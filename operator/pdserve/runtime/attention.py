@@ -1,10 +1,11 @@
-"""Paged attention in pure torch.
+"""Paged attention.
 
 Each step's new tokens are laid out flat: first the single-token decodes, then the prefill
-chunks. New K/V are written into the paged cache through `slot_mapping`. Decodes attend over
-their context gathered block by block into padded batches of similar lengths (padding costs
-memory traffic, the CPU's bottleneck here), the query heads of a KV group standing in for the
-query length (so grouped-query attention needs no K/V repetition). A prefill
+chunks. New K/V are written into the paged cache through `slot_mapping`. On CPU the decodes go
+to a C kernel that reads their context straight out of the cache blocks (`KernelDecodes`).
+Elsewhere (CUDA, or no C compiler) decodes attend over their context gathered block by block
+into padded batches of similar lengths (`DecodeGroup`), the query heads of a KV group standing
+in for the query length (so grouped-query attention needs no K/V repetition). A prefill
 chunk with nothing cached before it attends causally over its own new K/V; one that continues a
 cached prefix (prefix cache or an earlier chunk) gathers its context blocks and uses a causal
 mask offset by the cached length.
@@ -12,10 +13,13 @@ mask offset by the cached length.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from pdserve.runtime.cpu_kernels.paged_decode import paged_decode
 
 
 @dataclass
@@ -39,6 +43,15 @@ class DecodeGroup:
     end: int
     blocks: torch.Tensor  # [rows, max_blocks] block tables, padded with block 0
     mask: torch.Tensor  # [rows, 1, 1, max_blocks * block_size] True for valid keys
+
+
+@dataclass
+class KernelDecodes:
+    """All decodes, rows [0, len(context_lens)), for the CPU paged-decode kernel."""
+
+    library: ctypes.CDLL
+    block_tables: torch.Tensor  # int64 [rows, max_blocks], padded with block 0
+    context_lens: torch.Tensor  # int64 [rows] tokens to attend over, the new one included
 
 
 class GatherWorkspace:
@@ -73,6 +86,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot (block * block_size + offset) of every new token
     decodes: list[DecodeGroup]  # the single-token decodes come first in the flat batch
     prefills: list[PrefillChunk]
+    kernel_decodes: KernelDecodes | None = None  # instead of `decodes`, on CPU
     workspace: GatherWorkspace = field(default_factory=GatherWorkspace)
 
 
@@ -90,6 +104,11 @@ def paged_attention(
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
     out = torch.empty_like(q)
+    if meta.kernel_decodes is not None:
+        kd = meta.kernel_decodes
+        rows = kd.context_lens.shape[0]
+        paged_decode(kd.library, q[:rows].contiguous(), k_cache, v_cache, kd.block_tables,
+                     kd.context_lens, out[:rows], scale)  # fmt: skip
     for group in meta.decodes:
         b = group.end - group.start
         qd = q[group.start : group.end].view(b, num_kv_heads, -1, head_dim)

@@ -1,9 +1,10 @@
 """Turning one scheduler step into a model forward pass.
 
 From the scheduled chunks it builds the flat inputs (token ids, positions, cache slots; decodes
-first, then prefill chunks), the attention metadata (padded block tables for the decodes, context
-blocks for prefill chunks that continue a cached prefix), runs the model and returns logits only
-for the sequences whose chunk reached their last known token (the ones that need a sample).
+first, then prefill chunks), the attention metadata (padded block tables for the decodes: one
+table for the CPU kernel, or groups of similar lengths for the SDPA path; context blocks for
+prefill chunks that continue a cached prefix), runs the model and returns logits only for the
+sequences whose chunk reached their last known token (the ones that need a sample).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pdserve.runtime.attention import (
     AttentionMetadata,
     DecodeGroup,
     GatherWorkspace,
+    KernelDecodes,
     PrefillChunk,
 )
+from pdserve.runtime.cpu_kernels import paged_decode
 from pdserve.runtime.models.llama import CausalLM
 from pdserve.runtime.sequence import Sequence
 
@@ -42,6 +45,12 @@ class ModelRunner:
         self.block_size = block_size
         self.device = device
         self.workspace = GatherWorkspace()
+        cfg = model.config
+        dtype = model.embed_tokens.weight.dtype
+        kernel_fits = paged_decode.supports(
+            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, block_size, dtype
+        )
+        self.decode_kernel = paged_decode.load() if device.type == "cpu" and kernel_fits else None
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
@@ -61,6 +70,13 @@ class ModelRunner:
             mask = (keys[None, :] < lengths[:, None])[:, None, None, :]
             groups.append(DecodeGroup(start, end, self._tensor(flat).view(-1, width), mask))
         return groups
+
+    def _kernel_decodes(self, decodes: list[ScheduledChunk]) -> KernelDecodes:
+        assert self.decode_kernel is not None
+        width = -(-(decodes[-1].start + 1) // self.block_size)  # sorted: the last is the longest
+        flat = [b for c in decodes for b in (c.seq.block_table[:width] + [0] * width)[:width]]
+        lengths = self._tensor([c.start + 1 for c in decodes])
+        return KernelDecodes(self.decode_kernel, self._tensor(flat).view(-1, width), lengths)
 
     def _prefill_chunk(self, c: ScheduledChunk, row: int) -> PrefillChunk:
         if c.start == 0:
@@ -100,11 +116,13 @@ class ModelRunner:
             prefill_chunks.append(self._prefill_chunk(c, row))
             if c.needs_sample:
                 sample_rows.append(row + c.num_new_tokens - 1)
+        kernel = self.decode_kernel is not None and bool(decodes)
         meta = AttentionMetadata(
             slot_mapping=self._tensor(slots),
-            decodes=self._decode_groups(decodes) if decodes else [],
+            decodes=self._decode_groups(decodes) if decodes and not kernel else [],
             prefills=prefill_chunks,
             workspace=self.workspace,
+            kernel_decodes=self._kernel_decodes(decodes) if kernel else None,
         )
         ordered = decodes + [c for c in prefills if c.needs_sample]
         return self._tensor(ids), self._tensor(positions), meta, sample_rows, ordered

@@ -1,0 +1,1 @@
+"""Small C kernels for the CPU path, compiled on first use (see paged_decode.py)."""
