@@ -106,9 +106,10 @@ def test_load_reports_a_failed_build(monkeypatch, tmp_path, caplog):
 
 
 def test_supports_rejects_shapes_past_the_kernel_limits():
-    assert kernel.supports(12, 4, 64, 16, torch.float32)
-    assert kernel.supports(16, 8, 128, 16, torch.bfloat16)
-    assert not kernel.supports(12, 4, 64, 16, torch.float16)
-    assert not kernel.supports(64, 1, 64, 16, torch.float32)  # 64 query heads per KV head
-    assert not kernel.supports(8, 8, 1024, 16, torch.float32)
-    assert not kernel.supports(8, 8, 64, 256, torch.float32)
+    assert kernel.supports(12, 64, 16, torch.float32)
+    assert kernel.supports(16, 128, 16, torch.bfloat16)
+    assert not kernel.supports(12, 64, 16, torch.float16)
+    assert not kernel.supports(512, 64, 16, torch.float32)
+    assert not kernel.supports(128, 64, 128, torch.float32)  # scores of a block too many
+    assert not kernel.supports(8, 1024, 16, torch.float32)
+    assert not kernel.supports(8, 64, 256, torch.float32)

@@ -45,11 +45,9 @@ class ModelRunner:
         self.block_size = block_size
         self.device = device
         self.workspace = GatherWorkspace()
-        cfg = model.config
-        dtype = model.embed_tokens.weight.dtype
-        kernel_fits = paged_decode.supports(
-            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, block_size, dtype
-        )
+        cfg, dtype = model.config, model.embed_tokens.weight.dtype
+        heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+        kernel_fits = paged_decode.supports(heads, head_dim, block_size, dtype)
         self.decode_kernel = paged_decode.load() if device.type == "cpu" and kernel_fits else None
 
     def _tensor(self, values: list[int]) -> torch.Tensor:

@@ -13,11 +13,11 @@
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_GROUP 32 /* query heads per KV head */
 #define MAX_Q_HEADS 256
 #define MAX_HEAD_DIM 512
 #define MAX_Q_WIDTH 16384 /* query heads x head_dim (held on the stack twice) */
 #define MAX_BLOCK_SIZE 128
+#define MAX_SCORES 8192 /* query heads x block_size */
 
 /* Row of n elements (float32, or bfloat16 when bf16) -> float32. */
 static inline void load_row(const void *src, float *dst, int64_t n, int bf16) {
@@ -30,6 +30,13 @@ static inline void load_row(const void *src, float *dst, int64_t n, int bf16) {
     } else {
         memcpy(dst, src, sizeof(float) * n);
     }
+}
+
+/* A float32 view of a row: the row itself, or for bfloat16 its conversion into buf. */
+static inline const float *as_float(const char *src, float *buf, int64_t n, int bf16) {
+    if (!bf16) return (const float *)src;
+    load_row(src, buf, n, 1);
+    return buf;
 }
 
 /* float32 row -> float32, or bfloat16 rounded to nearest even (as torch rounds). */
@@ -54,7 +61,7 @@ static void attend_seq(const char *q, const char *k_cache, const char *v_cache,
                        int64_t num_kv_heads, int64_t head_dim, int64_t block_size, float scale,
                        int64_t elem, int bf16) {
     float qf[MAX_Q_WIDTH], acc[MAX_Q_WIDTH], row[MAX_HEAD_DIM];
-    float scores[MAX_GROUP * MAX_BLOCK_SIZE], running_max[MAX_Q_HEADS], running_sum[MAX_Q_HEADS];
+    float scores[MAX_SCORES], running_max[MAX_Q_HEADS], running_sum[MAX_Q_HEADS];
     const int64_t group = num_q_heads / num_kv_heads;
     const int64_t width = num_q_heads * head_dim, token_stride = num_kv_heads * head_dim;
     load_row(q, qf, width, bf16);
@@ -74,44 +81,45 @@ static void attend_seq(const char *q, const char *k_cache, const char *v_cache,
                 __builtin_prefetch(v_cache + next + b);
             }
         }
-        for (int64_t h = 0; h < num_kv_heads; h++) {
-            const int64_t head = base + h * head_dim * elem;
-            const float *qh = qf + h * group * head_dim;
-            float *ah = acc + h * group * head_dim;
-            for (int64_t t = 0; t < n; t++) { /* scores = q . k for the block's tokens */
-                load_row(k_cache + head + t * token_stride * elem, row, head_dim, bf16);
-                for (int64_t j = 0; j < group; j++) {
-                    const float *qj = qh + j * head_dim;
+        /* Both passes walk the block in memory order: token by token, every head's row. */
+        for (int64_t t = 0; t < n; t++) { /* scores = q . k */
+            const char *kt_row = k_cache + base + t * token_stride * elem;
+            for (int64_t h = 0; h < num_kv_heads; h++) {
+                const float *kt = as_float(kt_row + h * head_dim * elem, row, head_dim, bf16);
+                for (int64_t j = h * group; j < (h + 1) * group; j++) {
+                    const float *qj = qf + j * head_dim;
                     float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-                    for (int64_t d = 0; d < head_dim; d++) dot += qj[d] * row[d];
+                    for (int64_t d = 0; d < head_dim; d++) dot += qj[d] * kt[d];
                     scores[j * block_size + t] = dot;
                 }
             }
-            for (int64_t j = 0; j < group; j++) { /* online softmax: rescale what came before */
-                float *sj = scores + j * block_size;
-                float *mj = running_max + h * group + j, *lj = running_sum + h * group + j;
-                float block_max = *mj;
-                for (int64_t t = 0; t < n; t++) block_max = fmaxf(block_max, sj[t]);
-                const float rescale = expf(*mj - block_max);
-                float sum = 0.0f;
+        }
+        for (int64_t j = 0; j < num_q_heads; j++) { /* online softmax: rescale what came before */
+            float *sj = scores + j * block_size;
+            float block_max = running_max[j];
+            for (int64_t t = 0; t < n; t++) block_max = fmaxf(block_max, sj[t]);
+            const float rescale = expf(running_max[j] - block_max);
+            float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-                for (int64_t t = 0; t < n; t++) {
-                    sj[t] = expf(sj[t] - block_max);
-                    sum += sj[t];
-                }
-                *lj = *lj * rescale + sum;
-                *mj = block_max;
-                float *aj = ah + j * head_dim;
-                for (int64_t d = 0; d < head_dim; d++) aj[d] *= rescale;
+            for (int64_t t = 0; t < n; t++) {
+                sj[t] = expf(sj[t] - block_max);
+                sum += sj[t];
             }
-            for (int64_t t = 0; t < n; t++) { /* acc += p * v */
-                load_row(v_cache + head + t * token_stride * elem, row, head_dim, bf16);
-                for (int64_t j = 0; j < group; j++) {
+            running_sum[j] = running_sum[j] * rescale + sum;
+            running_max[j] = block_max;
+            float *aj = acc + j * head_dim;
+            for (int64_t d = 0; d < head_dim; d++) aj[d] *= rescale;
+        }
+        for (int64_t t = 0; t < n; t++) { /* acc += p * v */
+            const char *vt_row = v_cache + base + t * token_stride * elem;
+            for (int64_t h = 0; h < num_kv_heads; h++) {
+                const float *vt = as_float(vt_row + h * head_dim * elem, row, head_dim, bf16);
+                for (int64_t j = h * group; j < (h + 1) * group; j++) {
                     const float p = scores[j * block_size + t];
-                    float *aj = ah + j * head_dim;
+                    float *aj = acc + j * head_dim;
 #pragma omp simd
-                    for (int64_t d = 0; d < head_dim; d++) aj[d] += p * row[d];
+                    for (int64_t d = 0; d < head_dim; d++) aj[d] += p * vt[d];
                 }
             }
         }
@@ -127,7 +135,7 @@ int paged_decode(const void *q, const void *k_cache, const void *v_cache,
                  const int64_t *block_tables, const int64_t *context_lens, void *out,
                  int64_t num_seqs, int64_t num_q_heads, int64_t num_kv_heads, int64_t head_dim,
                  int64_t block_size, int64_t max_blocks, float scale, int bf16, int num_threads) {
-    if (num_q_heads / num_kv_heads > MAX_GROUP || num_q_heads > MAX_Q_HEADS ||
+    if (num_q_heads * block_size > MAX_SCORES || num_q_heads > MAX_Q_HEADS ||
         head_dim > MAX_HEAD_DIM || num_q_heads * head_dim > MAX_Q_WIDTH ||
         block_size > MAX_BLOCK_SIZE)
         return 1;

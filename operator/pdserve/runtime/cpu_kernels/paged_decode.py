@@ -26,19 +26,18 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("paged_decode.c")
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
 # The limits paged_decode.c checks; shapes past them use the SDPA path.
-MAX_GROUP, MAX_Q_HEADS, MAX_HEAD_DIM, MAX_Q_WIDTH, MAX_BLOCK_SIZE = 32, 256, 512, 16384, 128
+MAX_Q_HEADS, MAX_HEAD_DIM, MAX_Q_WIDTH, MAX_BLOCK_SIZE, MAX_SCORES = 256, 512, 16384, 128, 8192
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
-def supports(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
-             dtype: torch.dtype) -> bool:  # fmt: skip
+def supports(num_q_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> bool:
     return (
         dtype in _DTYPES
-        and num_q_heads // num_kv_heads <= MAX_GROUP
         and num_q_heads <= MAX_Q_HEADS
         and head_dim <= MAX_HEAD_DIM
         and num_q_heads * head_dim <= MAX_Q_WIDTH
         and block_size <= MAX_BLOCK_SIZE
+        and num_q_heads * block_size <= MAX_SCORES
     )
 
 
