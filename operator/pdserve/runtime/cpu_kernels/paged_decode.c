@@ -56,7 +56,7 @@ static inline void store_row(const float *src, void *dst, int64_t n, int bf16) {
 
 /* One sequence, every head: K/V blocks are read whole ([block_size, kv_heads, head_dim] is
  * contiguous), which the hardware prefetcher streams far better than one head's strided rows. */
-static void attend_seq(const char *q, const char *k_cache, const char *v_cache,
+static inline __attribute__((always_inline)) void attend_seq(const char *q, const char *k_cache, const char *v_cache,
                        const int64_t *blocks, int64_t length, char *out, int64_t num_q_heads,
                        int64_t num_kv_heads, int64_t head_dim, int64_t block_size, float scale,
                        int64_t elem, int bf16) {
@@ -143,9 +143,17 @@ int paged_decode(const void *q, const void *k_cache, const void *v_cache,
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
     for (int64_t s = 0; s < num_seqs; s++) {
         const int64_t offset = s * num_q_heads * head_dim * elem;
-        attend_seq((const char *)q + offset, (const char *)k_cache, (const char *)v_cache,
-                   block_tables + s * max_blocks, context_lens[s], (char *)out + offset,
-                   num_q_heads, num_kv_heads, head_dim, block_size, scale, elem, bf16);
+/* Common head sizes run code compiled for their constant size (fully unrolled loops). */
+#define ATTEND(HEAD_DIM, BF16)                                                                   \
+    attend_seq((const char *)q + offset, (const char *)k_cache, (const char *)v_cache,          \
+               block_tables + s * max_blocks, context_lens[s], (char *)out + offset,             \
+               num_q_heads, num_kv_heads, HEAD_DIM, block_size, scale, (BF16) ? 2 : 4, BF16)
+        if (head_dim == 64)
+            bf16 ? ATTEND(64, 1) : ATTEND(64, 0);
+        else if (head_dim == 128)
+            bf16 ? ATTEND(128, 1) : ATTEND(128, 0);
+        else
+            ATTEND(head_dim, bf16);
     }
     return 0;
 }
