@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "max_num_seqs": None, "max_num_batched_tokens": None, "block_size": None,
     "num_kv_blocks": None, "enable_prefix_caching": None, "kv_transport": "tcp",
     "kv_timeout": 30.0, "kv_fallback": "recompute", "drain_timeout": 30.0, "log_level": "info",
+    "threads": None,
 }
 
 
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--kv-fallback", choices=["recompute", "fail"], help="when KV does not arrive")
     add("--drain-timeout", type=_positive_float,
         help="on SIGTERM, seconds to let in-flight requests finish (default: 30)")
+    add("--threads", type=_positive_int,
+        help="torch CPU threads (default: the container's CPU limit, or every core)")
     add("--log-level", choices=["debug", "info", "warning", "error"], help="default: info")
     return parser
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
+import os
+from pathlib import Path
 
 import torch
 
@@ -76,3 +79,31 @@ def keep_cpu_memory_mapped() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 31))
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cpus_from_cgroup_quota(cpu_max: str) -> int | None:
+    """CPUs a cgroup v2 `cpu.max` ("QUOTA PERIOD" or "max PERIOD") allows, rounded up."""
+    quota, _, period = cpu_max.strip().partition(" ")
+    if quota == "max" or not period:
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def torch_threads(requested: int | None) -> int:
+    """Set torch's intra-op threads: `requested`, else (unless OMP_NUM_THREADS is set) no more
+    than the container's CPU limit and the CPUs this process may run on. torch alone counts
+    every core of the node, and a pod limited to 4 CPUs running 64 threads is throttled into
+    crawling."""
+    if requested is None and "OMP_NUM_THREADS" not in os.environ:
+        limits = [torch.get_num_threads(), len(os.sched_getaffinity(0))]
+        try:
+            quota = cpus_from_cgroup_quota(CGROUP_CPU_MAX.read_text())
+        except (OSError, ValueError):
+            quota = None
+        requested = min(limits + ([quota] if quota else []))
+    if requested is not None:
+        torch.set_num_threads(requested)
+    return torch.get_num_threads()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from pdserve.runtime.async_engine import AsyncEngine
+from pdserve.runtime.device import torch_threads
 from pdserve.runtime.engine import EngineConfig, LLMEngine
 from pdserve.runtime.server import WorkerState, create_app, serve
+
+log = logging.getLogger(__name__)
 
 # Worker settings that are EngineConfig fields; unset ones keep the engine's defaults.
 ENGINE_SETTINGS = ("model", "device", "dtype", "block_size", "num_kv_blocks", "max_num_seqs",
@@ -24,6 +28,7 @@ def engine_config(settings: dict[str, Any]) -> EngineConfig:
 
 async def load_engine(state: WorkerState) -> None:
     """Build the engine off the event loop (weights load for a while), then start stepping it."""
+    log.info("torch uses %d CPU thread(s)", torch_threads(state.settings.get("threads")))
     engine = await asyncio.to_thread(LLMEngine, engine_config(state.settings))
     state.tokenizer = engine.tokenizer
     state.max_model_len = engine.max_model_len
