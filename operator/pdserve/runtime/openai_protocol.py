@@ -95,6 +95,12 @@ class CompletionRequest(SamplingFields):
             raise ValueError("echo is not supported")
         return echo
 
+    def output_limit(self) -> int | None:
+        return self.max_tokens
+
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
+
     def single_prompt(self) -> str | list[int]:
         """The one prompt of this request: batched prompts are not supported."""
         prompt = self.prompt

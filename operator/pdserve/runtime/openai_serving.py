@@ -1,5 +1,7 @@
-"""What the completions and chat handlers share: turning a request into engine inputs, one
-generation's lifecycle (metrics, abort on early exit), SSE framing and response pieces.
+"""What the completions and chat endpoints share: the request handler itself
+(`endpoint_handler`, given an `Endpoint` that says what differs), turning a request into
+engine inputs, one generation's lifecycle (metrics, abort on early exit), SSE framing and
+response pieces.
 
 Handlers get their token source as a `SubmitFn`; role `both` uses the local engine
 (`local_submit`), and other roles can pass their own (e.g. a decode worker that looks up the
@@ -11,15 +13,23 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from pdserve.runtime.metrics import RequestTracker
-from pdserve.runtime.openai_protocol import RequestError, SamplingFields
+from pdserve.runtime.openai_protocol import (
+    PRIORITY_HEADER,
+    RequestError,
+    SamplingFields,
+    parse_priority,
+    parse_request,
+)
 from pdserve.runtime.sampling_params import SamplingParams
-from pdserve.runtime.server import STATE
+from pdserve.runtime.server import STATE, Handler, WorkerState
 
 
 class OutputStream(Protocol):
@@ -39,6 +49,49 @@ async def local_submit(request: web.Request, request_id: str, prompt_ids: list[i
                        params: SamplingParams, priority: int) -> OutputStream:
     """Role `both`: the whole request runs on this worker's engine."""
     return await request.app[STATE].engine.submit(request_id, prompt_ids, params, priority)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What tells one OpenAI generation endpoint from another. The request type has
+    `output_limit()`, `num_logprobs()`, `priority`, `stream` and `model`."""
+
+    request_type: type[Any]
+    id_prefix: str  # of the response id: "cmpl", "chatcmpl"
+    object_name: str  # the response's "object"
+    prompt_param: str  # the body field an unusable prompt is blamed on
+    default_max_tokens: int | None  # None: as many as the context leaves
+    prompt_ids: Callable[[WorkerState, Any], list[int]]
+    # (state, body, generation, response head) -> the whole response
+    complete: Callable[[WorkerState, Any, Generation, dict[str, Any]], Awaitable[web.Response]]
+    # (tokenizer, body, generation, response head) -> the SSE events
+    chunks: Callable[[Any, Any, Generation, dict[str, Any]], AsyncIterator[dict[str, Any]]]
+
+
+def endpoint_handler(endpoint: Endpoint, submit: SubmitFn) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        arrival = time.perf_counter()
+        state = request.app[STATE]
+        body = parse_request(endpoint.request_type, await request.read())
+        state.check_model(body.model)
+        prompt_ids = endpoint.prompt_ids(state, body)
+        max_tokens = resolve_max_tokens(body.output_limit(), endpoint.default_max_tokens,
+                                        len(prompt_ids), state.max_model_len,
+                                        endpoint.prompt_param)  # fmt: skip
+        params = sampling_params(body, max_tokens, body.num_logprobs())
+        priority = parse_priority(request.headers.get(PRIORITY_HEADER), body.priority)
+        request_id = f"{endpoint.id_prefix}-{uuid.uuid4().hex}"
+        generation = await start_generation(request, submit, request_id, prompt_ids, params,
+                                            priority, arrival)  # fmt: skip
+        with generation:
+            head = {"id": request_id, "object": endpoint.object_name, "created": now(),
+                    "model": state.served_model_name}  # fmt: skip
+            if body.stream:
+                events = endpoint.chunks(state.tokenizer, body, generation, head)
+                return await stream_events(request, events)
+            return await endpoint.complete(state, body, generation, head)
+
+    return handle
 
 
 def resolve_max_tokens(requested: int | None, default: int | None, prompt_len: int,

@@ -3,56 +3,25 @@ the reply parsed back into `content` and hermes `tool_calls`, SSE deltas when st
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from pdserve.runtime.openai_protocol import (
-    PRIORITY_HEADER,
-    ChatCompletionRequest,
-    RequestError,
-    parse_priority,
-    parse_request,
-)
+from pdserve.runtime.openai_protocol import ChatCompletionRequest, RequestError
 from pdserve.runtime.openai_serving import (
+    Endpoint,
     Generation,
     SubmitFn,
     chat_logprobs,
-    now,
-    resolve_max_tokens,
-    sampling_params,
-    start_generation,
-    stream_events,
+    endpoint_handler,
 )
-from pdserve.runtime.server import STATE, Handler, WorkerState
+from pdserve.runtime.server import Handler, WorkerState
 from pdserve.runtime.tool_calls import ToolCallEvents, ToolCallParser, parse_tool_calls
 
 
 def chat_handler(submit: SubmitFn) -> Handler:
-    async def create_chat_completion(request: web.Request) -> web.StreamResponse:
-        arrival = time.perf_counter()
-        state = request.app[STATE]
-        body = parse_request(ChatCompletionRequest, await request.read())
-        state.check_model(body.model)
-        prompt_ids = _prompt_ids(state, body)
-        max_tokens = resolve_max_tokens(body.output_limit(), None, len(prompt_ids),
-                                        state.max_model_len, "messages")
-        params = sampling_params(body, max_tokens, body.num_logprobs())
-        priority = parse_priority(request.headers.get(PRIORITY_HEADER), body.priority)
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        generation = await start_generation(request, submit, request_id, prompt_ids, params,
-                                            priority, arrival)
-        with generation:
-            head = {"id": request_id, "object": "chat.completion", "created": now(),
-                    "model": state.served_model_name}
-            if body.stream:
-                return await _stream(request, body, generation, head)
-            return await _complete(state, body, generation, head)
-
-    return create_chat_completion
+    return endpoint_handler(CHAT, submit)
 
 
 def _prompt_ids(state: WorkerState, body: ChatCompletionRequest) -> list[int]:
@@ -93,12 +62,6 @@ def _chunk(head: dict[str, Any], delta: dict[str, Any], finish_reason: str | Non
     return {**head, "object": "chat.completion.chunk", "choices": [choice]}
 
 
-async def _stream(request: web.Request, body: ChatCompletionRequest, generation: Generation,
-                  head: dict[str, Any]) -> web.StreamResponse:
-    return await stream_events(request, _chunks(request.app[STATE].tokenizer, body, generation,
-                                                head))
-
-
 async def _chunks(tokenizer: Any, body: ChatCompletionRequest, generation: Generation,
                   head: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     parser = ToolCallParser() if body.template_tools() is not None else None
@@ -125,3 +88,7 @@ async def _chunks(tokenizer: Any, body: ChatCompletionRequest, generation: Gener
     if body.include_usage_in_stream():
         yield {**head, "object": "chat.completion.chunk", "choices": [],
                "usage": generation.usage()}
+
+
+CHAT = Endpoint(ChatCompletionRequest, "chatcmpl", "chat.completion", "messages", None, _prompt_ids,
+                _complete, _chunks)  # fmt: skip
