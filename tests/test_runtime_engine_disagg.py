@@ -37,20 +37,22 @@ def _drain(engine: LLMEngine) -> list[StepOutput]:
     return outputs
 
 
-def _reference(engine: LLMEngine, rid: str, ids: list[int]) -> tuple[list[int], str]:
-    engine.add_request(rid, ids, PARAMS)
+def _reference(engine: LLMEngine, rid: str, ids: list[int],
+               params: SamplingParams = PARAMS) -> tuple[list[int], str]:  # fmt: skip
+    engine.add_request(rid, ids, params)
     outs = [o for o in _drain(engine) if o.request_id == rid]
     return [t for o in outs for t in o.token_ids], "".join(o.text for o in outs)
 
 
-def _disaggregated(prefill: LLMEngine, decode: LLMEngine, rid: str, ids: list[int]):
-    prefill.prefill_only(rid, ids, PARAMS)
+def _disaggregated(prefill: LLMEngine, decode: LLMEngine, rid: str, ids: list[int],
+                   params: SamplingParams = PARAMS):  # fmt: skip
+    prefill.prefill_only(rid, ids, params)
     (first,) = [o for o in _drain(prefill) if o.request_id == rid]
     assert first.finished and len(first.token_ids) == 1
     blocks = prefill.prefilled_blocks(rid)
     assert len(blocks) == -(-len(ids) // prefill.kv_layout.block_size)
     assert KVLayout.from_dict(prefill.kv_layout.to_dict()) == decode.kv_layout  # handshake
-    reservation = decode.admit_with_kv(rid, ids, first.token_ids[0], PARAMS)
+    reservation = decode.admit_with_kv(rid, ids, first.token_ids[0], params)
     assert reservation is not None
     missing = reservation.missing_block_ids
     data = prefill.kv_cache.read_blocks(blocks[reservation.num_cached_blocks :])
@@ -78,6 +80,17 @@ def test_kv_handoff_gives_the_same_greedy_output(engines):
     for engine in engines:
         stats = engine.stats()
         assert stats.num_free_blocks == stats.num_blocks
+
+
+def test_seeded_sampling_continues_as_on_one_engine(engines):
+    single, prefill, decode = engines
+    ids = single.tokenizer.encode(SYSTEM + "Tell me a story.")
+    for seed in (1, 2, 3):
+        params = SamplingParams(max_tokens=12, temperature=1.5, top_p=0.95, seed=seed,
+                                ignore_eos=True)  # fmt: skip
+        expected, _ = _reference(single, f"ref-seed-{seed}", ids, params)
+        tokens, _, _ = _disaggregated(prefill, decode, f"pd-seed-{seed}", ids, params)
+        assert tokens == expected
 
 
 def test_unfinished_transfers_are_freed(engines):

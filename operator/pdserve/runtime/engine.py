@@ -22,7 +22,7 @@ from pdserve.runtime.block_manager import BlockManager, KVReservation
 from pdserve.runtime.detokenizer import IncrementalDetokenizer
 from pdserve.runtime.engine_config import EngineConfig, build_components
 from pdserve.runtime.kv_cache import KVLayout
-from pdserve.runtime.sampler import TokenLogprobs, sample
+from pdserve.runtime.sampler import TokenLogprobs, sample, skip_sampled_token
 from pdserve.runtime.sampling_params import SamplingParams
 from pdserve.runtime.scheduler import Scheduler, SchedulerOutput
 from pdserve.runtime.sequence import Sequence
@@ -274,6 +274,8 @@ class LLMEngine:
         if reservation is None:
             return None
         request.pending.append(first_token)
+        if request.generator is not None and params.temperature != 0.0:
+            skip_sampled_token(request.generator, self.model_config.vocab_size, self.device)
         self._requests[request_id] = request
         return reservation
 

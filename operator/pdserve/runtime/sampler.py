@@ -45,6 +45,13 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.
     logits.scatter_(1, order, sorted_logits.masked_fill(remove, float("-inf")))
 
 
+def skip_sampled_token(generator: torch.Generator, vocab_size: int, device: torch.device) -> None:
+    """Advance a seeded request's generator past one sampled token (one noise row, as `sample`
+    draws it): a decode worker continuing after the prefill worker's first token then samples
+    what a single worker would have."""
+    torch.empty(vocab_size, dtype=torch.float32, device=device).exponential_(generator=generator)
+
+
 def sample(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
