@@ -1,6 +1,7 @@
 """Engine benchmarks, every ratio measured side by side in ONE run (prints, never asserts).
 
     .venv/bin/python -m bench.bench_runtime [--only throughput,prefix,priority] [--hf-single 8]
+    .venv/bin/python -m bench.bench_runtime --only throughput --sdpa-decode  # kernel vs SDPA
     .venv/bin/python -m bench.bench_runtime --only gpu --device cuda   # on a CUDA machine
 
 throughput: 64 requests of mixed prompt (16-256) and output (32-256) lengths on the ~56M
@@ -78,6 +79,13 @@ def bench_throughput(args: argparse.Namespace) -> None:
     )
     print(f"pdserve engine: {elapsed:.1f} s, {ours:.1f} tok/s, useful {flops / elapsed / 1e9:.1f} "
           f"GFLOP/s = {flops / elapsed / peak:.0%} of matmul peak (goal >= 50%)")  # fmt: skip
+    if args.sdpa_decode and engine.runner.decode_kernel is not None:
+        fresh = LLMEngine(engine.config)  # an empty prefix cache, like the first run's
+        fresh.runner.decode_kernel = None  # the gather + SDPA path CUDA uses
+        run_engine(fresh, requests[:4])
+        sdpa = run_engine(fresh, requests)["elapsed"]
+        print(f"same engine, decode attention by gather + SDPA: {sdpa:.1f} s -> the CPU kernel "
+              f"makes the run {sdpa / elapsed:.2f}x faster")  # fmt: skip
     batched = useful / hf_generate(path, requests, 16)
     print(f"transformers batched 16 (left-padded): {batched:.1f} tok/s -> pdserve is "
           f"{ours / batched:.2f}x (goal >= 4x)")  # fmt: skip
@@ -178,6 +186,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="engine dtype (auto: bf16 on CUDA)")
     parser.add_argument("--bandwidth", type=float, default=3.35, help="TB/s (H100 SXM)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--sdpa-decode", action="store_true",
+                        help="also time the engine with decode attention by gather + SDPA")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
