@@ -1,15 +1,17 @@
-"""The CPU paged-decode kernel against plain softmax attention, and its build fallbacks."""
+"""The CPU kernels against the torch ops they replace, and the library's build fallbacks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pdserve.runtime.cpu_kernels import paged_decode as kernel
+from pdserve.runtime.cpu_kernels import library, paged_decode
 from pdserve.runtime.engine import EngineConfig, LLMEngine
+from pdserve.runtime.model_init import init_model
+from pdserve.runtime.models import ops
 from pdserve.runtime.sampling_params import SamplingParams
 
-LIBRARY = kernel.load()
+LIBRARY = library.load()
 needs_kernel = pytest.mark.skipif(LIBRARY is None, reason="no C compiler to build the kernel")
 
 
@@ -51,44 +53,83 @@ def test_kernel_matches_softmax_attention(q_heads, kv_heads, head_dim, block_siz
     q = torch.randn(len(lengths), q_heads, head_dim, generator=generator).to(dtype)
     out = torch.empty_like(q)
     scale = head_dim**-0.5
-    kernel.paged_decode(LIBRARY, q, k_cache, v_cache, tables, lengths, out, scale)
+    paged_decode.paged_decode(LIBRARY, q, k_cache, v_cache, tables, lengths, out, scale)
     expected = _reference(q, k_cache, v_cache, tables, lengths, scale)
     assert torch.allclose(out.float(), expected, atol=tolerance, rtol=tolerance)
 
 
+def _torch_path(monkeypatch) -> None:
+    """From here on, every op takes the torch path CUDA takes."""
+    monkeypatch.setenv("PDSERVE_CPU_KERNELS", "0")
+    library.load.cache_clear()
+
+
+@pytest.fixture
+def restore_library():
+    yield
+    library.load.cache_clear()
+
+
 @needs_kernel
-def test_engine_greedy_tokens_equal_with_and_without_the_kernel():
-    engine = LLMEngine(EngineConfig(model="builtin:tiny", device="cpu", max_num_seqs=8))
-    assert engine.runner.decode_kernel is not None
+@pytest.mark.parametrize("family", ["llama", "qwen3"])  # qwen3: QK-norm before the rotation
+def test_engine_greedy_tokens_equal_with_and_without_the_kernels(family, tmp_path, monkeypatch,
+                                                                   restore_library):  # fmt: skip
+    path = init_model(tmp_path / family, "tiny", family)
     prompts = [[5 + (i * 37 + j) % 300 for j in range(3 + 11 * i)] for i in range(8)]
 
     def generate() -> list[list[int]]:
+        engine = LLMEngine(EngineConfig(model=str(path), device="cpu", max_num_seqs=8))
         params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
         for i, prompt in enumerate(prompts):
-            engine.add_request(f"r{i}-{id(params)}", prompt, params)
+            engine.add_request(f"r{i}", prompt, params)
         tokens: dict[str, list[int]] = {}
         while engine.has_unfinished():
             for out in engine.step():
                 tokens.setdefault(out.request_id, []).extend(out.token_ids)
         return [tokens[key] for key in sorted(tokens)]
 
-    with_kernel = generate()
-    engine.runner.decode_kernel = None  # the gather + SDPA path that CUDA uses
-    assert generate() == with_kernel
+    with_kernels = generate()
+    _torch_path(monkeypatch)
+    assert generate() == with_kernels
+
+
+@needs_kernel
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_elementwise_kernels_match_the_torch_ops(dtype, tolerance, monkeypatch, restore_library):
+    generator = torch.Generator().manual_seed(1)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator).to(dtype)
+
+    x, pending, weight = rand(5, 300), rand(5, 300), rand(300)  # 300: a partial chunk too
+    gate_up = rand(5, 600)
+    qkv = rand(5, 6 * 64)  # q of 3 heads then k and v: q's rows are 384 values apart
+    cos, sin = rand(5, 1, 32), rand(5, 1, 32)
+
+    def run() -> list[torch.Tensor]:
+        stream, buffer = x.clone(), qkv.clone()
+        normed = ops.add_rms_norm(stream, pending, weight, 1e-6)
+        rotated = ops.rotate(buffer[:, : 3 * 64].view(5, 3, 64), cos, sin)
+        return [stream, normed, ops.silu_mul(gate_up), rotated]
+
+    kernels = run()
+    _torch_path(monkeypatch)
+    for ours, expected in zip(kernels, run(), strict=True):
+        assert torch.allclose(ours.float(), expected.float(), atol=tolerance, rtol=tolerance)
 
 
 def test_load_falls_back_without_a_compiler(monkeypatch, caplog):
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    kernel.load.cache_clear()
+    library.load.cache_clear()
     try:
-        assert kernel.load() is None
+        assert library.load() is None
         assert "no C compiler" in caplog.text
         monkeypatch.delenv("CC")
         monkeypatch.setenv("PDSERVE_CPU_KERNELS", "0")
-        kernel.load.cache_clear()
-        assert kernel.load() is None
+        library.load.cache_clear()
+        assert library.load() is None
     finally:
-        kernel.load.cache_clear()
+        library.load.cache_clear()
 
 
 def test_load_reports_a_failed_build(monkeypatch, tmp_path, caplog):
@@ -97,19 +138,19 @@ def test_load_reports_a_failed_build(monkeypatch, tmp_path, caplog):
     broken.chmod(0o755)
     monkeypatch.setenv("CC", str(broken))
     monkeypatch.setenv("PDSERVE_KERNEL_CACHE", str(tmp_path / "cache"))
-    kernel.load.cache_clear()
+    library.load.cache_clear()
     try:
-        assert kernel.load() is None
+        assert library.load() is None
         assert "internal error" in caplog.text
     finally:
-        kernel.load.cache_clear()
+        library.load.cache_clear()
 
 
 def test_supports_rejects_shapes_past_the_kernel_limits():
-    assert kernel.supports(12, 64, 16, torch.float32)
-    assert kernel.supports(16, 128, 16, torch.bfloat16)
-    assert not kernel.supports(12, 64, 16, torch.float16)
-    assert not kernel.supports(512, 64, 16, torch.float32)
-    assert not kernel.supports(128, 64, 128, torch.float32)  # scores of a block too many
-    assert not kernel.supports(8, 1024, 16, torch.float32)
-    assert not kernel.supports(8, 64, 256, torch.float32)
+    assert paged_decode.supports(12, 64, 16, torch.float32)
+    assert paged_decode.supports(16, 128, 16, torch.bfloat16)
+    assert not paged_decode.supports(12, 64, 16, torch.float16)
+    assert not paged_decode.supports(512, 64, 16, torch.float32)
+    assert not paged_decode.supports(128, 64, 128, torch.float32)  # scores of a block too many
+    assert not paged_decode.supports(8, 1024, 16, torch.float32)
+    assert not paged_decode.supports(8, 64, 256, torch.float32)

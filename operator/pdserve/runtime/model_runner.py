@@ -21,7 +21,7 @@ from pdserve.runtime.attention import (
     KernelDecodes,
     PrefillChunk,
 )
-from pdserve.runtime.cpu_kernels import paged_decode
+from pdserve.runtime.cpu_kernels import library, paged_decode
 from pdserve.runtime.models.llama import CausalLM
 from pdserve.runtime.sequence import Sequence
 
@@ -48,7 +48,7 @@ class ModelRunner:
         cfg, dtype = model.config, model.embed_tokens.weight.dtype
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
         kernel_fits = paged_decode.supports(heads, head_dim, block_size, dtype)
-        self.decode_kernel = paged_decode.load() if device.type == "cpu" and kernel_fits else None
+        self.decode_kernel = library.load() if device.type == "cpu" and kernel_fits else None
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)

@@ -13,46 +13,13 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "rows.h"
+
 #define MAX_Q_HEADS 256
 #define MAX_HEAD_DIM 512
 #define MAX_Q_WIDTH 16384 /* query heads x head_dim (held on the stack twice) */
 #define MAX_BLOCK_SIZE 128
 #define MAX_SCORES 8192 /* query heads x block_size */
-
-/* Row of n elements (float32, or bfloat16 when bf16) -> float32. */
-static inline void load_row(const void *src, float *dst, int64_t n, int bf16) {
-    if (bf16) {
-        const uint16_t *s = (const uint16_t *)src;
-        for (int64_t i = 0; i < n; i++) {
-            uint32_t bits = (uint32_t)s[i] << 16;
-            memcpy(&dst[i], &bits, sizeof bits);
-        }
-    } else {
-        memcpy(dst, src, sizeof(float) * n);
-    }
-}
-
-/* A float32 view of a row: the row itself, or for bfloat16 its conversion into buf. */
-static inline const float *as_float(const char *src, float *buf, int64_t n, int bf16) {
-    if (!bf16) return (const float *)src;
-    load_row(src, buf, n, 1);
-    return buf;
-}
-
-/* float32 row -> float32, or bfloat16 rounded to nearest even (as torch rounds). */
-static inline void store_row(const float *src, void *dst, int64_t n, int bf16) {
-    if (!bf16) {
-        memcpy(dst, src, sizeof(float) * n);
-        return;
-    }
-    uint16_t *d = (uint16_t *)dst;
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &src[i], sizeof bits);
-        d[i] = (bits & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((bits >> 16) | 0x40u)
-                                                  : (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-    }
-}
 
 /* One sequence, every head: K/V blocks are read whole ([block_size, kv_heads, head_dim] is
  * contiguous), which the hardware prefetcher streams far better than one head's strided rows. */

@@ -15,7 +15,8 @@ from torch import nn
 
 from pdserve.runtime.attention import AttentionMetadata, paged_attention
 from pdserve.runtime.models.config import ModelConfig
-from pdserve.runtime.models.rope import RotaryEmbedding, apply_rotary
+from pdserve.runtime.models.ops import add_rms_norm, rotate, silu_mul
+from pdserve.runtime.models.rope import RotaryEmbedding
 
 
 class RMSNorm(nn.Module):
@@ -24,12 +25,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same operation order as transformers: normalise in float32, scale in the model dtype.
-        dtype = x.dtype
-        x32 = x.to(torch.float32)
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+    def forward(self, x: torch.Tensor, pending: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalise x after adding `pending` (the last sublayer's output) to it in place."""
+        return add_rms_norm(x, pending, self.weight, self.eps)
 
 
 # The batch size oneDNN tunes a packed weight's layout for; any batch size stays correct.
@@ -83,7 +81,7 @@ class Attention(nn.Module):
         v = v.view(t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k = rotate(q, *rope), rotate(k, *rope)
         out = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale)
         return self.o_proj(out.view(t, self.q_size))
 
@@ -95,8 +93,7 @@ class MLP(nn.Module):
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -110,12 +107,15 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        pending: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor],
         kv: tuple[torch.Tensor, torch.Tensor],
         meta: AttentionMetadata,
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, kv, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x is the residual stream; the previous layer's MLP output is still `pending` (added
+        by this layer's first norm, so each add is fused with the norm that follows it)."""
+        attn = self.self_attn(self.input_layernorm(x, pending), rope, kv, meta)
+        return x, self.mlp(self.post_attention_layernorm(x, attn))
 
 
 # Hugging Face parameter suffix -> (fused parameter suffix, shard index) for fused projections.
@@ -157,9 +157,10 @@ class CausalLM(nn.Module):
         """Hidden states [T, hidden] after the final norm for flat tokens [T]."""
         x = self.embed_tokens(input_ids)
         rope = self.rope(positions, x.dtype)
+        pending = None
         for layer, kv in zip(self.layers, self.kv_layers, strict=True):
-            x = layer(x, rope, kv, meta)
-        return self.norm(x)
+            x, pending = layer(x, pending, rope, kv, meta)
+        return self.norm(x, pending)
 
     def pack_linear_weights(self) -> bool:
         """Repack every projection and the LM head for oneDNN (CPU only); False where this
