@@ -14,8 +14,8 @@ RUN groupadd --system --gid 10001 pdserve \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/pdserve \
     --shell /usr/sbin/nologin pdserve
 
-# A C compiler: CPU workers build their paged-attention kernel on first start (into /tmp when
-# the home directory is read-only); without it they fall back to a slower pure-torch path.
+# A C compiler: CPU workers build their attention and elementwise kernels on first start (into
+# /tmp when the home directory is read-only); without it they fall back to slower torch ops.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
