@@ -287,12 +287,20 @@ def running_operator(
         operator.stop()
 
 
+def llmservice_manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMService", "metadata": {"name": name},
+            "spec": spec}  # fmt: skip
+
+
 def install_manifests(cluster: Cluster) -> None:
     """`kubectl apply --server-side` of install.yaml, then its in-cluster operator scaled to 0:
     KWOK nodes run no containers, so the operator runs as a local process instead."""
     cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
     cluster.kubectl("wait", "--for=condition=Established", "crd/llmservices.pdserve.dev",
                     "--timeout=60s", timeout=90)
+    # kubectl's discovery cache was written by the apply, before the CRD existed; `explain` and
+    # friends trust it: api-resources fetches discovery afresh and rewrites the cache.
+    cluster.kubectl("api-resources", f"--api-group={GROUP}")
     cluster.kubectl("-n", SYSTEM_NAMESPACE, "scale", f"deployment/{OPERATOR}", "--replicas=0")
 
 

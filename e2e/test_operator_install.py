@@ -1,16 +1,14 @@
 """Install by `kubectl apply --server-side -f manifests/install.yaml`; the operator (a local
 process with the chart ServiceAccount's token) reconciles the samples, repairs drift, reports
-shortages, and converges after a SIGKILL."""
+shortages, and converges after a SIGKILL. (What the apiserver refuses: test_operator_validation.)"""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
 from e2e.cluster.session import Cluster
 from e2e.operator_harness import (
@@ -26,11 +24,11 @@ from e2e.operator_harness import (
     install_manifests,
     installed_operator,
     is_true,
+    llmservice_manifest,
     observed_current,
     wait_until,
 )
 from pdserve.api.accelerators import accelerator_facts
-from pdserve.api.spec import LLMServiceSpec
 from pdserve.controller.names import LABEL_ROLE, LABEL_SERVICE
 
 pytestmark = [pytest.mark.e2e]
@@ -68,15 +66,6 @@ def llm_namespace(
     with cluster.namespace(request.node.originalname) as name:
         yield name
         delete_llmservices(api, name, operator)
-
-
-def llmservice(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "pdserve.dev/v1alpha1",
-        "kind": "LLMService",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
 
 
 def cpu_spec(**overrides: Any) -> dict[str, Any]:
@@ -254,7 +243,7 @@ def test_samples_are_ready_and_shown_by_kubectl_get(
 def test_spec_changes_roll_the_children(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
-    cluster.apply([llmservice("rolling", cpu_spec())], "-n", llm_namespace)
+    cluster.apply([llmservice_manifest("rolling", cpu_spec())], "-n", llm_namespace)
     wait_converged(api, operator, llm_namespace, "rolling")
     cluster.kubectl(
         "patch",
@@ -303,7 +292,7 @@ def test_spec_changes_roll_the_children(
 def test_deleted_children_are_restored(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
-    cluster.apply([llmservice("drift", cpu_spec())], "-n", llm_namespace)
+    cluster.apply([llmservice_manifest("drift", cpu_spec())], "-n", llm_namespace)
     wait_converged(api, operator, llm_namespace, "drift")
     before = api.children(llm_namespace, "drift")
     victims = [
@@ -329,7 +318,7 @@ def test_deleted_children_are_restored(
 def test_edited_child_is_repaired(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
-    cluster.apply([llmservice("edited", cpu_spec())], "-n", llm_namespace)
+    cluster.apply([llmservice_manifest("edited", cpu_spec())], "-n", llm_namespace)
     wait_converged(api, operator, llm_namespace, "edited")
     cluster.kubectl("scale", "deployment", "edited-prefill", "-n", llm_namespace, "--replicas=4")
 
@@ -344,7 +333,7 @@ def test_edited_child_is_repaired(
 def test_deleting_the_llmservice_collects_its_children(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
-    cluster.apply([llmservice("doomed", cpu_spec())], "-n", llm_namespace)
+    cluster.apply([llmservice_manifest("doomed", cpu_spec())], "-n", llm_namespace)
     wait_converged(api, operator, llm_namespace, "doomed")
     cluster.kubectl("delete", "llmservice", "doomed", "-n", llm_namespace, "--wait=false")
     wait_until(
@@ -379,7 +368,7 @@ def test_more_tpus_than_exist_is_degraded(
             "accelerator": {"kind": "tpu-v5e", "topology": "2x2", "count": 4},
         }
     )
-    cluster.apply([llmservice("tpu-hungry", spec)], "-n", llm_namespace)
+    cluster.apply([llmservice_manifest("tpu-hungry", spec)], "-n", llm_namespace)
 
     def degraded() -> dict[str, Any] | None:
         found = condition(api.llmservice(llm_namespace, "tpu-hungry"), "Degraded")
@@ -396,141 +385,6 @@ def test_more_tpus_than_exist_is_degraded(
     assert any("google.com/tpu" in (event.get("message") or "") for event in events)
 
 
-# --- invalid specs -----------------------------------------------------------------------------
-
-VALID: dict[str, Any] = {"model": {"source": {"builtin": "tiny"}}}
-
-
-def invalid(path: str, value: Any) -> dict[str, Any]:
-    """VALID with one field (dotted path) set to `value` (None: removed)."""
-    spec = copy.deepcopy(VALID)
-    *parents, leaf = path.split(".")
-    node = spec
-    for part in parents:
-        node = node.setdefault(part, {})
-    if value is None:
-        node.pop(leaf, None)
-    else:
-        node[leaf] = value
-    return spec
-
-
-TPU_2X2 = {"kind": "tpu-v5e", "topology": "2x2", "count": 4}
-INVALID_SPECS = {
-    "no-model": (invalid("model", None), "spec.model: Required value"),
-    "two-sources": (
-        invalid("model.source", {"builtin": "tiny", "uri": "hf://org/model"}),
-        "exactly one model source must be set",
-    ),
-    "no-source": (invalid("model.source", {}), "exactly one model source must be set"),
-    "bad-uri-scheme": (
-        invalid("model.source", {"uri": "ftp://example.com/model"}),
-        "spec.model.source.uri",
-    ),
-    "unknown-field": (invalid("replicas", 3), 'unknown field "spec.replicas"'),
-    "unknown-profile": (invalid("profile", "fast"), 'Unsupported value: "fast"'),
-    "unknown-accelerator": (
-        invalid("prefill.accelerator", {"kind": "nvidia-b300"}),
-        'Unsupported value: "nvidia-b300"',
-    ),
-    "negative-replicas": (invalid("decode.replicas", -1), "spec.decode.replicas"),
-    "tpu-without-topology": (
-        invalid("prefill.accelerator", {"kind": "tpu-v5e", "count": 4}),
-        "TPU accelerators need a topology",
-    ),
-    "topology-on-gpu": (
-        invalid("prefill.accelerator", {"kind": "nvidia-h100", "topology": "2x2", "count": 4}),
-        "topology applies only to TPU accelerators",
-    ),
-    "topology-chip-mismatch": (
-        invalid("prefill.accelerator", {**TPU_2X2, "count": 8}),
-        "count must equal the chips of the TPU topology",
-    ),
-    "cpu-count": (
-        invalid("decode.accelerator", {"kind": "cpu", "count": 2}),
-        "count must be 1 for cpu",
-    ),
-    "gpu-in-resources": (
-        invalid("decode.resources", {"limits": {"nvidia.com/gpu": 1}}),
-        "accelerators are requested with accelerator.kind",
-    ),
-    "chunk-above-step": (
-        invalid("prefill.engine", {"chunkSize": 4096, "maxNumBatchedTokens": 1024}),
-        "chunkSize must not exceed maxNumBatchedTokens",
-    ),
-    "kv-port-clash": (invalid("kvTransfer", {"port": 8000}), "pick another KV port"),
-    "cuda-ipc-across-kinds": (
-        {
-            **invalid("kvTransfer", {"transport": "cuda-ipc"}),
-            "prefill": {"accelerator": {"kind": "nvidia-h100"}},
-            "decode": {"accelerator": {"kind": "nvidia-l4"}},
-        },
-        "cuda-ipc needs the same NVIDIA accelerator kind",
-    ),
-    "autoscaling-min-above-max": (
-        invalid("autoscaling", {"prefill": {"minReplicas": 5, "maxReplicas": 2}}),
-        "minReplicas must not exceed maxReplicas",
-    ),
-    "autoscaling-without-prometheus": (
-        invalid("autoscaling", {"enabled": True}),
-        "prometheusUrl is required",
-    ),
-    "budget-below-minimums": (
-        {
-            **invalid(
-                "autoscaling",
-                {
-                    "acceleratorBudget": 3,
-                    "prefill": {"minReplicas": 2},
-                    "decode": {"minReplicas": 2},
-                },
-            ),
-            "prefill": {"accelerator": {"kind": "nvidia-h100"}},
-            "decode": {"accelerator": {"kind": "nvidia-h100"}},
-        },
-        "acceleratorBudget is below",
-    ),
-    "router-zero-replicas": (invalid("router.replicas", 0), "spec.router.replicas"),
-}
-
-@pytest.fixture(scope="module")
-def dry_run_namespace(installed: Cluster) -> Iterator[str]:
-    with installed.namespace("invalid-specs") as namespace:
-        yield namespace
-
-
-@pytest.mark.timeout(120)
-def test_a_valid_spec_passes_the_same_check(installed: Cluster, dry_run_namespace: str) -> None:
-    manifest = yaml.safe_dump(llmservice("valid", VALID))
-    installed.kubectl(
-        "create", "--dry-run=server", "-n", dry_run_namespace, "-f", "-", input=manifest
-    )
-
-
-@pytest.mark.parametrize("case", sorted(INVALID_SPECS))
-@pytest.mark.timeout(120)
-def test_invalid_spec_is_rejected_by_the_apiserver(
-    installed: Cluster, dry_run_namespace: str, case: str
-) -> None:
-    spec, message = INVALID_SPECS[case]
-    manifest = yaml.safe_dump(llmservice(case, spec))
-    done = installed.kubectl(
-        "create",
-        "--dry-run=server",
-        "-n",
-        dry_run_namespace,
-        "-f",
-        "-",
-        input=manifest,
-        check=False,
-    )
-    assert done.returncode != 0, f"{case} was accepted"
-    assert message in done.stderr, done.stderr
-    # The operator's own models refuse it too: the CRD and the models agree.
-    with pytest.raises(ValidationError):
-        LLMServiceSpec.model_validate(spec)
-
-
 # --- crash in the middle of reconciling ----------------------------------------------------------
 
 CRASH_SERVICES = 12
@@ -541,7 +395,7 @@ def test_operator_killed_mid_reconcile_converges_after_restart(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
     names = [f"crash-{index}" for index in range(CRASH_SERVICES)]
-    cluster.apply([llmservice(name, cpu_spec()) for name in names], "-n", llm_namespace)
+    cluster.apply([llmservice_manifest(name, cpu_spec()) for name in names], "-n", llm_namespace)
 
     def some_children_exist() -> bool:
         # One cheap list: any child at all means the first pass is under way.
