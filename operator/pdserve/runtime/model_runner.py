@@ -53,6 +53,14 @@ class ModelRunner:
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
 
+    def _block_tables(self, decodes: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decodes sorted by context length -> their block tables [rows, blocks of the longest],
+        padded with block 0, and context lengths [rows]."""
+        width = -(-(decodes[-1].start + 1) // self.block_size)
+        flat = [b for c in decodes for b in (c.seq.block_table[:width] + [0] * width)[:width]]
+        lengths = self._tensor([c.start + 1 for c in decodes])
+        return self._tensor(flat).view(-1, width), lengths
+
     def _decode_groups(self, decodes: list[ScheduledChunk]) -> list[DecodeGroup]:
         """Split decodes (sorted by context length) into padded batches of similar lengths."""
         bs = self.block_size
@@ -60,21 +68,15 @@ class ModelRunner:
         groups = []
         for g in range(num_groups):
             start, end = g * len(decodes) // num_groups, (g + 1) * len(decodes) // num_groups
-            members = decodes[start:end]
-            width = -(-(members[-1].start + 1) // bs)  # blocks of the longest context
-            flat = [b for c in members for b in (c.seq.block_table[:width] + [0] * width)[:width]]
-            lengths = self._tensor([c.start + 1 for c in members])
-            keys = torch.arange(width * bs, device=self.device)
+            tables, lengths = self._block_tables(decodes[start:end])
+            keys = torch.arange(tables.shape[1] * bs, device=self.device)
             mask = (keys[None, :] < lengths[:, None])[:, None, None, :]
-            groups.append(DecodeGroup(start, end, self._tensor(flat).view(-1, width), mask))
+            groups.append(DecodeGroup(start, end, tables, mask))
         return groups
 
     def _kernel_decodes(self, decodes: list[ScheduledChunk]) -> KernelDecodes:
         assert self.decode_kernel is not None
-        width = -(-(decodes[-1].start + 1) // self.block_size)  # sorted: the last is the longest
-        flat = [b for c in decodes for b in (c.seq.block_table[:width] + [0] * width)[:width]]
-        lengths = self._tensor([c.start + 1 for c in decodes])
-        return KernelDecodes(self.decode_kernel, self._tensor(flat).view(-1, width), lengths)
+        return KernelDecodes(self.decode_kernel, *self._block_tables(decodes))
 
     def _prefill_chunk(self, c: ScheduledChunk, row: int) -> PrefillChunk:
         if c.start == 0:
