@@ -17,7 +17,7 @@ from pdserve.autoscaler.need import (
     prefill_need,
     updated_correction,
 )
-from pdserve.autoscaler.snapshot import MetricsSnapshot, known
+from pdserve.autoscaler.snapshot import MetricsSnapshot, RoleMetrics, known
 from pdserve.autoscaler.state import (
     Decision,
     PlannerState,
@@ -56,18 +56,10 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
                    state: PlannerState, now: float, current: tuple[int, int],
                    inputs: dict[str, float | int | str]) -> Decision:
     pre, dec = replicas.prefill, replicas.decode
-    p_corr = updated_correction(
-        state.prefill_correction,
-        latency_ratio(snapshot.prefill, cfg.ttft_target_seconds * cfg.latency_aim),
-        _utilization(snapshot.prefill.token_rate, pre.ready,
-                     cfg.capacity.prefill_tokens_per_second * state.prefill_correction),
-        cfg, _steady(pre))
-    d_corr = updated_correction(
-        state.decode_correction,
-        latency_ratio(snapshot.decode, cfg.itl_target_seconds * cfg.latency_aim),
-        _utilization(snapshot.decode.token_rate, dec.ready,
-                     cfg.capacity.decode_tokens_per_second * state.decode_correction),
-        cfg, _steady(dec))
+    p_corr = _correction(state.prefill_correction, snapshot.prefill, cfg.ttft_target_seconds,
+                         cfg.capacity.prefill_tokens_per_second, pre, cfg)
+    d_corr = _correction(state.decode_correction, snapshot.decode, cfg.itl_target_seconds,
+                         cfg.capacity.decode_tokens_per_second, dec, cfg)
     state = replace(state, prefill_correction=p_corr, decode_correction=d_corr)
     p_demand = demand(snapshot.prefill, snapshot.arrival_rate)
     d_demand = demand(snapshot.decode, snapshot.arrival_rate)
@@ -234,6 +226,16 @@ def _steady(pods: RoleReplicas) -> bool:
     starting or leaving (a backlog left from a scale-up is not a capacity error)."""
     return (pods.ready == pods.desired and pods.starting == 0 and pods.pending == 0
             and pods.terminating == 0)
+
+
+def _correction(previous: float, metrics: RoleMetrics, target_seconds: float,
+                prior_rate: float, pods: RoleReplicas, cfg: PlannerConfig) -> float:
+    """One role's capacity correction after this interval (prefill: TTFT, decode: ITL)."""
+    return updated_correction(
+        previous,
+        latency_ratio(metrics, target_seconds * cfg.latency_aim),
+        _utilization(metrics.token_rate, pods.ready, prior_rate * previous),
+        cfg, _steady(pods))
 
 
 def _utilization(rate: float, ready: int, per_replica: float) -> float:
