@@ -118,6 +118,17 @@ INVALID_SPECS = {
         "acceleratorBudget is below",
     ),
     "router-zero-replicas": (invalid("router.replicas", 0), "spec.router.replicas"),
+    "metrics-peer-selecting-nothing": (
+        invalid("networkPolicy.metricsPeers", [{}]),
+        "a metrics peer needs a namespaceSelector, a podSelector or both",
+    ),
+    "selector-in-without-values": (
+        invalid(
+            "networkPolicy.metricsPeers",
+            [{"podSelector": {"matchExpressions": [{"key": "app", "operator": "In"}]}}],
+        ),
+        "values must be non-empty for In and NotIn",
+    ),
 }
 
 @pytest.fixture(scope="module")

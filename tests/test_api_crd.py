@@ -109,6 +109,9 @@ def test_cross_field_rules_are_present():
         "workers' HTTP port": "$.spec.kvTransfer",
         "chunkSize must not exceed": "$.spec.prefill.engine",
         "not in resources.limits": "$.spec.router.resources",
+        "a metrics peer needs": "$.spec.networkPolicy.metricsPeers[items]",
+        "values must be non-empty for In":
+            "$.spec.networkPolicy.metricsPeers[items].podSelector.matchExpressions[items]",
     }
     for fragment, path in expected.items():
         hits = [p for message, (p, _) in by_message.items() if fragment in message]

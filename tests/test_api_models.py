@@ -74,6 +74,14 @@ INVALID = {
     "bad profile": (_spec(profile="heavy"), "profile"),
     "gpu in resources": (_spec(decode={"resources": {"limits": {"nvidia.com/gpu": 1}}}),
                          "not in resources.limits"),
+    "metrics peer selecting nothing": (_spec(networkPolicy={"metricsPeers": [{}]}),
+                                       "needs a namespaceSelector, a podSelector or both"),
+    "In without values": (_spec(networkPolicy={"metricsPeers": [{"podSelector": {
+        "matchExpressions": [{"key": "app", "operator": "In"}]}}]}),
+        "values must be non-empty for In"),
+    "Exists with values": (_spec(networkPolicy={"metricsPeers": [{"namespaceSelector": {
+        "matchExpressions": [{"key": "team", "operator": "Exists", "values": ["a"]}]}}]}),
+        "empty for Exists"),
 }
 
 

@@ -182,14 +182,33 @@ def test_network_policies_fence_kv_and_http_ports():
     assert by_port[9000] == [{"podSelector": {"matchLabels": {
         "app.kubernetes.io/instance": "chat", "pdserve.dev/llmservice": "chat",
         "pdserve.dev/role": "prefill"}}}]
-    http_peers = by_port[8000]
-    assert http_peers[0]["podSelector"]["matchLabels"]["pdserve.dev/role"] == "router"
-    assert http_peers[1] == {"namespaceSelector": {"matchLabels": {
+    router, prometheus, listed = by_port[8000]
+    assert router["podSelector"]["matchLabels"]["pdserve.dev/role"] == "router"
+    # By default kube-prometheus's Prometheus may scrape the workers.
+    assert prometheus == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    assert listed == {"namespaceSelector": {"matchLabels": {
         "kubernetes.io/metadata.name": "monitoring"}}}
     prefill = children[("NetworkPolicy", "chat-prefill-workers")]["spec"]
     assert [rule["ports"][0]["port"] for rule in prefill["ingress"]] == [8000]
+    assert prefill["ingress"][0]["from"] == by_port[8000]
     disabled = _render({**CPU, "networkPolicy": {"enabled": False}})
     assert not [key for key in disabled if key[0] == "NetworkPolicy"]
+
+
+def test_metrics_peers_reach_only_the_http_port():
+    peer = {"namespaceSelector": {"matchExpressions": [
+                {"key": "team", "operator": "In", "values": ["observability"]}]},
+            "podSelector": {"matchLabels": {"app": "vmagent"}}}
+    children = _render({**CPU, "networkPolicy": {"metricsPeers": [peer]}})
+    for role in ("prefill", "decode"):
+        ingress = children[("NetworkPolicy", f"chat-{role}-workers")]["spec"]["ingress"]
+        admitting = [rule for rule in ingress if peer in rule["from"]]
+        assert [rule["ports"] for rule in admitting] == [[{"port": 8000, "protocol": "TCP"}]]
+    none = _render({**CPU, "networkPolicy": {"metricsPeers": [], "metricsNamespaces": []}})
+    ingress = none[("NetworkPolicy", "chat-prefill-workers")]["spec"]["ingress"]
+    assert [len(rule["from"]) for rule in ingress] == [1]  # the routers alone
 
 
 def test_planner_decisions_are_rendered_within_bounds():

@@ -26,9 +26,18 @@ class _WithFactoryDefaults(GenerateJsonSchema):
         if factory is None or schema.get("default_factory_takes_data"):
             return super().get_default_value(schema)
         value = factory()  # type: ignore[call-arg]
-        if isinstance(value, BaseModel):
-            return value.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return value if value is not None else NoDefault
+        if value is None:
+            return NoDefault
+        return _wire_form(value)
+
+
+def _wire_form(value: Any) -> Any:
+    """A default as the apiserver stores it: models (also in lists) as camelCase objects."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(value, list):
+        return [_wire_form(item) for item in value]
+    return value
 
 
 def structural_schema(model: type[BaseModel]) -> JsonSchema:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from pdserve.api.autoscaling import AutoscalingSpec
 from pdserve.api.base import ApiModel, cel
-from pdserve.api.model import DNS_LABEL_PATTERN, ModelSpec
+from pdserve.api.model import ModelSpec
+from pdserve.api.network import NetworkPolicySpec
 from pdserve.api.profiles import Profile
 from pdserve.api.roles import RoleSpec, RouterSpec
 
 WORKER_HTTP_PORT = 8000
 ROUTER_HTTP_PORT = 8080
-NamespaceName = Annotated[str, StringConstraints(max_length=63, pattern=DNS_LABEL_PATTERN)]
 
 
 class KvTransferSpec(ApiModel):
@@ -49,21 +49,6 @@ class KvTransferSpec(ApiModel):
                 f"port {WORKER_HTTP_PORT} is the workers' HTTP port; pick another KV port"
             )
         return self
-
-
-class NetworkPolicySpec(ApiModel):
-    """Traffic rules around the workers."""
-
-    enabled: bool = Field(
-        default=True,
-        description="Render NetworkPolicies: only routers reach workers' HTTP port and only "
-        "prefill pods reach decode pods' KV port.",
-    )
-    metrics_namespaces: list[NamespaceName] = Field(
-        default_factory=list, max_length=16,
-        description="Namespaces (by name) whose pods may also reach the workers' HTTP port, "
-        "for Prometheus scraping of /metrics.",
-    )
 
 
 class LLMServiceSpec(ApiModel):

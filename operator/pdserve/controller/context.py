@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pdserve.api.accelerators import GKE_TPU_TOPOLOGY_LABEL, accelerator_facts
 from pdserve.api.autoscaling import ReplicaBounds
+from pdserve.api.network import NAMESPACE_NAME_LABEL, NetworkPolicySpec
 from pdserve.api.pods import PodOverrides
 from pdserve.api.resolve import engine_settings, initial_replicas, served_model_name
 from pdserve.api.resource import API_VERSION, KIND
@@ -210,6 +211,13 @@ def _common(spec: LLMServiceSpec, owner: Owner, role: Role, image: str,
     }
 
 
+def _metrics_peers(policy: NetworkPolicySpec) -> list[dict[str, Any]]:
+    """The NetworkPolicyPeers admitted to the workers' HTTP port besides the routers."""
+    by_name = [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}}}
+               for namespace in policy.metrics_namespaces]
+    return [peer.to_k8s() for peer in policy.metrics_peers] + by_name
+
+
 def service_context(spec: LLMServiceSpec, owner: Owner) -> dict[str, Any]:
     """Values shared by the Services, ConfigMap, PodDisruptionBudgets and NetworkPolicies."""
     return {
@@ -223,7 +231,7 @@ def service_context(spec: LLMServiceSpec, owner: Owner) -> dict[str, Any]:
         "kv_port": spec.kv_transfer.port,
         "config_map": engine_configmap_name(owner.name),
         "config_files": engine_config_files(spec),
-        "metrics_namespaces": list(spec.network_policy.metrics_namespaces),
+        "metrics_peers": _metrics_peers(spec.network_policy),
         "workers": {role: {"name": workers_service_name(owner.name, role),
                            "labels": role_labels(owner.name, role),
                            "selector": role_selector(owner.name, role)}
