@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,8 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     [
         [],
         ["rbac.namespaced=true"],
-        ["serviceMonitor.enabled=true"],
+        ["monitors.enabled=true"],
+        ["grafanaDashboard.enabled=true", "grafanaDashboard.namespace=grafana"],
         ["operator.replicas=0"],
         ["serviceAccount.create=false", "serviceAccount.name=existing"],
     ],
@@ -89,7 +91,8 @@ def test_default_objects() -> None:
 
 
 def test_every_object_carries_the_recommended_labels() -> None:
-    for obj in render("serviceMonitor.enabled=true", "rbac.namespaced=true"):
+    for obj in render("monitors.enabled=true", "grafanaDashboard.enabled=true",
+                      "rbac.namespaced=true"):
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "pdserve", obj["kind"]
         assert labels["app.kubernetes.io/instance"] == "pdserve"
@@ -219,34 +222,53 @@ def test_no_rbac_when_disabled() -> None:
     assert kinds == {"Deployment", "ServiceAccount"}
 
 
-def test_service_monitors_are_optional() -> None:
+def test_monitors_are_optional() -> None:
     kinds = {obj["kind"] for obj in render()}
-    assert "ServiceMonitor" not in kinds and "Service" not in kinds
-    objects = render("serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom")
-    monitors = {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "ServiceMonitor"}
-    assert set(monitors) == {"pdserve-operator", "pdserve-workloads"}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "Service"}
+    objects = render("monitors.enabled=true", "monitors.labels.release=prom")
+    monitors = {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects
+                if obj["kind"] in ("ServiceMonitor", "PodMonitor")}
+    assert set(monitors) == {("ServiceMonitor", "pdserve-operator"),
+                             ("PodMonitor", "pdserve-workloads")}
     for monitor in monitors.values():
         assert monitor["metadata"]["labels"]["release"] == "prom"
-        assert [endpoint["path"] for endpoint in monitor["spec"]["endpoints"]] == ["/metrics"]
-    workloads = monitors["pdserve-workloads"]["spec"]
+    workloads = monitors[("PodMonitor", "pdserve-workloads")]["spec"]
+    # Every pod the operator creates (tests/test_scrape_labels.py checks the relabelings).
     assert workloads["selector"]["matchLabels"] == {
         "app.kubernetes.io/name": "pdserve",
         "app.kubernetes.io/managed-by": "pdserve-operator",
     }
     assert workloads["namespaceSelector"] == {"any": True}
-    assert workloads["endpoints"][0]["port"] == "http"
+    (endpoint,) = workloads["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("http", "/metrics", "15s")
     # The operator's monitor reaches its metrics port through the metrics Service.
     service = one(objects, "Service")
-    operator_monitor = monitors["pdserve-operator"]["spec"]
+    operator_monitor = monitors[("ServiceMonitor", "pdserve-operator")]["spec"]
     selected = operator_monitor["selector"]["matchLabels"]
     assert selected.items() <= service["metadata"]["labels"].items()
     assert (
         service["spec"]["selector"] == one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
     )
-    assert service["spec"]["ports"][0]["targetPort"] == operator_monitor["endpoints"][0]["port"]
-    namespaced = render("serviceMonitor.enabled=true", "rbac.namespaced=true")
-    for monitor in (obj for obj in namespaced if obj["kind"] == "ServiceMonitor"):
+    (endpoint,) = operator_monitor["endpoints"]
+    assert service["spec"]["ports"][0]["targetPort"] == endpoint["port"]
+    assert endpoint["path"] == "/metrics"
+    namespaced = render("monitors.enabled=true", "rbac.namespaced=true")
+    for monitor in (obj for obj in namespaced if obj["kind"] in ("ServiceMonitor", "PodMonitor")):
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
+
+
+def test_grafana_dashboard_is_optional() -> None:
+    assert "ConfigMap" not in {obj["kind"] for obj in render()}
+    configmap = one(render("grafanaDashboard.enabled=true"), "ConfigMap")
+    assert configmap["metadata"]["namespace"] == RELEASE_NAMESPACE
+    # Grafana's sidecar loads ConfigMaps by this label (kube-prometheus-stack's default).
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(configmap["data"]["pdserve.json"]) == json.loads(
+        (CHART / "dashboards" / "pdserve.json").read_text())
+    moved = one(render("grafanaDashboard.enabled=true", "grafanaDashboard.namespace=grafana",
+                       "grafanaDashboard.annotations.grafana_folder=LLM"), "ConfigMap")
+    assert moved["metadata"]["namespace"] == "grafana"
+    assert moved["metadata"]["annotations"] == {"grafana_folder": "LLM"}
 
 
 @pytest.mark.parametrize(
@@ -256,7 +278,8 @@ def test_service_monitors_are_optional() -> None:
         ("operator.replicas=2", "/operator/replicas"),
         ("operator.replicaCount=1", "'replicaCount' not allowed"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
-        ("serviceMonitor.interval=soon", "/serviceMonitor/interval"),
+        ("monitors.interval=soon", "/monitors/interval"),
+        ("grafanaDashboard.namespace=Grafana", "/grafanaDashboard/namespace"),
         ("rbac.namespaced=maybe", "/rbac/namespaced"),
         ("operator.tolerations[0].effect=Never", "/operator/tolerations/0/effect"),
     ],

@@ -1,9 +1,9 @@
 """The planner's view of the world, from Prometheus (PromQL via prometheus-api-client).
 
-Every query selects by the labels a scrape configuration gives pdserve's pods: `namespace`,
-`llmservice` (from pdserve.dev/llmservice) and `role`, so the same queries work in-cluster
-(pod scraping / ServiceMonitor relabeling) and against local processes relabeled the same way.
-Missing series and empty histograms come back as NaN; a failing Prometheus as None."""
+Every query selects by the labels a scrape configuration gives pdserve's pods (`namespace`,
+`llmservice`, `role` and `pod`: the contract in scrape_labels), so the same queries work
+in-cluster and against local processes labelled the same way. Missing series and empty
+histograms come back as NaN; a failing Prometheus as PrometheusUnavailable."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
+from pdserve.autoscaler.scrape_labels import LLMSERVICE, NAMESPACE, POD, ROLE
 from pdserve.autoscaler.snapshot import NAN, MetricsSnapshot, RoleMetrics
 
 QueryFn = Callable[[str], list[dict[str, Any]]]
@@ -33,10 +34,10 @@ class Selector:
     window_seconds: int = 120
 
     def labels(self, role: str | None = None) -> str:
-        parts = [f'namespace="{_escape(self.namespace)}"',
-                 f'llmservice="{_escape(self.llmservice)}"']
+        parts = [f'{NAMESPACE}="{_escape(self.namespace)}"',
+                 f'{LLMSERVICE}="{_escape(self.llmservice)}"']
         if role is not None:
-            parts.append(f'role="{role}"')
+            parts.append(f'{ROLE}="{role}"')
         return "{" + ",".join(parts) + "}"
 
     @property
@@ -137,16 +138,16 @@ class PrometheusSource:
                                peak_arrival_rate=v["peak_arrival_rate"])
 
     def in_flight_by_pod(self, sel: Selector, role: str) -> dict[str, float]:
-        """Running + waiting requests per pod (label `pod`), for pod-deletion-cost."""
-        promql = (f"sum by (pod) (pdserve_requests_running{sel.labels(role)}) + "
-                  f"sum by (pod) (pdserve_requests_waiting{sel.labels(role)})")
+        """Running + waiting requests per pod, for pod-deletion-cost."""
+        promql = (f"sum by ({POD}) (pdserve_requests_running{sel.labels(role)}) + "
+                  f"sum by ({POD}) (pdserve_requests_waiting{sel.labels(role)})")
         try:
             result = self._query(promql)
         except Exception as exc:
             raise PrometheusUnavailable(f"{type(exc).__name__}: {exc}") from exc
         out: dict[str, float] = {}
         for series in result:
-            pod = series.get("metric", {}).get("pod")
+            pod = series.get("metric", {}).get(POD)
             if pod:
                 out[pod] = scalar([series])
         return out

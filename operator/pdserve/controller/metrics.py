@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from pdserve.autoscaler.scrape_labels import LLMSERVICE, NAMESPACE
+
 RECONCILES = Counter(
     "pdserve_operator_reconciles_total", "LLMService reconciliations.", ["trigger", "outcome"],
 )
@@ -19,5 +21,5 @@ STATUS_PATCHES = Counter(
 )
 CONDITION_TRUE = Gauge(
     "pdserve_operator_llmservice_condition", "1 when the condition is True.",
-    ["namespace", "llmservice", "condition"],
+    [NAMESPACE, LLMSERVICE, "condition"],
 )

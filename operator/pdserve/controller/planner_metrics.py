@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-_LABELS = ["namespace", "llmservice"]
+from pdserve.autoscaler.scrape_labels import LLMSERVICE, NAMESPACE, ROLE
+
+# The LLMService a series describes, under the names its pods' series carry.
+_LABELS = [NAMESPACE, LLMSERVICE]
 
 PLANNER_REPLICAS = Gauge(
     "pdserve_operator_planner_replicas", "Replicas the planner decided, by role.",
-    [*_LABELS, "role"],
+    [*_LABELS, ROLE],
 )
 PLANNER_NEED = Gauge(
     "pdserve_operator_planner_need_replicas",
     "Replicas the planner estimated each role needs (fractional, before bounds and budget).",
-    [*_LABELS, "role"],
+    [*_LABELS, ROLE],
 )
 PLANNER_DECISIONS = Counter(
     "pdserve_operator_planner_decisions_total", "Planner decisions by reason.",
