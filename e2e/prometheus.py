@@ -1,15 +1,15 @@
-"""A real Prometheus for end-to-end tests: Debian's `prometheus` package (installed with apt-get
-when missing and running as root), started on a free loopback port with a generated scrape
-configuration, stopped (and restartable, for outage tests) on demand.
+"""A real Prometheus for end-to-end tests: upstream Prometheus built from the Go module proxy
+with the cluster's binaries (`make cluster-build`; Debian's package lacks Kubernetes service
+discovery), started on a free port with a generated configuration, stopped (and restartable,
+for outage tests) on demand.
 
-Local processes are not pods, so each target carries the labels Kubernetes relabeling would
-give a pod (namespace, llmservice, role, pod): the planner's queries select by those."""
+Two kinds of targets: local processes, each carrying the labels Kubernetes relabeling would
+give a pod (namespace, llmservice, role, pod), or real pods found through the apiserver with
+the scrape configuration users run (manifests/prometheus/scrape-config.yaml)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -17,12 +17,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from e2e.cluster.versions import bin_dir
 from e2e.local_processes import free_port
-
-BINARY_CANDIDATES = ("prometheus", "/usr/bin/prometheus")
 
 
 @dataclass(frozen=True)
@@ -32,40 +32,26 @@ class Target:
 
 
 def prometheus_binary() -> str:
-    """The prometheus binary, installing Debian's package if it is missing."""
-    for candidate in BINARY_CANDIDATES:
-        found = shutil.which(candidate)
-        if found:
-            return found
-    if os.geteuid() != 0:
-        raise RuntimeError("prometheus is not installed and installing it needs root "
-                           "(apt-get install prometheus)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
-                   check=True, env=env, capture_output=True)
-    found = shutil.which("prometheus")
-    if not found:
-        raise RuntimeError("apt-get installed prometheus but no binary is on PATH")
-    return found
+    binary = bin_dir() / "prometheus"
+    if not binary.exists():
+        raise RuntimeError(f"{binary} is missing: run `make cluster-build`")
+    return str(binary)
 
 
-def scrape_config(targets: list[Target], interval_seconds: float) -> dict[str, object]:
-    return {
-        "global": {"scrape_interval": f"{interval_seconds:g}s",
-                   "evaluation_interval": f"{interval_seconds:g}s"},
-        "scrape_configs": [{
-            "job_name": "pdserve",
-            "static_configs": [{"targets": [t.address], "labels": t.labels} for t in targets],
-        }],
-    }
+def static_scrape_configs(targets: list[Target]) -> list[dict[str, Any]]:
+    return [{
+        "job_name": "pdserve",
+        "static_configs": [{"targets": [t.address], "labels": t.labels} for t in targets],
+    }]
 
 
 @dataclass
 class PrometheusServer:
-    targets: list[Target]
+    scrape_configs: list[dict[str, Any]]
     workdir: Path
     scrape_interval_seconds: float = 2.0
+    # 0.0.0.0 when pods must reach it (the real node's pods see the host at its link address).
+    listen_host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -75,13 +61,16 @@ class PrometheusServer:
 
     def start(self, timeout: float = 60.0) -> None:
         config = self.workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(scrape_config(self.targets,
-                                                       self.scrape_interval_seconds)))
+        interval = f"{self.scrape_interval_seconds:g}s"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "scrape_configs": self.scrape_configs,
+        }))
         log = (self.workdir / "prometheus.log").open("ab")
         self.process = subprocess.Popen(
             [prometheus_binary(), f"--config.file={config}",
              f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
+             f"--web.listen-address={self.listen_host}:{self.port}"],
             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -109,14 +98,21 @@ class PrometheusServer:
 @contextlib.contextmanager
 def running_prometheus(targets: list[Target], scrape_interval_seconds: float = 2.0
                        ) -> Iterator[PrometheusServer]:
+    """Prometheus scraping local processes under the labels their pods would carry."""
+    with running_prometheus_for(static_scrape_configs(targets),
+                                scrape_interval_seconds) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_prometheus_for(scrape_configs: list[dict[str, Any]],
+                           scrape_interval_seconds: float = 2.0,
+                           listen_host: str = "127.0.0.1") -> Iterator[PrometheusServer]:
     with tempfile.TemporaryDirectory(prefix="pdserve-prometheus-") as workdir:
-        server = PrometheusServer(targets, Path(workdir), scrape_interval_seconds)
+        server = PrometheusServer(scrape_configs, Path(workdir), scrape_interval_seconds,
+                                  listen_host)
         server.start()
         try:
             yield server
         finally:
             server.stop()
-
-
-if __name__ == "__main__":  # `python -m e2e.prometheus`: install and print the binary
-    print(prometheus_binary())

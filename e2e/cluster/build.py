@@ -170,15 +170,18 @@ def build_component(component: Component, target: Path, log: Path, started: floa
         out = workdir / "out"
         out.mkdir()
         ldflags = " ".join(("-s", "-w", *component.ldflags))
+        tags = ["-tags", ",".join(component.tags)] if component.tags else []
         _log(f"{component.name}: compiling {', '.join(component.binaries)}", started)
         if len(component.binaries) == 1:
             name, package = next(iter(component.binaries.items()))
-            args = ["build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(out / name), package]
+            args = ["build", "-v", "-trimpath", *tags, "-ldflags", ldflags, "-o", str(out / name)]
+            args.append(package)
         else:
             args = [
                 "build",
                 "-v",
                 "-trimpath",
+                *tags,
                 "-ldflags",
                 ldflags,
                 "-o",

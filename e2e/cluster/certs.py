@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from e2e.cluster.node import identity as node_identity
+
 # Names the API server's serving certificate must cover (clients on loopback, in-cluster DNS).
 SERVING_DNS = (
     "localhost",
@@ -22,7 +24,8 @@ SERVING_DNS = (
     "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 )
-SERVING_IPS = ("127.0.0.1", "10.96.0.1")
+# HOST_IP: the host's end of the real node's link, where its kubelet and pods reach the API.
+SERVING_IPS = ("127.0.0.1", "10.96.0.1", node_identity.HOST_IP)
 VALIDITY = datetime.timedelta(days=365)
 
 
@@ -39,7 +42,17 @@ CLIENTS = (
     ClientCert("admin", "pdserve-admin", "system:masters"),
     ClientCert("controller-manager", "system:kube-controller-manager"),
     ClientCert("scheduler", "system:kube-scheduler"),
+    # The real node's components, each with the identity the apiserver's authorizers expect:
+    # the Node authorizer and NodeRestriction read system:node:<name> in system:nodes, the
+    # default system:node-proxier binding names system:kube-proxy.
+    ClientCert("kubelet", f"system:node:{node_identity.NODE_NAME}", "system:nodes"),
+    ClientCert("kube-proxy", "system:kube-proxy"),
+    ClientCert("coredns", "pdserve:coredns"),
+    # The apiserver's client identity towards the kubelet (logs, exec, port-forward).
+    ClientCert("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
 )
+# The kubelet's serving certificate covers the node's address, so the apiserver verifies it.
+KUBELET_SERVING_IPS = (node_identity.NODE_IP,)
 
 
 class PKIError(RuntimeError):
@@ -115,7 +128,9 @@ def _make_pki(pki: Path) -> None:
     _write_key(ca_key, pki / "ca.key")
     (pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(name: str, subject: x509.Name, server: bool) -> None:
+    def issue(
+        name: str, subject: x509.Name, server: bool, ips: tuple[str, ...] = SERVING_IPS
+    ) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
             _builder(subject, ca_name, key.public_key())
@@ -130,13 +145,14 @@ def _make_pki(pki: Path) -> None:
         )
         if server:
             names: list[x509.GeneralName] = [x509.DNSName(d) for d in SERVING_DNS]
-            names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVING_IPS]
+            names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
         _write_key(key, pki / f"{name}.key")
         (pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     issue("apiserver", _name("kube-apiserver"), server=True)
+    issue("kubelet-serving", _name(node_identity.NODE_NAME), server=True, ips=KUBELET_SERVING_IPS)
     for client in CLIENTS:
         issue(client.name, _name(client.user, client.group), server=False)
 

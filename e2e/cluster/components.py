@@ -7,6 +7,7 @@ from pathlib import Path
 
 from e2e.cluster import nodepools
 from e2e.cluster.build import KWOK_STAGE_FILES, stages_dir
+from e2e.cluster.node import identity as node_identity
 
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
@@ -35,21 +36,27 @@ def command_lines(bins: Path, state_dir: Path, ports: dict[str, int]) -> dict[st
         "kube-apiserver": [
             str(bins / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            # Pods and the real node's kubelet reach the API over the node's link, which
+            # only exists while the node runs: listen on every address, advertise the link's.
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={node_identity.HOST_IP}",
             f"--secure-port={ports['apiserver']}",
             f"--cert-dir={state_dir / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            # A node's hostname may resolve to loopback (this machine's does).
+            "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            # The advertised address is loopback, which may not back the `kubernetes` Service.
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
         ],
         "kube-controller-manager": [

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -18,14 +19,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from e2e.cluster import certs, components, nodepools, processes
 from e2e.cluster.build import stages_dir
+from e2e.cluster.node import configs as node_configs
+from e2e.cluster.node import identity as node_identity
+from e2e.cluster.node import lifecycle as node
+from e2e.cluster.node.paths import NodePaths, for_cluster
 from e2e.cluster.versions import bin_dir, cache_root
 
 STATE_FILE = "state.json"
 START_TIMEOUT_S = 120.0
-# Stop order: consumers of the API first, etcd last.
-STOP_ORDER = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+NODE_START_TIMEOUT_S = 180.0
+CONTROL_PLANE = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+# Stop order: the real node (kubelet before containerd), consumers of the API, etcd last.
+STOP_ORDER = (*reversed(node.PROCESSES), *CONTROL_PLANE)
 
 
 class ClusterError(RuntimeError):
@@ -42,6 +51,7 @@ class ClusterState:
     kubeconfig: str
     pids: dict[str, int]
     started_at: float
+    real_node: bool = False
 
     @property
     def kubectl(self) -> str:
@@ -160,7 +170,9 @@ def _up(
         _down(state_dir, quiet=True)
     pools = pools or nodepools.load()
     bins = bin_dir()
-    missing = [n for n in (*STOP_ORDER, "kubectl") if not (bins / n).exists()]
+    with_node = not node.disabled()
+    wanted = (*CONTROL_PLANE, "kubectl", *(node.PROCESSES if with_node else ()), "ctr")
+    missing = [n for n in wanted if not (bins / n).exists()]
     if missing or not stages_dir().is_dir():
         raise ClusterError(
             f"binaries missing from {bins}: {missing or 'kwok stages'}; "
@@ -168,6 +180,8 @@ def _up(
         )
     for sub in ("etcd", "logs", "pki"):
         shutil.rmtree(state_dir / sub, ignore_errors=True)
+    if with_node:
+        node.check_can_run()
     certs.make_pki(state_dir / "pki")
     ports = {
         n: processes.free_port()
@@ -215,11 +229,50 @@ def _up(
             state.pids,
             logs,
         )
+        if with_node:
+            _up_node(state, ports["apiserver"], api, start, say)
+            expected.add(node_identity.NODE_NAME)
     except BaseException:
         _stop_all(state)
         raise
     say(f"up: {len(expected)} nodes Ready; export KUBECONFIG={kubeconfig}")
     return state
+
+
+def _up_node(state: ClusterState, api_port: int, api: _Api, start: Any, say: Any) -> None:
+    """The real node: namespaces and files, containerd with the pause image, cluster DNS, then
+    kubelet, kube-proxy and CoreDNS; returns once the node is Ready and DNS answers."""
+    paths = node_paths(state)
+    bins = Path(state.bin_dir)
+    state.real_node = True
+    node.prepare(paths, Path(state.state_dir) / "pki", api_port, Path(state.state_dir),
+                 _owner_alive)
+    args = node.commands(bins, paths)
+    logs = Path(state.state_dir) / "logs"
+    start("containerd", args=args)
+    processes.wait_for(lambda: node.containerd_ready(bins, paths), NODE_START_TIMEOUT_S,
+                       "containerd", state.pids, logs)
+    node.import_pause_image(bins, paths)
+    kubectl = [state.kubectl, f"--kubeconfig={state.kubeconfig}"]
+    subprocess.run([*kubectl, "apply", "--server-side", "--field-manager=pdserve-e2e", "-f", "-"],
+                   input=yaml.safe_dump_all(node_configs.dns_objects()), text=True,
+                   capture_output=True, check=True, timeout=60)
+    for name in ("kubelet", "kube-proxy", "coredns"):
+        start(name, args=args)
+    processes.wait_for(lambda: _nodes_ready(api, {node_identity.NODE_NAME}),
+                       NODE_START_TIMEOUT_S, "the real node Ready", state.pids, logs)
+    processes.wait_for(node.dns_ready, NODE_START_TIMEOUT_S,
+                       "cluster DNS through the kube-dns Service", state.pids, logs)
+    say(f"real node {node_identity.NODE_NAME} Ready at {node_identity.NODE_IP}, DNS answers")
+
+
+def node_paths(state: ClusterState) -> NodePaths:
+    return for_cluster(Path(state.state_dir))
+
+
+def _owner_alive(state_dir: Path) -> bool:
+    other = read_state(state_dir)
+    return other is not None and _running(other, "containerd")
 
 
 def _start(
@@ -244,7 +297,8 @@ def _running(state: ClusterState, name: str) -> bool:
 
 
 def is_healthy(state: ClusterState) -> bool:
-    if not all(_running(state, name) for name in STOP_ORDER):
+    expected = (*CONTROL_PLANE, *(node.PROCESSES if state.real_node else ()))
+    if not all(_running(state, name) for name in expected):
         return False
     return _Api(state.server, Path(state.state_dir) / "pki").ok("/readyz")
 
@@ -253,6 +307,8 @@ def _stop_all(state: ClusterState) -> None:
     for name in STOP_ORDER:
         if _running(state, name):
             processes.stop(state.pids[name])
+    if state.real_node:
+        node.teardown(node_paths(state))
 
 
 def down(state_dir: Path | None = None, quiet: bool = False) -> bool:
@@ -289,7 +345,7 @@ def status(state_dir: Path | None = None) -> str:
         f"kubeconfig: {state.kubeconfig}",
         f"binaries:   {state.bin_dir}",
     ]
-    for name in STOP_ORDER:
+    for name in (n for n in STOP_ORDER if n in CONTROL_PLANE or n in state.pids):
         pid = state.pids.get(name)
         running = _running(state, name)
         lines.append(f"  {name:<24} pid {pid!s:<8} {'running' if running else 'NOT running'}")

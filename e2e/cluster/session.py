@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from e2e.cluster import controlplane, processes
+from e2e.cluster.node.paths import NodePaths
 from e2e.cluster.versions import bin_dir
 
 KUBECTL_TIMEOUT_S = 60
@@ -43,6 +44,9 @@ class Cluster:
     kubeconfig: Path
     bin_dir: Path | None
     local: bool
+    # The local cluster's real node (containerd to import images into); None on a cluster
+    # named by KUBECONFIG, whose nodes all run containers and get images their own way.
+    node: NodePaths | None = None
     env: dict[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -139,16 +143,21 @@ def session_cluster() -> Iterator[Cluster]:
         return
     shared = controlplane.read_state(controlplane.default_state_dir())
     if shared is not None and controlplane.is_healthy(shared):
-        yield Cluster(Path(shared.kubeconfig), Path(shared.bin_dir), local=True)
+        yield _local(shared)
         return
     _remove_dead_private_clusters()
     state_dir = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
     stopper = _Stopper(state_dir)
     try:
         state = controlplane.up(state_dir, tie_to_parent=True)
-        yield Cluster(Path(state.kubeconfig), Path(state.bin_dir), local=True)
+        yield _local(state)
     finally:
         stopper()
+
+
+def _local(state: controlplane.ClusterState) -> Cluster:
+    node = controlplane.node_paths(state) if state.real_node else None
+    return Cluster(Path(state.kubeconfig), Path(state.bin_dir), local=True, node=node)
 
 
 def _remove_dead_private_clusters() -> None:

@@ -12,6 +12,12 @@ KUBERNETES_STAGING_VERSION = "v0.37.2"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+# The real node: container runtime and cluster DNS (kubelet and kube-proxy come with Kubernetes).
+CONTAINERD_VERSION = "v2.4.2"
+COREDNS_VERSION = "v1.15.0"
+# Upstream Prometheus (module v0.316.0 is release 3.16.0): Debian's package is built without
+# Kubernetes service discovery, which is how Prometheus finds pods in a cluster.
+PROMETHEUS_VERSION = "v0.316.0"
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,7 @@ class Component:
     version: str
     binaries: dict[str, str]
     ldflags: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
 
 
 def _k8s_version_ldflags() -> tuple[str, ...]:
@@ -68,8 +75,35 @@ COMPONENTS: tuple[Component, ...] = (
             "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
             "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
             "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+            "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+            "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
         },
         ldflags=_k8s_version_ldflags(),
+    ),
+    Component(
+        name="containerd",
+        module="github.com/containerd/containerd/v2",
+        version=CONTAINERD_VERSION,
+        binaries={
+            name: f"github.com/containerd/containerd/v2/cmd/{name}"
+            for name in ("containerd", "containerd-shim-runc-v2", "ctr")
+        },
+        ldflags=(f"-X github.com/containerd/containerd/v2/version.Version={CONTAINERD_VERSION}",),
+        # btrfs snapshots need cgo headers; the node uses overlayfs.
+        tags=("no_btrfs",),
+    ),
+    Component(
+        name="coredns",
+        module="github.com/coredns/coredns",
+        version=COREDNS_VERSION,
+        binaries={"coredns": "github.com/coredns/coredns"},
+    ),
+    Component(
+        name="prometheus",
+        module="github.com/prometheus/prometheus",
+        version=PROMETHEUS_VERSION,
+        binaries={"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
+        ldflags=("-X github.com/prometheus/common/version.Version=3.16.0",),
     ),
 )
 
@@ -80,7 +114,11 @@ def cache_root() -> Path:
 
 
 def version_key() -> str:
-    return f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}_helm-{HELM_VERSION}"
+    return (
+        f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}_helm-{HELM_VERSION}"
+        f"_containerd-{CONTAINERD_VERSION}_coredns-{COREDNS_VERSION}"
+        f"_prometheus-{PROMETHEUS_VERSION}"
+    )
 
 
 def bin_dir() -> Path:
