@@ -1,4 +1,4 @@
-"""The Dockerfile cannot be built here (no container engine); check what makes it correct."""
+"""What makes the Dockerfile correct, checked without building it (e2e/image.py builds it)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,10 @@ def last(keyword: str) -> str:
 
 @pytest.mark.timeout(10)
 def test_base_image_is_python_311_slim() -> None:
+    # The base is a build argument (e2e/image.py builds on a local Debian); users get this one.
     froms = [rest for kw, rest in instructions() if kw == "FROM"]
-    assert froms == ["python:3.11-slim"]
+    assert froms == ["${BASE_IMAGE}"]
+    assert ("ARG", "BASE_IMAGE=python:3.11-slim") in instructions()
 
 
 @pytest.mark.timeout(10)
