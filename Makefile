@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint typecheck cluster-build cluster-up cluster-down cluster-status crds manifests
+.PHONY: venv demo test test-fast lint typecheck cluster-build cluster-up cluster-down cluster-status crds manifests image
 
 # uv keeps repeat installs of the multi-GB CUDA torch wheel cheap through its cache.
 $(VENV)/.installed: pyproject.toml
@@ -27,6 +27,10 @@ test-fast: venv
 lint: venv
 	$(VENV)/bin/ruff check operator tests e2e bench
 	$(VENV)/bin/mypy
+
+# The container image from the Dockerfile, on a local Debian base, cached by content (root, podman).
+image: venv
+	$(PY) -m e2e.image build
 
 cluster-build: venv
 	$(PY) -m e2e.cluster build
