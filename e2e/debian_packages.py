@@ -22,6 +22,9 @@ def ensure(files_by_package: dict[str, str]) -> None:
         raise MissingPackageError(
             f"missing Debian packages {', '.join(missing)}; installing them needs root "
             f"(apt-get install {' '.join(missing)})")
+    if shutil.which("apt-get") is None:
+        raise MissingPackageError(f"missing {', '.join(missing)} and no apt-get to install "
+                                  f"them: install {' '.join(missing)} with your package manager")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-q"],
                     ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]):

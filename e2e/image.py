@@ -23,6 +23,7 @@ import time
 import tomllib
 from pathlib import Path
 
+from e2e import debian_packages
 from e2e.cluster.versions import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,10 @@ BASE_SOURCES = (
     "deb http://deb.debian.org/debian-security bookworm-security main",
 )
 # A tarball has no image config: the Dockerfile's `PATH=/opt/pdserve/bin:$PATH` needs one.
+# The tools the build runs, by Debian package (installed when missing, as CI starts bare).
+BUILD_TOOLS = {"podman": "podman", "mmdebstrap": "mmdebstrap", "runc": "/usr/sbin/runc"}
+# crun refuses this machine's v1/v2 hybrid cgroups ("drop all controllers from cgroupv2").
+BUILD_RUNTIME = "/usr/sbin/runc"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BASE_RECIPE_LABEL = "dev.pdserve.base-recipe"
 # Where a build's RUN steps see the host's CA bundle and uv cache: beside the Dockerfile's cache
@@ -160,8 +165,8 @@ def build_command(root: Path, ca_bundle: Path | None, uv_cache: Path | None) -> 
     # Root here may lack CAP_SYS_RESOURCE: RUN steps keep this process's open-file limits
     # rather than raise them.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    command = ["podman", "build", "--file", str(root / "Dockerfile"), "--tag", reference(root),
-               "--layers", "--pull=never", "--network", "host",
+    command = ["podman", "--runtime", BUILD_RUNTIME, "build", "--file", str(root / "Dockerfile"),
+               "--tag", reference(root), "--layers", "--pull=never", "--network", "host",
                "--ulimit", f"nofile={soft}:{hard}", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}"]
     if ca_bundle is not None:
         command += ["--volume", f"{ca_bundle}:{BUILD_CA_BUNDLE}:ro",
@@ -230,13 +235,6 @@ def run_step(name: str, command: list[str], log: Path) -> None:
     _say(f"{name}: done in {time.monotonic() - start:.0f} s")
 
 
-def require_tools(*tools: str) -> None:
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing:
-        raise ImageError(f"{', '.join(missing)} not found: install it (Debian: apt-get install "
-                         f"{' '.join(missing)})")
-
-
 def base_is_current() -> bool:
     found = subprocess.run(
         ["podman", "image", "inspect", "--format", f'{{{{index .Labels "{BASE_RECIPE_LABEL}"}}}}',
@@ -258,7 +256,6 @@ def ensure_base(logs: Path) -> None:
     if base_is_current():
         _say(f"base: {BASE_IMAGE} is current")
         return
-    require_tools("mmdebstrap")
     tarball = images_dir() / "base-bookworm.tar"
     try:
         run_step("base (mmdebstrap)", base_command(tarball), logs / "base.log")
@@ -270,9 +267,9 @@ def ensure_base(logs: Path) -> None:
 def build(root: Path = REPO_ROOT) -> Path:
     """The OCI archive of the image built from `root`, building it only when its sources or the
     base's recipe changed since the last build. Older archives are removed (GBs each)."""
-    require_tools("podman")
     if os.geteuid() != 0:
         raise ImageError("the image build needs root (rootful podman storage, mmdebstrap)")
+    debian_packages.ensure(BUILD_TOOLS)
     start = time.monotonic()
     key = content_key(root)
     archive = archive_path(key, root)
@@ -365,7 +362,7 @@ def main(argv: list[str]) -> int:
     parser.parse_args(argv)
     try:
         archive = build()
-    except ImageError as err:
+    except (ImageError, debian_packages.MissingPackageError) as err:
         print(f"image: {err}", file=sys.stderr)
         return 2
     print(archive)

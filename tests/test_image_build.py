@@ -132,7 +132,7 @@ def test_base_is_mmdebstrap_minbase_bookworm_with_python() -> None:
 def test_build_command_shares_the_host_ca_and_uv_cache() -> None:
     command = image.build_command(ROOT, Path("/etc/ca.crt"), Path("/root/.cache/uv"))
     joined = " ".join(command)
-    assert command[:2] == ["podman", "build"]
+    assert command[:4] == ["podman", "--runtime", image.BUILD_RUNTIME, "build"]
     assert command[-1] == str(ROOT)
     assert f"--tag {image.reference()}" in joined
     assert f"--build-arg BASE_IMAGE={image.BASE_IMAGE}" in joined
@@ -155,11 +155,12 @@ def test_save_writes_an_uncompressed_oci_archive() -> None:
         "docker.io/library/pdserve:0.1.0"]
 
 
-def test_missing_podman_is_exit_code_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+def test_missing_build_tools_are_exit_code_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     assert image.main(["build"]) == 2
-    assert "podman not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "missing podman" in err and "no apt-get to install them" in err
 
 
 # --- containerd, against a fake ctr ---------------------------------------------------------
