@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from e2e import real_stack
 from e2e.cluster.session import Cluster, session_cluster
+from e2e.operator_harness import Api
 from e2e.real_node import Placement
 
 
@@ -45,3 +47,29 @@ def pdserve_image(cluster: Cluster, placement: Placement) -> str:
         image.import_into_containerd(archive, cluster.tool("ctr"),
                                      cluster.node.containerd_socket)
     return reference
+
+
+@pytest.fixture(scope="session")
+def real_release(cluster: Cluster, placement: Placement, pdserve_image: str,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The chart installed with `helm install`, its operator a pod: yields its namespace."""
+    with real_stack.release(cluster, placement, tmp_path_factory.mktemp("release")) as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def chat_service(cluster: Cluster, placement: Placement, real_release: str) -> str:
+    """A CPU LLMService (tiny model, one router, prefill and decode pod) serving on real pods:
+    its name, in the release's namespace."""
+    real_stack.apply_and_wait_ready(cluster, Api(cluster), real_release, "chat",
+                                    real_stack.cpu_service_spec(placement), pods=3)
+    return "chat"
+
+
+@pytest.fixture(scope="session")
+def cluster_prometheus(cluster: Cluster, real_release: str,
+                       tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[real_stack.ClusterPrometheus]:
+    with real_stack.cluster_prometheus(cluster, [real_release],
+                                       tmp_path_factory.mktemp("prometheus")) as found:
+        yield found

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
-import yaml
 from promql_names import exported_series, names
 
 from e2e import grafana_dashboard
@@ -87,14 +83,3 @@ def test_queries_become_plain_promql() -> None:
         assert "$" not in grafana_dashboard.concrete(query.expr, VALUES)
     with pytest.raises(KeyError, match="namespace"):
         grafana_dashboard.concrete(QUERIES[0].expr, {})
-
-
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
-def test_promtool_parses_every_query(tmp_path: Path) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query{index}", "expr": grafana_dashboard.concrete(q.expr, VALUES)}
-        for index, q in enumerate(QUERIES)]}]}))
-    done = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True,
-                          text=True, timeout=30, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
