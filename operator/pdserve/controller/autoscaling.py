@@ -72,11 +72,13 @@ def autoscale(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None
     selector = Selector(namespace, name, max(MIN_RATE_WINDOW_SECONDS,
                                              4 * parsed.autoscaling.interval_seconds))
     detail = ""
+    # Exported at 0 from the first run, so that rate() and increase() of it are 0, not empty.
+    errors = metrics.PROMETHEUS_ERRORS.labels(namespace, name)
     try:
         snapshot = source.snapshot(selector, now)
     except PrometheusUnavailable as exc:
         snapshot, detail = None, f"{url}: {exc}"[:512]
-        metrics.PROMETHEUS_ERRORS.labels(namespace, name).inc()
+        errors.inc()
     state = memo.get("planner_state") or PlannerState()
     decision = plan(snapshot, replicas, planner_config(parsed), state, now)
     memo["planner_state"] = decision.state
