@@ -143,19 +143,19 @@ def session_cluster() -> Iterator[Cluster]:
         return
     shared = controlplane.read_state(controlplane.default_state_dir())
     if shared is not None and controlplane.is_healthy(shared):
-        yield _local(shared)
+        yield local_cluster(shared)
         return
     _remove_dead_private_clusters()
     state_dir = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
     stopper = _Stopper(state_dir)
     try:
         state = controlplane.up(state_dir, tie_to_parent=True)
-        yield _local(state)
+        yield local_cluster(state)
     finally:
         stopper()
 
 
-def _local(state: controlplane.ClusterState) -> Cluster:
+def local_cluster(state: controlplane.ClusterState) -> Cluster:
     node = controlplane.node_paths(state) if state.real_node else None
     return Cluster(Path(state.kubeconfig), Path(state.bin_dir), local=True, node=node)
 

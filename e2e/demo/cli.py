@@ -11,29 +11,35 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
+import openai
+
 from e2e.cluster import controlplane
 from e2e.cluster.certs import PKIError
 from e2e.cluster.processes import ProcessError
 from e2e.cluster.session import KubectlError
-from e2e.demo import kubernetes, rebalance, report, serving
+from e2e.demo import kubernetes, pods, rebalance, report, serving
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m e2e.demo",
         description="pdserve end to end on this machine: a local Kubernetes cluster with GPU/TPU/"
-        "CPU node pools (KWOK), pdserve installed and reconciling its samples, the tiny model "
-        "served through a real router -> prefill -> decode, and the planner rebalancing "
-        "prefill and decode as the load moves from summaries to stories.")
+        "CPU node pools (KWOK) and one real node, pdserve's image built and installed, its "
+        "operator in-cluster reconciling the samples, the tiny model served by the agentic "
+        "sample's router -> prefill -> decode pods, and the planner rebalancing prefill and "
+        "decode as the load moves from summaries to stories.")
     p.add_argument("--keep", action="store_true",
                    help="leave the local cluster (and the demo's LLMServices) running at the end; "
                    "stop it later with `make cluster-down`")
     p.add_argument("--skip-cluster", action="store_true",
-                   help="skip the Kubernetes sections (1, 2): only serve and rebalance")
+                   help="skip the Kubernetes sections (1, 2): serve and rebalance with local "
+                   "processes")
     p.add_argument("--state-dir", type=Path, default=None,
                    help="the local cluster's state directory (default "
                    f"{controlplane.default_state_dir()}, the one `make cluster-up` uses)")
-    p.add_argument("--prefill", type=_positive, default=2, help="prefill workers (default 2)")
+    p.add_argument("--prefill", type=_positive, default=2,
+                   help="prefill workers: the agentic sample's pods, or local processes "
+                   "(default 2)")
     p.add_argument("--decode", type=_positive, default=2, help="decode workers (default 2)")
     p.add_argument("--window", type=float, default=10.0,
                    help="seconds of load behind each planner snapshot (default 10)")
@@ -62,7 +68,7 @@ def main(argv: list[str]) -> int:
         with contextlib.ExitStack() as cleanup:
             run(args, workdir, state_dir, cleanup)
     except (controlplane.ClusterError, PKIError, ProcessError, KubectlError, RuntimeError,
-            TimeoutError, AssertionError) as err:
+            TimeoutError, AssertionError, openai.APIError) as err:
         print(f"\ndemo failed: {err}\nlogs: {workdir}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -77,30 +83,47 @@ def run(args: argparse.Namespace, workdir: Path, state_dir: Path,
         cleanup: contextlib.ExitStack) -> None:
     local = None
     if not args.skip_cluster:
-        report.section(1, "A local Kubernetes cluster with GPU, TPU and CPU node pools")
+        report.section(1, "A local Kubernetes cluster: GPU, TPU and CPU node pools (KWOK) and "
+                       "one real node")
         local = kubernetes.cluster_up(state_dir)
     cleanup.callback(_tidy_section, local, args.keep)  # runs last, after the processes stop
-    if local is not None:
-        report.section(2, "Install pdserve; the operator reconciles the samples onto the pools")
-        kubernetes.install(local.cluster)
-        running = cleanup.enter_context(kubernetes.operator(local.cluster, workdir))
+    if local is None:
+        report.section(3, f"Serve the tiny model: router -> {args.prefill} prefill + "
+                       f"{args.decode} decode workers (local processes)")
+        stack = cleanup.enter_context(serving.serving_stack(workdir, args.prefill, args.decode))
+    else:
+        cluster = local.cluster
+        report.section(2, "Install pdserve; the operator, in-cluster, reconciles the samples "
+                       "onto the pools")
+        kubernetes.load_image(cluster)
+        kubernetes.install(cluster)
         if not args.keep and not local.started_here:
-            cleanup.callback(kubernetes.remove_samples, local.cluster, running)
-        kubernetes.apply_samples(local.cluster, running)
-    report.section(3, f"Serve the tiny model: router -> {args.prefill} prefill + {args.decode} "
-                   "decode workers (local processes)")
-    stack = cleanup.enter_context(serving.serving_stack(workdir, args.prefill, args.decode))
+            cleanup.callback(kubernetes.stop_operator, cluster)
+            cleanup.callback(kubernetes.remove_samples, cluster)  # runs first: operator still up
+        agentic = kubernetes.agentic_on_real_node(args.prefill, args.decode,
+                                                  serving.SHORT_PROMPT_THRESHOLD)
+        kubernetes.apply_samples(cluster, agentic)
+        name = agentic["metadata"]["name"]
+        report.section(3, f"Serve the tiny model: {name}'s router Service -> {args.prefill} "
+                       f"prefill + {args.decode} decode pods on the real node")
+        stack = pods.stack(cluster, kubernetes.NAMESPACE, name,
+                           agentic["spec"]["model"]["servedName"])
     report.say(f"router {stack.router.url}; prefill {', '.join(p.url for p in stack.prefill)}; "
                f"decode {', '.join(p.url for p in stack.decode)}\n")
     serving.show(asyncio.run(serving.run_workloads(stack)))
     report.section(4, "Rebalancing: the planner's decision as the load moves from summaries "
                    "to stories")
-    url = cleanup.enter_context(rebalance.prometheus(stack))
+    if local is None:
+        url = cleanup.enter_context(rebalance.prometheus(stack))
+    else:
+        url = cleanup.enter_context(pods.prometheus(local.cluster, kubernetes.NAMESPACE,
+                                                    workdir))
     asyncio.run(rebalance.run(stack, args.window, url))
 
 
 def _tidy_section(local: kubernetes.LocalCluster | None, keep: bool) -> None:
-    stopped = "Prometheus, router and workers" + (" and the operator" if local else "")
+    stopped = "Prometheus" + (", the samples and the operator" if local else
+                              ", router and workers")
     report.section(5, f"Tidy up: {stopped} stopped")
     if local is not None:
         kubernetes.tidy(local, keep)

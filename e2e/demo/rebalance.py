@@ -15,6 +15,7 @@ import contextlib
 import math
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,14 +61,14 @@ SCRAPE_INTERVAL_S = 1.0
 @dataclass(frozen=True)
 class Phase:
     name: str
-    send: Callable[[Any, int], Any]
+    send: Callable[[Any, str, int], Any]  # (client, model, seed)
 
 
 PHASES = (
-    Phase("summaries", lambda client, seed: timed_chat(client, summary_messages(1000 + seed),
-                                                       SUMMARY_TOKENS)),
-    Phase("stories", lambda client, seed: timed_chat(client, story_messages(seed),
-                                                     STORY_TOKENS)),
+    Phase("summaries", lambda client, model, seed: timed_chat(
+        client, summary_messages(1000 + seed), SUMMARY_TOKENS, model)),
+    Phase("stories", lambda client, model, seed: timed_chat(
+        client, story_messages(seed), STORY_TOKENS, model)),
 )
 
 
@@ -102,10 +103,16 @@ class PrometheusWindow:
 
 
 def targets(stack: Stack) -> list[Target]:
+    """Local processes as Prometheus targets, labelled as their pods would be."""
     roles = [*((p, "prefill") for p in stack.prefill), *((p, "decode") for p in stack.decode),
              (stack.router, "router")]
-    return [Target(p.address, {"namespace": NAMESPACE, "llmservice": SERVICE, "role": role,
-                               "pod": f"{SERVICE}-{role}-{p.port}"}) for p, role in roles]
+    found = []
+    for endpoint, role in roles:
+        address = urllib.parse.urlsplit(endpoint.url).netloc
+        found.append(Target(address, {
+            "namespace": NAMESPACE, "llmservice": SERVICE, "role": role,
+            "pod": f"{SERVICE}-{role}-{address.rsplit(':', 1)[1]}"}))
+    return found
 
 
 @contextlib.contextmanager
@@ -137,7 +144,7 @@ async def load_window(stack: Stack, phase: Phase, seconds: float,
         seed = index
         while not stop.is_set():
             try:
-                await phase.send(client, seed)
+                await phase.send(client, stack.model, seed)
             except Exception as exc:  # reported below: the demo must not hide failures
                 errors.append(exc)
                 return

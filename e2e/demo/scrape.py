@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.local_processes import Process, http_get
+from e2e.local_processes import http_get
 from pdserve.autoscaler import MetricsSnapshot, RoleMetrics
 
 if TYPE_CHECKING:
-    from e2e.demo.serving import Stack
+    from e2e.demo.serving import Endpoint, Stack
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Scrape:
         return self.samples.get(name, 0.0)
 
 
-def scrape(process: Process) -> Scrape:
+def scrape(process: Endpoint) -> Scrape:
     status, text = http_get(process.url + "/metrics")
     if status != 200:
         raise RuntimeError(f"{process.name} /metrics answered HTTP {status}")
@@ -43,7 +43,7 @@ def scrape(process: Process) -> Scrape:
     return Scrape(time.monotonic(), totals)
 
 
-def scrape_all(processes: list[Process]) -> list[Scrape]:
+def scrape_all(processes: Sequence[Endpoint]) -> list[Scrape]:
     return [scrape(process) for process in processes]
 
 

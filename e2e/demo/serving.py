@@ -1,15 +1,17 @@
-"""Section 3: the tiny model served through a real router -> prefill -> decode (local
-processes), and a summarization, a story and a 5-turn agentic session sent with the `openai`
-client. Per request: TTFT and inter-token latency as the client saw them, and from the workers'
-/metrics the KV bytes handed from prefill to decode and the prefix-cache hits on each side."""
+"""Section 3: the tiny model served through a real router -> prefill -> decode (the agentic
+sample's pods on the real node, or local processes with --skip-cluster), and a summarization,
+a story and a 5-turn agentic session sent with the `openai` client. Per request: TTFT and
+inter-token latency as the client saw them, and from the workers' /metrics the KV bytes handed
+from prefill to decode and the prefix-cache hits on each side."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import openai
 
@@ -17,6 +19,7 @@ from e2e.demo import report
 from e2e.demo.scrape import delta, scrape_all
 from e2e.demo.workloads import (
     AGENT_TASK,
+    MODEL,
     SYSTEM_AGENT,
     Timed,
     agent_observation,
@@ -24,7 +27,7 @@ from e2e.demo.workloads import (
     summary_messages,
     timed_chat,
 )
-from e2e.local_processes import Process, router, running, wait_for_tiers, worker
+from e2e.local_processes import router, running, wait_for_tiers, worker
 from pdserve.runtime.model_init import resolve_model_path
 
 # Prompts shorter than this skip the prefill tier (conditional disaggregation): the story
@@ -36,15 +39,22 @@ AGENT_TOKENS = 24
 AGENT_TURNS = 5
 
 
-@dataclass
-class Stack:
-    prefill: list[Process]
-    decode: list[Process]
-    router: Process
+class Endpoint(Protocol):
+    """A router or worker the demo talks to: a pod, or a local process."""
 
     @property
-    def processes(self) -> list[Process]:
-        return [*self.prefill, *self.decode, self.router]
+    def name(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+
+@dataclass
+class Stack:
+    prefill: Sequence[Endpoint]
+    decode: Sequence[Endpoint]
+    router: Endpoint
+    model: str = MODEL  # the served model name requests ask for
 
     def client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.router.url + "/v1", api_key="demo",
@@ -104,17 +114,17 @@ async def run_workloads(stack: Stack) -> list[Measured]:
     async with stack.client() as client:
         for seed in range(2):
             messages = summary_messages(seed)
-            results.append(await measured(stack, f"summary {seed + 1}",
-                                          lambda m=messages: timed_chat(client, m, SUMMARY_TOKENS)))
+            results.append(await measured(stack, f"summary {seed + 1}", lambda m=messages:
+                                          timed_chat(client, m, SUMMARY_TOKENS, stack.model)))
         for seed in range(2):
             messages = story_messages(seed)
-            results.append(await measured(stack, f"story {seed + 1}",
-                                          lambda m=messages: timed_chat(client, m, STORY_TOKENS)))
+            results.append(await measured(stack, f"story {seed + 1}", lambda m=messages:
+                                          timed_chat(client, m, STORY_TOKENS, stack.model)))
         history = [{"role": "system", "content": SYSTEM_AGENT},
                    {"role": "user", "content": AGENT_TASK}]
         for turn in range(1, AGENT_TURNS + 1):
-            result = await measured(stack, f"agent turn {turn}",
-                                    lambda h=list(history): timed_chat(client, h, AGENT_TOKENS))
+            result = await measured(stack, f"agent turn {turn}", lambda h=list(history):
+                                    timed_chat(client, h, AGENT_TOKENS, stack.model))
             results.append(result)
             history += [{"role": "assistant", "content": result.timed.text},
                         {"role": "user", "content": agent_observation(turn)}]

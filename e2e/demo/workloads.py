@@ -64,10 +64,11 @@ class Timed:
     e2e_s: float
 
 
-def chat_body(messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
+def chat_body(messages: list[dict[str, str]], max_tokens: int, model: str = MODEL
+              ) -> dict[str, Any]:
     # ignore_eos (a vLLM-style extension) keeps answer lengths fixed: the tiny model's random
     # weights would otherwise stop at an arbitrary point.
-    return {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+    return {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True},
             "extra_body": {"ignore_eos": True}}
 
@@ -82,12 +83,13 @@ def _timing(start: float, token_times: list[float], end: float, completion_token
 
 
 async def timed_chat(client: openai.AsyncOpenAI, messages: list[dict[str, str]],
-                     max_tokens: int) -> Timed:
+                     max_tokens: int, model: str = MODEL) -> Timed:
     start = time.perf_counter()
     token_times: list[float] = []
     parts: list[str] = []
     usage = None
-    async for chunk in await client.chat.completions.create(**chat_body(messages, max_tokens)):
+    async for chunk in await client.chat.completions.create(
+            **chat_body(messages, max_tokens, model)):
         if chunk.usage is not None:
             usage = chunk.usage
         if chunk.choices and chunk.choices[0].delta.content:
