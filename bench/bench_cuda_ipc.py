@@ -21,11 +21,11 @@ import torch
 from safetensors.torch import save_file
 
 from bench.bench_kv_transfer import LAYOUT, FillEverything
-from pdserve.runtime.engine import EngineConfig, LLMEngine
-from pdserve.runtime.kv_cache import KVCache
-from pdserve.runtime.kv_transfer import KVReceiverServer, KVSender, Offer
-from pdserve.runtime.model_init import VOCAB_SIZE, init_model, random_weights
-from pdserve.runtime.sampling_params import SamplingParams
+from pdserve.runtime.checkpoints.builtin import VOCAB_SIZE, init_model, random_weights
+from pdserve.runtime.disagg.kv_transfer import KVReceiverServer, KVSender, Offer
+from pdserve.runtime.engine.kv_cache import KVCache
+from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine
+from pdserve.runtime.engine.sampling_params import SamplingParams
 
 QWEN3_0_6B_SHAPE = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
                     "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from pdserve.runtime.kv_cache import KVCache, KVLayout
-from pdserve.runtime.kv_transfer import KVReceiverServer, KVSender, Offer
+from pdserve.runtime.disagg.kv_transfer import KVReceiverServer, KVSender, Offer
+from pdserve.runtime.engine.kv_cache import KVCache, KVLayout
 
 LAYOUT = KVLayout(num_layers=28, num_kv_heads=8, head_dim=128, block_size=16, dtype="bfloat16")
 

@@ -33,10 +33,10 @@ from bench.runtime_workloads import (
     p50,
     run_engine,
 )
-from pdserve.runtime.device import synchronize
-from pdserve.runtime.engine import EngineConfig, LLMEngine
-from pdserve.runtime.model_init import init_model, resolve_model_path
-from pdserve.runtime.sampling_params import SamplingParams
+from pdserve.runtime.checkpoints.builtin import init_model, resolve_model_path
+from pdserve.runtime.devices.resolve import synchronize
+from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine
+from pdserve.runtime.engine.sampling_params import SamplingParams
 
 # A chat-like mix: short to medium prompts, answers of very different lengths.
 PROMPT_LENGTHS = (16, 256)

@@ -15,10 +15,10 @@ import random
 import statistics
 import time
 
-from pdserve.runtime.block_manager import BlockManager
-from pdserve.runtime.sampling_params import SamplingParams
-from pdserve.runtime.scheduler import Scheduler
-from pdserve.runtime.sequence import Sequence
+from pdserve.runtime.engine.block_manager import BlockManager
+from pdserve.runtime.engine.sampling_params import SamplingParams
+from pdserve.runtime.engine.scheduler import Scheduler
+from pdserve.runtime.engine.sequence import Sequence
 
 
 def build(num_seqs: int, block_size: int, max_tokens: int) -> Scheduler:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pdserve.runtime.engine import LLMEngine
+from pdserve.runtime.engine.llm_engine import LLMEngine
+from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.models.config import ModelConfig
-from pdserve.runtime.sampling_params import SamplingParams
 
 
 @dataclass

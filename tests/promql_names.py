@@ -17,7 +17,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from pdserve.controller import metrics as operator_metrics
 from pdserve.controller import planner_metrics
 from pdserve.router.metrics import RouterMetrics
-from pdserve.runtime.metrics import WorkerMetrics
+from pdserve.runtime.serving.metrics import WorkerMetrics
 
 _TOKEN = re.compile(r"""
     (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pdserve.runtime.block_manager import BlockManager
-from pdserve.runtime.scheduler import SchedulerOutput
+from pdserve.runtime.engine.block_manager import BlockManager
+from pdserve.runtime.engine.scheduler import SchedulerOutput
 
 VOCAB = 50
 EOS = 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pdserve.runtime.tokenizer import Tokenizer
+from pdserve.runtime.checkpoints.tokenizer import Tokenizer
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, CODE = 128, 4, 2, 32, 63
 CONST = CODE  # hidden dim holding a constant 1: the attention's query and key read it

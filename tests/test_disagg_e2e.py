@@ -22,7 +22,7 @@ from e2e.local_processes import (
     wait_for_tiers,
     worker,
 )
-from pdserve.runtime.model_init import init_model
+from pdserve.runtime.checkpoints.builtin import init_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

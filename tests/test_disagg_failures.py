@@ -21,8 +21,8 @@ from e2e.local_processes import (
     wait_for_tiers,
     worker,
 )
-from pdserve.runtime.kv_transfer.sender import TEST_DELAY_ENV
-from pdserve.runtime.model_init import init_model
+from pdserve.runtime.checkpoints.builtin import init_model
+from pdserve.runtime.disagg.kv_transfer.sender import TEST_DELAY_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 DELAY = {TEST_DELAY_ENV: "3"}

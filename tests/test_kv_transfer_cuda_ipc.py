@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from pdserve.runtime.kv_cache import KVCache, KVLayout
-from pdserve.runtime.kv_transfer import KVReceiverServer, KVSender, Offer
+from pdserve.runtime.disagg.kv_transfer import KVReceiverServer, KVSender, Offer
+from pdserve.runtime.engine.kv_cache import KVCache, KVLayout
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

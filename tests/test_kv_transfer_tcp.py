@@ -7,15 +7,15 @@ import threading
 import pytest
 import torch
 
-from pdserve.runtime.kv_cache import KVCache, KVLayout
-from pdserve.runtime.kv_transfer import (
+from pdserve.runtime.disagg.kv_transfer import (
     KVReceiverServer,
     KVSender,
     KVTransferError,
     LayoutMismatchError,
     Offer,
 )
-from pdserve.runtime.kv_transfer.protocol import HELLO, OFFER, FramedSocket, layout_dict
+from pdserve.runtime.disagg.kv_transfer.protocol import HELLO, OFFER, FramedSocket, layout_dict
+from pdserve.runtime.engine.kv_cache import KVCache, KVLayout
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4, dtype="float32")
 
@@ -140,7 +140,7 @@ def test_cuda_ipc_to_a_cpu_pool_is_refused_clearly(receiver):
 def test_staged_and_zero_copy_paths_share_one_wire_order(receiver, monkeypatch, staged):
     """A CUDA pool goes through host staging chunks; host pools use scatter/gather I/O. One side
     of each kind (forced on CPU here) must still agree byte for byte."""
-    from pdserve.runtime.kv_transfer import tcp
+    from pdserve.runtime.disagg.kv_transfer import tcp
 
     monkeypatch.setattr(tcp, "CHUNK_BYTES", 3 * LAYOUT.bytes_per_block)  # several chunks
     hooks = RecordingHooks()
@@ -156,7 +156,7 @@ def test_staged_and_zero_copy_paths_share_one_wire_order(receiver, monkeypatch, 
 
 
 def test_cancel_cuts_a_transfer_and_frees_the_reservation(receiver, monkeypatch):
-    from pdserve.runtime.kv_transfer.sender import TEST_DELAY_ENV
+    from pdserve.runtime.disagg.kv_transfer.sender import TEST_DELAY_ENV
 
     monkeypatch.setenv(TEST_DELAY_ENV, "1")  # stall after the reservation
     hooks = RecordingHooks()

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from pdserve.runtime.block_manager import (
+from pdserve.runtime.engine.block_manager import (
     ROOT_HASH,
     BlockManager,
     compute_block_hashes,
     hash_block,
 )
-from pdserve.runtime.sequence import Sequence
+from pdserve.runtime.engine.sequence import Sequence
 
 
 def check_invariants(bm: BlockManager, holders: list[Sequence]) -> None:
@@ -46,7 +46,7 @@ def test_hashes_are_chained_full_block_only_and_stable_across_processes() -> Non
     # Same second block after a different first block: a different chain.
     assert compute_block_hashes([9, 1, 2, 3, 4, 5, 6, 7], 4)[1] != hashes[1]
     code = (
-        "from pdserve.runtime.block_manager import compute_block_hashes as c; "
+        "from pdserve.runtime.engine.block_manager import compute_block_hashes as c; "
         "print(c(list(range(10)), 4))"
     )
     other = subprocess.run(

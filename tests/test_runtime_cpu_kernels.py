@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pdserve.runtime.cpu_kernels import library, paged_decode
-from pdserve.runtime.engine import EngineConfig, LLMEngine
-from pdserve.runtime.model_init import init_model
+from pdserve.runtime.checkpoints.builtin import init_model
+from pdserve.runtime.devices.cpu_kernels import library, paged_decode
+from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine
+from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.models import ops
-from pdserve.runtime.sampling_params import SamplingParams
 
 LIBRARY = library.load()
 needs_kernel = pytest.mark.skipif(LIBRARY is None, reason="no C compiler to build the kernel")

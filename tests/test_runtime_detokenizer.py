@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pdserve.runtime.detokenizer import IncrementalDetokenizer
-from pdserve.runtime.model_init import init_model
-from pdserve.runtime.tokenizer import Tokenizer
+from pdserve.runtime.checkpoints.builtin import init_model
+from pdserve.runtime.checkpoints.tokenizer import Tokenizer
+from pdserve.runtime.engine.detokenizer import IncrementalDetokenizer
 
 
 @pytest.fixture(scope="module")

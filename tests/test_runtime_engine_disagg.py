@@ -8,10 +8,10 @@ import time
 import pytest
 from runtime_engine_helpers import one_torch_thread  # noqa: F401 - fixture
 
-from pdserve.runtime.engine import EngineConfig, LLMEngine, StepOutput
-from pdserve.runtime.kv_cache import KVLayout
-from pdserve.runtime.model_init import init_model
-from pdserve.runtime.sampling_params import SamplingParams
+from pdserve.runtime.checkpoints.builtin import init_model
+from pdserve.runtime.engine.kv_cache import KVLayout
+from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine, StepOutput
+from pdserve.runtime.engine.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

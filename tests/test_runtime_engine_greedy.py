@@ -8,9 +8,9 @@ import torch
 from runtime_engine_helpers import one_torch_thread  # noqa: F401 - fixture
 from transformers import AutoModelForCausalLM
 
-from pdserve.runtime.engine import EngineConfig, LLMEngine
-from pdserve.runtime.model_init import init_model
-from pdserve.runtime.sampling_params import SamplingParams
+from pdserve.runtime.checkpoints.builtin import init_model
+from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine
+from pdserve.runtime.engine.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from pdserve.runtime.model_cli import main
-from pdserve.runtime.model_fetch import FetchError, fetch_model
-from pdserve.runtime.model_init import init_model
+from pdserve.runtime.checkpoints.builtin import init_model
+from pdserve.runtime.checkpoints.cli import main
+from pdserve.runtime.checkpoints.fetch import FetchError, fetch_model
 
 
 def test_file_uri_copies_the_model_files(tmp_path):

@@ -9,10 +9,10 @@ import torch
 from runtime_engine_helpers import one_torch_thread  # noqa: F401 - fixture
 from transformers import AutoModelForCausalLM
 
-from pdserve.runtime.engine_config import EngineConfig, build_components
-from pdserve.runtime.model_init import init_model
-from pdserve.runtime.sequence import Sequence
-from pdserve.runtime.weights import INDEX_NAME, checkpoint_files
+from pdserve.runtime.checkpoints.builtin import init_model
+from pdserve.runtime.checkpoints.weights import INDEX_NAME, checkpoint_files
+from pdserve.runtime.engine.config import EngineConfig, build_components
+from pdserve.runtime.engine.sequence import Sequence
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

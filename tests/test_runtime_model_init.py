@@ -9,9 +9,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from pdserve.cli import main as pdserve_main
-from pdserve.runtime.model_init import init_model, resolve_model_path
-from pdserve.runtime.tokenizer import ChatTemplateError, Tokenizer
-from pdserve.runtime.tokenizer_training import train_tokenizer_json
+from pdserve.runtime.checkpoints.builtin import init_model, resolve_model_path
+from pdserve.runtime.checkpoints.tokenizer import ChatTemplateError, Tokenizer
+from pdserve.runtime.checkpoints.tokenizer_training import train_tokenizer_json
 
 
 def _digests(path) -> dict[str, str]:

@@ -8,10 +8,10 @@ import sys
 import pytest
 from runtime_fake_model import EOS, VOCAB, FakeModel, next_token
 
-from pdserve.runtime.block_manager import BlockManager
-from pdserve.runtime.sampling_params import SamplingParams
-from pdserve.runtime.scheduler import Scheduler, SchedulerOutput
-from pdserve.runtime.sequence import Sequence, SequenceStatus
+from pdserve.runtime.engine.block_manager import BlockManager
+from pdserve.runtime.engine.sampling_params import SamplingParams
+from pdserve.runtime.engine.scheduler import Scheduler, SchedulerOutput
+from pdserve.runtime.engine.sequence import Sequence, SequenceStatus
 
 
 def make(num_blocks: int = 64, block_size: int = 4, **kwargs: int) -> Scheduler:
@@ -45,8 +45,9 @@ def run_all(
 
 def test_modules_do_not_import_torch() -> None:
     code = (
-        "import sys; import pdserve.runtime.scheduler, pdserve.runtime.block_manager, "
-        "pdserve.runtime.sequence, pdserve.runtime.sampling_params; "
+        "import sys; import pdserve.runtime.engine.scheduler, "
+        "pdserve.runtime.engine.block_manager, pdserve.runtime.engine.sequence, "
+        "pdserve.runtime.engine.sampling_params; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,10 +7,10 @@ import random
 import pytest
 from runtime_fake_model import EOS, VOCAB, FakeModel, next_token
 
-from pdserve.runtime.block_manager import BlockManager, compute_block_hashes
-from pdserve.runtime.sampling_params import SamplingParams
-from pdserve.runtime.scheduler import Scheduler
-from pdserve.runtime.sequence import Sequence
+from pdserve.runtime.engine.block_manager import BlockManager, compute_block_hashes
+from pdserve.runtime.engine.sampling_params import SamplingParams
+from pdserve.runtime.engine.scheduler import Scheduler
+from pdserve.runtime.engine.sequence import Sequence
 
 
 class RandomWorkload:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pdserve.runtime.async_engine import AsyncEngine
+from pdserve.runtime.engine.async_engine import AsyncEngine
 
 
 @dataclass

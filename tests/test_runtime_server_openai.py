@@ -10,7 +10,7 @@ import openai
 import pytest
 from runtime_worker_process import MODEL_NAME, WorkerProcess, metric_value, tiny_model_dir
 
-from pdserve.runtime.tokenizer import Tokenizer
+from pdserve.runtime.checkpoints.tokenizer import Tokenizer
 
 GREEDY = {"temperature": 0.0}
 WEATHER_TOOL = {"type": "function", "function": {

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from runtime_worker_process import free_port
 
-from pdserve.runtime import openai_routes
-from pdserve.runtime.async_engine import AsyncEngine
-from pdserve.runtime.server import WorkerState, create_app, serve
+from pdserve.runtime.engine.async_engine import AsyncEngine
+from pdserve.runtime.serving import openai_routes
+from pdserve.runtime.serving.server import WorkerState, create_app, serve
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 from runtime_scripted_model import write_scripted_model
 from runtime_worker_process import MODEL_NAME, WorkerProcess, tiny_model_dir
 
-from pdserve.runtime.tokenizer import Tokenizer
+from pdserve.runtime.checkpoints.tokenizer import Tokenizer
 
 CONTENT = "Checking the weather."
 # No space in {"city":"Paris"}: the scripted model needs each token pair to recur at most once.

@@ -5,15 +5,15 @@ import json
 import pytest
 
 from pdserve.runtime.cli import WorkerSetupError, parse_settings
-from pdserve.runtime.openai_protocol import (
+from pdserve.runtime.serving.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     RequestError,
     parse_priority,
     parse_request,
 )
-from pdserve.runtime.openai_serving import resolve_max_tokens
-from pdserve.runtime.tool_calls import ToolCallParser, parse_tool_calls
+from pdserve.runtime.serving.openai_serving import resolve_max_tokens
+from pdserve.runtime.serving.tool_calls import ToolCallParser, parse_tool_calls
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pdserve.runtime import device
 from pdserve.runtime.cli import parse_settings
+from pdserve.runtime.devices import resolve as device
 
 
 @pytest.mark.parametrize(

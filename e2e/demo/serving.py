@@ -28,7 +28,7 @@ from e2e.demo.workloads import (
     timed_chat,
 )
 from e2e.local_processes import router, running, wait_for_tiers, worker
-from pdserve.runtime.model_init import resolve_model_path
+from pdserve.runtime.checkpoints.builtin import resolve_model_path
 
 # Prompts shorter than this skip the prefill tier (conditional disaggregation): the story
 # prompts are, so their decode worker prefills them itself and no KV travels.

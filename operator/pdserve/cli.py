@@ -13,7 +13,8 @@ from pdserve import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("pdserve.runtime.cli", "run an inference worker (role prefill, decode or both)"),
-    "model": ("pdserve.runtime.model_cli", "model tools: `model init DIR` writes a tiny model"),
+    "model": ("pdserve.runtime.checkpoints.cli",
+              "model tools: `model init DIR` writes a tiny model"),
     "router": ("pdserve.router.cli", "run the OpenAI-compatible router"),
     "operator": ("pdserve.controller.cli", "run the LLMService operator (kopf)"),
     "crds": ("pdserve.api.cli", "write the CRD YAML generated from the API models"),

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 ROLE_ROUTES = {
-    "both": "pdserve.runtime.openai_routes",
-    "prefill": "pdserve.runtime.role_prefill",
-    "decode": "pdserve.runtime.role_decode",
+    "both": "pdserve.runtime.serving.openai_routes",
+    "prefill": "pdserve.runtime.disagg.prefill",
+    "decode": "pdserve.runtime.disagg.decode",
 }
 DEFAULTS: dict[str, Any] = {
     "role": "both", "model": None, "served_model_name": None, "host": "0.0.0.0", "port": 8000,

@@ -9,10 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
-from pdserve.runtime.async_engine import AsyncEngine
-from pdserve.runtime.device import torch_threads
-from pdserve.runtime.engine import EngineConfig, LLMEngine
-from pdserve.runtime.server import WorkerState, create_app, serve
+from pdserve.runtime.devices.resolve import torch_threads
+from pdserve.runtime.engine.async_engine import AsyncEngine
+from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine
+from pdserve.runtime.serving.server import WorkerState, create_app, serve
 
 log = logging.getLogger(__name__)
 

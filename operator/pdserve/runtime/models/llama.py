@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdserve.runtime.attention import AttentionMetadata, paged_attention
+from pdserve.runtime.models.attention import AttentionMetadata, paged_attention
 from pdserve.runtime.models.config import ModelConfig
 from pdserve.runtime.models.ops import add_rms_norm, rotate, silu_mul
 from pdserve.runtime.models.rope import RotaryEmbedding

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pdserve.runtime.cpu_kernels import elementwise
-from pdserve.runtime.cpu_kernels.library import for_tensor
+from pdserve.runtime.devices.cpu_kernels import elementwise
+from pdserve.runtime.devices.cpu_kernels.library import for_tensor
 from pdserve.runtime.models.rope import apply_rotary
 
 

@@ -1,0 +1,1 @@
+"""Choosing the torch device and dtype, and the device-specific kernels."""

@@ -1,0 +1,149 @@
+"""Decode worker: the transfers it is receiving or holding, between the KV receiver's threads
+and the HTTP requests that claim them.
+
+A transfer's life: the receiver thread calls `reserve` (engine.admit_with_kv on the engine
+thread: blocks held, cached prefix blocks shared) -> the KV lands in the reserved blocks ->
+`complete` (ready) or `fail` (blocks freed at once). The decode request for it, sent by the
+router once the prefill worker answered, `claim`s it and admits it as running. A transfer
+that is not claimed within --kv-timeout of its reservation is aborted, which frees its blocks
+(the engine only expires reservations while it is stepping, and it may be idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdserve.runtime.disagg.kv_transfer import KVTransferError, Offer
+from pdserve.runtime.engine.async_engine import AsyncEngine
+from pdserve.runtime.engine.sampling_params import SamplingParams
+from pdserve.runtime.serving.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IncomingTransfer:
+    offer: Offer
+    request_id: str  # the engine's id for the reserved request
+    params: SamplingParams
+    deadline: float
+    ready: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    expiry: asyncio.TimerHandle | None = None
+
+
+class DecodeTransfers:
+    """Implements the KV receiver's hooks; its state lives on the event loop."""
+
+    def __init__(self, engine: AsyncEngine, metrics: WorkerMetrics, timeout: float,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.timeout = timeout
+        self.loop = loop
+        self.transfers: dict[str, IncomingTransfer] = {}
+
+    # ---- receiver threads ----------------------------------------------------------------
+
+    def reserve(self, offer: Offer) -> tuple[int, list[int]]:
+        future = asyncio.run_coroutine_threadsafe(self._reserve(offer), self.loop)
+        try:
+            return future.result(self.timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise KVTransferError("the decode engine did not reserve blocks in time") from None
+
+    def complete(self, transfer_id: str, nbytes: int, seconds: float) -> None:
+        self.loop.call_soon_threadsafe(self._complete, transfer_id, nbytes, seconds)
+
+    def fail(self, transfer_id: str, reason: str) -> None:
+        self.loop.call_soon_threadsafe(self._fail, transfer_id, reason)
+
+    # ---- event loop ----------------------------------------------------------------------
+
+    async def _reserve(self, offer: Offer) -> tuple[int, list[int]]:
+        if offer.transfer_id in self.transfers:
+            raise KVTransferError(f"transfer {offer.transfer_id!r} is already in progress")
+        try:
+            params = SamplingParams(**offer.params)
+        except TypeError as exc:
+            raise KVTransferError(f"bad sampling params in OFFER: {exc}") from None
+        request_id = f"kv-{offer.transfer_id}"
+        try:
+            reservation = await self.engine.call(lambda e: e.admit_with_kv(
+                request_id, offer.prompt_token_ids, offer.first_token, params,
+                priority=offer.priority, timeout=self.timeout))
+        except ValueError as exc:
+            raise KVTransferError(f"decode worker cannot take the request: {exc}") from None
+        if reservation is None:
+            raise KVTransferError("no free KV blocks on the decode worker for this prompt now")
+        transfer = IncomingTransfer(offer, request_id, params, time.monotonic() + self.timeout)
+        transfer.expiry = self.loop.call_later(self.timeout, self._expire, offer.transfer_id)
+        self.transfers[offer.transfer_id] = transfer
+        return reservation.num_cached_blocks, list(reservation.missing_block_ids)
+
+    def _complete(self, transfer_id: str, nbytes: int, seconds: float) -> None:
+        transfer = self.transfers.get(transfer_id)
+        if transfer is None:  # expired meanwhile
+            return
+        self.metrics.kv_transfer_bytes.inc(nbytes)
+        self.metrics.kv_transfer_seconds.observe(seconds)
+        transfer.ready = True
+        transfer.done.set()
+
+    def _fail(self, transfer_id: str, reason: str) -> None:
+        self.metrics.kv_transfer_failures.inc()
+        log.warning("KV transfer %s failed: %s; its reserved blocks are freed", transfer_id,
+                    reason)
+        self._drop(transfer_id)
+
+    def _expire(self, transfer_id: str) -> None:
+        if self._drop(transfer_id):
+            log.warning("KV transfer %s was not claimed within %.0fs; its blocks are freed",
+                        transfer_id, self.timeout)
+
+    def _drop(self, transfer_id: str) -> bool:
+        transfer = self.transfers.pop(transfer_id, None)
+        if transfer is None:
+            return False
+        if transfer.expiry is not None:
+            transfer.expiry.cancel()
+        self.engine.abort(transfer.request_id)
+        transfer.done.set()
+        return True
+
+    async def claim(self, transfer_id: str, prompt_token_ids: list[int],
+                    params: SamplingParams) -> IncomingTransfer | None:
+        """The received transfer for this request, taken out of the table; None if it failed,
+        expired, never came or does not match the request (its blocks are then freed)."""
+        transfer = self.transfers.get(transfer_id)
+        if transfer is None:
+            return None
+        if not transfer.ready:
+            try:
+                await asyncio.wait_for(transfer.done.wait(),
+                                       max(0.0, transfer.deadline - time.monotonic()))
+            except TimeoutError:
+                self._drop(transfer_id)
+                return None
+            if transfer_id not in self.transfers:
+                return None
+        if (transfer.offer.prompt_token_ids != prompt_token_ids
+                or _comparable(transfer.params) != _comparable(params)):
+            log.warning("transfer %s does not match its decode request; recomputing",
+                        transfer_id)
+            self._drop(transfer_id)
+            return None
+        self.transfers.pop(transfer_id)
+        if transfer.expiry is not None:
+            transfer.expiry.cancel()
+        return transfer
+
+
+def _comparable(params: SamplingParams) -> dict[str, Any]:
+    return dict(vars(params))

@@ -1,0 +1,141 @@
+"""Decode side of the KV handoff: a threaded TCP server on the worker's --kv-port.
+
+Each connection does the layout handshake, then serves transfers one after another: OFFER ->
+`hooks.reserve` (blocks held for the prompt, cached prefix blocks reused) -> NEED (how many
+leading blocks are already here, and where the missing ones go) -> the transport fills them ->
+DONE -> `hooks.complete` -> ACK. Any failure (peer gone, timeout, bad frame) calls `hooks.fail`,
+which frees the reserved blocks at once; a stalled peer is cut off by the socket timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Protocol
+
+from pdserve.runtime.disagg.kv_transfer.protocol import (
+    ACCEPT,
+    ACK,
+    DONE,
+    HELLO,
+    NEED,
+    OFFER,
+    PROTOCOL_VERSION,
+    FramedSocket,
+    KVTransferError,
+    Offer,
+    check_layout,
+    layout_dict,
+)
+from pdserve.runtime.disagg.kv_transfer.transport import KVPool, Transport, make_transport
+
+log = logging.getLogger(__name__)
+
+
+class ReceiverHooks(Protocol):
+    """How the receiver reaches the engine; called from the receiver's threads."""
+
+    def reserve(self, offer: Offer) -> tuple[int, list[int]]:
+        """Hold blocks for the prompt: (leading blocks already cached, ids for the missing ones).
+        Raises KVTransferError when the request cannot be taken (no room, duplicate id)."""
+        ...
+
+    def complete(self, transfer_id: str, nbytes: int, seconds: float) -> None: ...
+
+    def fail(self, transfer_id: str, reason: str) -> None: ...
+
+
+class KVReceiverServer:
+    def __init__(self, pool: KVPool, hooks: ReceiverHooks, host: str, port: int,
+                 timeout: float = 30.0) -> None:
+        self.pool = pool
+        self.hooks = hooks
+        self.timeout = timeout
+        self.layout = layout_dict(pool.layout)
+        self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, name="pdserve-kv-accept",
+                                        daemon=True)
+        self._closed = False
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("KV receiver listening on port %d", self.port)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                sock, peer = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve_connection, args=(sock, peer),
+                             name=f"pdserve-kv-{peer[0]}:{peer[1]}", daemon=True).start()
+
+    def _serve_connection(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        sock.settimeout(self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        framed = FramedSocket(sock)
+        try:
+            transport = self._handshake(framed)
+            while self._serve_transfer(framed, transport):
+                pass
+        except (OSError, KVTransferError) as exc:
+            log.warning("KV connection from %s:%d ended: %s", peer[0], peer[1], exc)
+        finally:
+            framed.close()
+
+    def _handshake(self, framed: FramedSocket) -> Transport:
+        hello = framed.recv_json(HELLO)
+        try:
+            if hello.get("version") != PROTOCOL_VERSION:
+                raise KVTransferError(f"protocol version {hello.get('version')} is not "
+                                      f"{PROTOCOL_VERSION}")
+            check_layout(self.layout, hello.get("layout", {}))
+            transport = make_transport(str(hello.get("transport")))
+            problem = transport.unusable_with(self.pool)
+            if problem:
+                raise KVTransferError(problem)
+        except (KVTransferError, ValueError) as exc:
+            framed.send_error(str(exc))
+            raise KVTransferError(str(exc)) from exc
+        framed.send_json(ACCEPT, {"layout": self.layout})
+        transport.on_accept(framed, self.pool)
+        return transport
+
+    def _serve_transfer(self, framed: FramedSocket, transport: Transport) -> bool:
+        """One transfer; False when the peer closed the connection between transfers."""
+        try:
+            framed.sock.settimeout(None)  # idle between transfers for as long as the peer likes
+            kind, length = framed.recv_header()
+        except KVTransferError as exc:
+            if "closed by the peer" in str(exc):
+                return False
+            raise
+        finally:
+            framed.sock.settimeout(self.timeout)
+        if kind != OFFER:
+            raise KVTransferError(f"expected OFFER, got frame kind {kind}")
+        offer = Offer.from_json(json.loads(framed.recv_payload(length)))
+        try:
+            num_cached, dst_ids = self.hooks.reserve(offer)
+        except KVTransferError as exc:
+            framed.send_error(str(exc))
+            return True
+        start = time.perf_counter()
+        try:
+            framed.send_json(NEED, {"num_cached_blocks": num_cached, "block_ids": dst_ids})
+            nbytes = transport.recv_blocks(framed, self.pool, dst_ids)
+            framed.recv_json(DONE)
+            self.hooks.complete(offer.transfer_id, nbytes, time.perf_counter() - start)
+        except BaseException as exc:
+            self.hooks.fail(offer.transfer_id, str(exc) or type(exc).__name__)
+            raise
+        framed.send_json(ACK, {})
+        return True

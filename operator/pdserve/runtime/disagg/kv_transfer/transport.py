@@ -1,0 +1,70 @@
+"""The data-transport interface of the KV handoff, and the KV pool it moves blocks between.
+
+A transport moves the KV of some blocks of the sender's pool into given blocks of the receiver's
+pool, over a connection whose handshake and control messages are already done (protocol.py). One
+transport object serves one connection, so it may keep per-peer state (cuda-ipc keeps the mapped
+peer pool).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Protocol
+
+import torch
+
+from pdserve.runtime.disagg.kv_transfer.protocol import FramedSocket
+
+TRANSPORTS = ("tcp", "cuda-ipc")
+
+
+class KVPool(Protocol):
+    """The engine's KV cache as the transfer sees it (runtime/engine/kv_cache.py)."""
+
+    @property
+    def layout(self) -> Any: ...
+    @property
+    def kv(self) -> torch.Tensor: ...  # [num_layers, 2, num_blocks, block_size, kv_heads, head_dim]
+    def read_blocks(self, block_ids: list[int]) -> torch.Tensor: ...
+    def write_blocks(self, block_ids: list[int], data: torch.Tensor) -> None: ...
+
+
+class Transport(ABC):
+    name: str
+
+    def unusable_with(self, pool: KVPool) -> str | None:
+        """Why this transport cannot serve `pool` (checked before ACCEPT), or None."""
+        return None
+
+    def on_accept(self, conn: FramedSocket, pool: KVPool) -> None:  # noqa: B027 - optional hook
+        """Receiver side, right after ACCEPT: set up what the sender needs."""
+
+    def on_accepted(self, conn: FramedSocket, pool: KVPool) -> None:  # noqa: B027
+        """Sender side, right after ACCEPT: take what the receiver set up."""
+
+    @abstractmethod
+    def send_blocks(self, conn: FramedSocket, pool: KVPool, src_ids: list[int],
+                    dst_ids: list[int]) -> int:
+        """Move local blocks `src_ids` into the peer's `dst_ids`; returns bytes moved."""
+
+    @abstractmethod
+    def recv_blocks(self, conn: FramedSocket, pool: KVPool, dst_ids: list[int]) -> int:
+        """Receiver side of `send_blocks`; returns bytes received into the pool."""
+
+
+def make_transport(name: str) -> Transport:
+    if name == "tcp":
+        from pdserve.runtime.disagg.kv_transfer.tcp import TcpTransport
+
+        return TcpTransport()
+    if name == "cuda-ipc":
+        from pdserve.runtime.disagg.kv_transfer.cuda_ipc import CudaIpcTransport
+
+        return CudaIpcTransport()
+    raise ValueError(f"unknown KV transport {name!r}; expected one of {TRANSPORTS}")
+
+
+def block_nbytes(pool: KVPool) -> int:
+    """Bytes of one block across all layers, K and V."""
+    kv = pool.kv
+    return kv[:, :, 0].numel() * kv.element_size()

@@ -1,0 +1,109 @@
+"""Role `prefill`: computes a prompt's KV and first token, and pushes the KV to a decode worker.
+
+The router sends the client's request here with `x-pdserve-transfer-id` and
+`x-pdserve-kv-target` (the chosen decode worker's KV address). The prompt is prefilled with this
+worker's own prefix cache (`engine.prefill_only`), its blocks stay pinned while the KV is pushed
+(only blocks the decode worker lacks travel), then are released. The answer is the usual OpenAI
+response holding just the first token, sent once the decode worker has acknowledged the KV; a
+failed push answers 502 so that the router retries elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from pdserve.runtime.disagg.decode import TRANSFER_HEADER, FinishedStream
+from pdserve.runtime.disagg.kv_transfer import KVSender, KVTransferError, Offer
+from pdserve.runtime.engine.sampling_params import SamplingParams
+from pdserve.runtime.serving.load_route import install_load_route
+from pdserve.runtime.serving.openai_protocol import RequestError
+from pdserve.runtime.serving.openai_routes import add_openai_routes
+from pdserve.runtime.serving.openai_serving import OutputStream
+from pdserve.runtime.serving.server import STATE, WorkerState
+
+log = logging.getLogger(__name__)
+KV_TARGET_HEADER = "x-pdserve-kv-target"
+SENDER: web.AppKey[list[KVSender]] = web.AppKey("pdserve_kv_sender", list)
+
+
+async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list[int],
+                         params: SamplingParams, priority: int) -> OutputStream:
+    state = request.app[STATE]
+    transfer_id = request.headers.get(TRANSFER_HEADER)
+    target = request.headers.get(KV_TARGET_HEADER)
+    if not transfer_id or not target:
+        raise RequestError(f"a prefill worker serves the pdserve router: headers {TRANSFER_HEADER}"
+                           f" and {KV_TARGET_HEADER} are required")
+    engine = state.engine
+    # admit() aborts a request whose caller is cancelled while prefill_only is still queued,
+    # so a cancelled prefill never keeps its KV blocks pinned.
+    stream = await engine.admit(
+        request_id, lambda e: e.prefill_only(request_id, prompt_ids, params, priority))
+    first = None
+    try:
+        async for output in stream:
+            first = output
+    finally:
+        stream.close()
+    if first is None or not first.token_ids or first.finish_reason in ("error", "abort"):
+        await engine.call(lambda e: e.release(request_id))
+        raise web.HTTPInternalServerError(reason=f"prefill of {request_id} failed "
+                                          f"({first.finish_reason if first else 'no output'})")
+    first_logprobs = asdict(first.logprobs[-1]) if first.logprobs else None
+    try:
+        await push(request.app[SENDER][0], state, request_id, Offer(
+            transfer_id, prompt_ids, first.token_ids[-1], asdict(params), priority,
+            first_logprobs), target)
+    finally:
+        await engine.call(lambda e: e.release(request_id))
+    return FinishedStream(first)
+
+
+async def push(sender: KVSender, state: WorkerState, request_id: str, offer: Offer,
+               target: str) -> None:
+    """Push the pinned prompt KV. A cancelled request cuts its transfer, then still waits for the
+    sending thread, so that the blocks are released only once nothing reads them any more."""
+    blocks = await state.engine.call(lambda e: e.prefilled_blocks(request_id))
+    sending = asyncio.ensure_future(asyncio.to_thread(sender.push, target, offer, blocks))
+    try:
+        result = await asyncio.shield(sending)
+    except asyncio.CancelledError:
+        sender.cancel(offer.transfer_id)
+        with contextlib.suppress(Exception):
+            await sending
+        raise
+    except KVTransferError as exc:
+        state.metrics.kv_transfer_failures.inc()
+        log.warning("KV push of %s to %s failed: %s", request_id, target, exc)
+        raise web.HTTPBadGateway(reason=f"KV transfer to decode worker {target} failed: {exc}") \
+            from None
+    state.metrics.kv_transfer_bytes.inc(result.bytes)
+    state.metrics.kv_transfer_seconds.observe(result.seconds)
+    log.debug("pushed %s: %d of %d blocks, %d bytes in %.3fs", request_id,
+              result.num_blocks - result.num_cached_blocks, result.num_blocks, result.bytes,
+              result.seconds)
+
+
+async def start_sender(app: web.Application, state: WorkerState) -> None:
+    settings: dict[str, Any] = state.settings
+    app[SENDER].append(KVSender(state.engine.engine.kv_cache, settings["kv_transport"],
+                                timeout=settings["kv_timeout"]))
+
+
+async def close_sender(app: web.Application) -> None:
+    for sender in app[SENDER]:
+        sender.close()
+
+
+def install(app: web.Application, state: WorkerState) -> None:
+    app[SENDER] = []
+    app.on_cleanup.append(close_sender)
+    install_load_route(app)
+    add_openai_routes(app, prefill_submit)
+    state.on_loaded.append(lambda s: start_sender(app, s))

@@ -1,0 +1,349 @@
+"""Paged KV-cache bookkeeping: reference-counted blocks and the prefix cache (pure Python).
+
+The KV tensor is split into `num_blocks` blocks of `block_size` token slots; a sequence's
+`block_table` lists the blocks that hold its tokens in order. This module only decides which
+block ids a sequence uses; the engine owns the tensor.
+
+Prefix caching: once a block is FULL of computed tokens it is registered under a hash chained to
+its prefix, `hash_block(parent_hash, tokens)` (the first block's parent is `ROOT_HASH`), so equal
+prefixes give equal hash chains in every process (blake2b, not Python's salted `hash`). A later
+request whose prompt starts with the same tokens reuses those blocks (ref count + 1) instead of
+recomputing them. A registered block whose ref count drops to 0 stays cached and evictable; it is
+evicted least recently freed first, and only when no never-cached free block is left.
+
+Lifecycle of a locally computed sequence (driven by the scheduler):
+  `num_matched_tokens(seq)` / `can_allocate(seq, n)`   peek, no side effects
+  `allocate(seq)`           first admission: share cached prefix blocks, set
+                            seq.num_computed_tokens = seq.num_cached_tokens = matched tokens
+                            (never the whole sequence: the engine must compute >= 1 token)
+  `ensure_slots(seq, n)`    grow the table for the n tokens about to be computed (False: no room)
+  `commit_computed(seq)`    after the step: register blocks that became full
+  `free(seq)`               drop the references (preemption, finish, abort)
+
+Disaggregation (decode side): `reserve(seq, deadline)` shares the locally cached full prompt
+blocks and allocates the rest for KV arriving from a prefill worker; the returned
+`KVReservation` says how many leading blocks are already here (only the others travel).
+`complete_reservation(request_id)` marks the prompt computed; `cancel_reservation` and
+`expire_reservations(now)` free reservations whose transfer failed or never finished.
+`block_hashes(token_ids)` and `match_prefix(hashes)` are the pure hash/lookup helpers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from collections.abc import Sequence as TokenSequence
+from dataclasses import dataclass
+
+from pdserve.runtime.engine.sequence import Sequence
+
+ROOT_HASH = 0
+
+
+def hash_block(parent_hash: int, token_ids: TokenSequence[int]) -> int:
+    """Chained hash of one full block: identical in every process for the same prefix."""
+    data = struct.pack(f"<Q{len(token_ids)}q", parent_hash, *token_ids)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def compute_block_hashes(
+    token_ids: TokenSequence[int], block_size: int, parent_hash: int = ROOT_HASH
+) -> list[int]:
+    """Chained hashes of the full blocks of `token_ids` (a trailing partial block has none)."""
+    hashes = []
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        parent_hash = hash_block(parent_hash, token_ids[start : start + block_size])
+        hashes.append(parent_hash)
+    return hashes
+
+
+@dataclass
+class Block:
+    block_id: int
+    ref_count: int = 0
+    hash: int | None = None  # set while the block is registered in the prefix cache
+
+
+@dataclass
+class KVReservation:
+    """Blocks held for a sequence whose prompt KV is being transferred in."""
+
+    seq: Sequence
+    deadline: float
+    num_cached_blocks: int  # leading blocks of seq.block_table already cached here
+
+    @property
+    def missing_block_ids(self) -> list[int]:
+        """Blocks the transfer must fill, in prompt order."""
+        return self.seq.block_table[self.num_cached_blocks :]
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be at least 1, got {num_blocks}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be at least 1, got {block_size}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(block_id) for block_id in range(num_blocks)]
+        self._free_uncached: deque[int] = deque(range(num_blocks))
+        # ref-count-0 registered blocks, least recently freed first (the eviction order).
+        self._evictable: OrderedDict[int, None] = OrderedDict()
+        self._cached: dict[int, int] = {}  # block hash -> block id
+        self._reservations: dict[str, KVReservation] = {}
+        self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_hits = 0  # of which served from cached blocks
+
+    # ---- capacity -------------------------------------------------------------------------
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks an allocation can take: never-cached free ones plus evictable cached ones."""
+        return len(self._free_uncached) + len(self._evictable)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - self.num_free_blocks
+
+    @property
+    def num_cached_blocks(self) -> int:
+        return len(self._cached)
+
+    @property
+    def usage(self) -> float:
+        return self.num_used_blocks / self.num_blocks
+
+    def num_blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # ---- pure prefix helpers -----------------------------------------------------------------
+
+    def block_hashes(self, token_ids: TokenSequence[int]) -> list[int]:
+        return compute_block_hashes(token_ids, self.block_size)
+
+    def match_prefix(self, hashes: TokenSequence[int]) -> list[int]:
+        """Ids of the cached blocks for the longest prefix of `hashes` (no side effects)."""
+        if not self.enable_prefix_caching:
+            return []
+        matched = []
+        for block_hash in hashes:
+            block_id = self._cached.get(block_hash)
+            if block_id is None:
+                break
+            matched.append(block_id)
+        return matched
+
+    def _hash_full_blocks(self, seq: Sequence, num_tokens: int) -> int:
+        """Extend seq.block_hashes over the full blocks of the first `num_tokens` tokens.
+
+        Each block is hashed once per sequence; returns the number of those full blocks.
+        """
+        num_full = num_tokens // self.block_size
+        hashes = seq.block_hashes
+        parent = hashes[-1] if hashes else ROOT_HASH
+        for index in range(len(hashes), num_full):
+            start = index * self.block_size
+            parent = hash_block(parent, seq.token_slice(start, start + self.block_size))
+            hashes.append(parent)
+        return num_full
+
+    def _matchable_hashes(self, seq: Sequence) -> list[int]:
+        # The last token is always recomputed so that the engine gets its logits; matching only
+        # blocks that end before it also means a step never writes into a shared block.
+        if not self.enable_prefix_caching:
+            return []
+        return seq.block_hashes[: self._hash_full_blocks(seq, seq.num_tokens - 1)]
+
+    def num_matched_tokens(self, seq: Sequence) -> int:
+        """Tokens `allocate(seq)` would take from the prefix cache."""
+        return len(self.match_prefix(self._matchable_hashes(seq))) * self.block_size
+
+    def _num_evictable(self, block_ids: list[int]) -> int:
+        return sum(1 for block_id in block_ids if self.blocks[block_id].ref_count == 0)
+
+    # ---- local sequences -----------------------------------------------------------------
+
+    def can_allocate(self, seq: Sequence, num_new_tokens: int | None = None) -> bool:
+        """Whether `allocate(seq)` then `ensure_slots(seq, num_new_tokens)` would succeed.
+
+        `num_new_tokens=None` means every token of the sequence not served from the cache.
+        """
+        matched = self.match_prefix(self._matchable_hashes(seq))
+        matched_tokens = len(matched) * self.block_size
+        if num_new_tokens is None:
+            num_new_tokens = seq.num_tokens - matched_tokens
+        needed = self.num_blocks_for(matched_tokens + num_new_tokens) - len(matched)
+        # Reviving a ref-0 cached block takes it out of the free pool too.
+        return needed <= self.num_free_blocks - self._num_evictable(matched)
+
+    def allocate(self, seq: Sequence) -> None:
+        """First admission (or re-admission after preemption): share the cached prefix."""
+        if seq.block_table:
+            raise RuntimeError(f"request {seq.request_id} already holds KV blocks")
+        hashes = self._matchable_hashes(seq)
+        matched = self.match_prefix(hashes)
+        for block_id in matched:
+            self._acquire(block_id)
+        seq.block_table = list(matched)
+        seq.num_committed_blocks = len(matched)
+        seq.num_computed_tokens = len(matched) * self.block_size
+        if not seq.output_token_ids:  # a recompute after preemption is not a new prompt
+            seq.num_cached_tokens = seq.num_computed_tokens
+        self.prefix_queries += seq.num_tokens
+        self.prefix_hits += seq.num_computed_tokens
+
+    def ensure_slots(self, seq: Sequence, num_tokens: int) -> bool:
+        """Grow the table to hold `num_tokens` more tokens after the computed ones."""
+        needed = self.num_blocks_for(seq.num_computed_tokens + num_tokens) - len(seq.block_table)
+        if needed <= 0:
+            return True
+        if needed > self.num_free_blocks:
+            return False
+        seq.block_table.extend(self._take_free_block() for _ in range(needed))
+        return True
+
+    def commit_computed(self, seq: Sequence) -> None:
+        """Register the blocks that became full of computed tokens in the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        num_full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_size
+        if num_full <= seq.num_committed_blocks:
+            return  # the common decode step: no block became full
+        self._hash_full_blocks(seq, num_full * self.block_size)
+        for index in range(seq.num_committed_blocks, num_full):
+            self._register(seq.block_table[index], seq.block_hashes[index])
+        seq.num_committed_blocks = num_full
+
+    def free(self, seq: Sequence) -> None:
+        """Drop the sequence's references; its KV is gone (num_computed_tokens = 0)."""
+        # Tail blocks first: they become the least recently used, so a shared prefix outlives
+        # the blocks that only this sequence could ever reuse.
+        for block_id in reversed(seq.block_table):
+            self._release(block_id)
+        seq.block_table = []
+        seq.num_committed_blocks = 0
+        seq.num_computed_tokens = 0
+
+    # ---- disaggregation: KV arriving from a prefill worker ------------------------------
+
+    def reserve(self, seq: Sequence, deadline: float) -> KVReservation | None:
+        """Hold blocks for the prompt KV of `seq`; None when they do not fit right now.
+
+        Full prompt blocks already cached here are shared, not transferred again.
+        """
+        if seq.request_id in self._reservations or seq.block_table:
+            raise RuntimeError(f"request {seq.request_id} already holds KV blocks")
+        caching = self.enable_prefix_caching
+        num_full = self._hash_full_blocks(seq, seq.num_prompt_tokens) if caching else 0
+        hashes = seq.block_hashes[:num_full]
+        matched = self.match_prefix(hashes)
+        needed = self.num_blocks_for(seq.num_prompt_tokens) - len(matched)
+        if needed > self.num_free_blocks - self._num_evictable(matched):
+            return None
+        for block_id in matched:
+            self._acquire(block_id)
+        seq.block_table = list(matched) + [self._take_free_block() for _ in range(needed)]
+        seq.num_committed_blocks = len(matched)
+        seq.num_computed_tokens = 0
+        seq.num_cached_tokens = len(matched) * self.block_size
+        self.prefix_queries += seq.num_prompt_tokens
+        self.prefix_hits += seq.num_cached_tokens
+        reservation = KVReservation(seq, deadline, len(matched))
+        self._reservations[seq.request_id] = reservation
+        return reservation
+
+    def complete_reservation(self, request_id: str) -> Sequence:
+        """The transferred KV is written: the whole prompt counts as computed and cached."""
+        reservation = self._reservations.pop(request_id)
+        seq = reservation.seq
+        seq.num_computed_tokens = seq.num_prompt_tokens
+        self.commit_computed(seq)
+        return seq
+
+    def cancel_reservation(self, request_id: str) -> Sequence | None:
+        reservation = self._reservations.pop(request_id, None)
+        if reservation is None:
+            return None
+        self.free(reservation.seq)
+        return reservation.seq
+
+    def expire_reservations(self, now: float) -> list[Sequence]:
+        """Free every reservation whose deadline has passed; returns their sequences."""
+        expired = [rid for rid, r in self._reservations.items() if r.deadline <= now]
+        return [seq for rid in expired if (seq := self.cancel_reservation(rid)) is not None]
+
+    @property
+    def reservations(self) -> dict[str, KVReservation]:
+        return dict(self._reservations)
+
+    def check_consistency(self, block_tables: Iterable[list[int]] | None = None) -> None:
+        """Raise AssertionError if the bookkeeping is inconsistent (tests, leak checks).
+
+        With `block_tables` (every table holding blocks, reservations included), also check
+        that each block's ref count equals the number of tables that hold it.
+        """
+        free = list(self._free_uncached)
+        evictable = list(self._evictable)
+        pooled = set(free) | set(evictable)
+        assert len(pooled) == len(free) + len(evictable), "a block is twice in the free pool"
+        for block in self.blocks:
+            assert block.ref_count >= 0, f"negative ref count: {block}"
+            assert (block.block_id in pooled) == (block.ref_count == 0), (
+                f"free and referenced: {block}"
+            )
+            if block.hash is not None:
+                assert self._cached.get(block.hash) == block.block_id, f"stale hash: {block}"
+        assert all(self.blocks[b].hash is None for b in free), "a free block is still cached"
+        assert all(self.blocks[b].hash is not None for b in evictable), "uncached evictable"
+        assert len(self._cached) == sum(1 for b in self.blocks if b.hash is not None)
+        used = sum(1 for block in self.blocks if block.ref_count > 0)
+        assert used + len(free) + len(evictable) == self.num_blocks, "blocks were lost"
+        if block_tables is not None:
+            expected = [0] * self.num_blocks
+            for table in block_tables:
+                for block_id in table:
+                    expected[block_id] += 1
+            actual = [block.ref_count for block in self.blocks]
+            assert actual == expected, f"ref counts {actual} != holders {expected}"
+
+    # ---- block pool ------------------------------------------------------------------------
+
+    def _take_free_block(self) -> int:
+        if self._free_uncached:
+            block_id = self._free_uncached.popleft()
+        else:
+            block_id, _ = self._evictable.popitem(last=False)
+            block = self.blocks[block_id]
+            assert block.hash is not None
+            del self._cached[block.hash]
+            block.hash = None
+        self.blocks[block_id].ref_count = 1
+        return block_id
+
+    def _acquire(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self._evictable[block_id]
+        block.ref_count += 1
+
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count <= 0:
+            raise RuntimeError(f"KV block {block_id} released more often than acquired")
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            if block.hash is None:
+                self._free_uncached.append(block_id)
+            else:
+                self._evictable[block_id] = None
+
+    def _register(self, block_id: int, block_hash: int) -> None:
+        block = self.blocks[block_id]
+        if block.hash is not None or block_hash in self._cached:
+            return  # already registered, or an identical block computed concurrently is
+        block.hash = block_hash
+        self._cached[block_hash] = block_id

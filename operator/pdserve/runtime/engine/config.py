@@ -1,0 +1,119 @@
+"""Engine configuration and building the engine's torch parts: model, KV cache, runner.
+
+Without an explicit `num_kv_blocks` the cache is sized from memory: on CUDA a fraction of the
+free device memory after loading the weights, on CPU `cpu_kv_cache_bytes` (capped at what
+max_num_seqs full-length sequences could use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pdserve.runtime.checkpoints.builtin import resolve_model_path
+from pdserve.runtime.checkpoints.tokenizer import Tokenizer
+from pdserve.runtime.checkpoints.weights import iter_weights
+from pdserve.runtime.devices.resolve import keep_cpu_memory_mapped, resolve_device, resolve_dtype
+from pdserve.runtime.engine.kv_cache import KVCache
+from pdserve.runtime.engine.model_runner import ModelRunner
+from pdserve.runtime.models.config import ModelConfig, load_model_config
+from pdserve.runtime.models.llama import CausalLM
+
+
+@dataclass
+class EngineConfig:
+    model: str = "builtin:tiny"  # a Hugging Face model directory or builtin:tiny|small
+    device: str = "auto"
+    dtype: str = "auto"
+    block_size: int = 16
+    num_kv_blocks: int | None = None  # None: derived from memory
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = 0.85
+    cpu_kv_cache_bytes: int = 1 << 30
+
+    def validate(self) -> None:
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be at least 1, got {self.num_kv_blocks}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be at least 2, got {self.max_model_len}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+
+
+@dataclass
+class EngineComponents:
+    model_path: Path
+    device: torch.device
+    dtype: torch.dtype
+    model_config: ModelConfig
+    tokenizer: Tokenizer
+    model: CausalLM
+    kv_cache: KVCache
+    runner: ModelRunner
+    max_model_len: int
+
+
+def load_model(cfg: ModelConfig, path: Path, device: torch.device, dtype: torch.dtype) -> CausalLM:
+    with torch.device(device):
+        model = CausalLM(cfg)
+    model.load_weights(iter_weights(path))
+    model = model.to(dtype=dtype).eval()
+    if device.type == "cpu":
+        model.pack_linear_weights()
+    return model
+
+
+def _num_kv_blocks(
+    config: EngineConfig, bytes_per_block: int, max_len: int, device: torch.device
+) -> int:
+    if config.num_kv_blocks is not None:
+        return config.num_kv_blocks
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        budget = free - (1 - config.gpu_memory_utilization) * total
+    else:
+        needed = config.max_num_seqs * -(-max_len // config.block_size)
+        budget = min(config.cpu_kv_cache_bytes, needed * bytes_per_block)
+    blocks = int(budget // bytes_per_block)
+    if blocks < 1:
+        raise ValueError("not enough memory for a single KV block; lower the memory use")
+    return blocks
+
+
+def build_components(config: EngineConfig) -> EngineComponents:
+    config.validate()
+    path = resolve_model_path(config.model)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    if device.type == "cpu":
+        keep_cpu_memory_mapped()
+    model_config = load_model_config(path)
+    max_len = config.max_model_len or model_config.max_position_embeddings
+    if max_len > model_config.max_position_embeddings:
+        raise ValueError(
+            f"max_model_len {max_len} exceeds the model's max_position_embeddings "
+            f"{model_config.max_position_embeddings}"
+        )
+    tokenizer = Tokenizer(path)
+    model = load_model(model_config, path, device, dtype)
+    layout = KVCache.layout_for(
+        model_config.num_hidden_layers,
+        model_config.num_key_value_heads,
+        model_config.head_dim,
+        config.block_size,
+        dtype,
+    )
+    num_blocks = _num_kv_blocks(config, layout.bytes_per_block, max_len, device)
+    kv_cache = KVCache(layout, num_blocks, device)
+    model.bind_kv_cache(kv_cache.layer_views())
+    runner = ModelRunner(model, config.block_size, device)
+    return EngineComponents(path, device, dtype, model_config, tokenizer, model, kv_cache, runner,
+                            max_len)  # fmt: skip

@@ -1,0 +1,91 @@
+"""The engine's paged KV cache: ONE tensor
+`kv[num_layers, 2 (k, v), num_blocks, block_size, num_kv_heads, head_dim]`.
+
+Block ids come from the block manager; this module owns the memory, the per-layer views the
+model writes through, and whole-block reads/writes for moving a prompt's KV between engines.
+`KVLayout` is what two engines compare in the KV-transfer handshake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from pdserve.runtime.devices.resolve import dtype_from_name, dtype_name
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    block_size: int
+    dtype: str  # "float32" | "bfloat16" | "float16"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return dtype_from_name(self.dtype)
+
+    @property
+    def block_shape(self) -> tuple[int, int, int, int, int]:
+        """Shape of one block's data across layers: [layers, 2, block_size, kv_heads, head_dim]."""
+        return (self.num_layers, 2, self.block_size, self.num_kv_heads, self.head_dim)
+
+    @property
+    def bytes_per_block(self) -> int:
+        elements = 1
+        for size in self.block_shape:
+            elements *= size
+        return elements * torch.empty((), dtype=self.torch_dtype).element_size()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KVLayout:
+        return cls(**data)
+
+
+class KVCache:
+    def __init__(self, layout: KVLayout, num_blocks: int, device: torch.device):
+        if num_blocks < 1:
+            raise ValueError(f"the KV cache needs at least one block, got {num_blocks}")
+        self.layout = layout
+        self.num_blocks = num_blocks
+        # Zeroed, not empty: padded attention reads of never-written slots must stay finite.
+        self.kv = torch.zeros(
+            (layout.num_layers, 2, num_blocks, layout.block_size, layout.num_kv_heads,
+             layout.head_dim),
+            dtype=layout.torch_dtype,
+            device=device,
+        )  # fmt: skip
+
+    @classmethod
+    def layout_for(
+        cls, num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype
+    ) -> KVLayout:
+        return KVLayout(num_layers, num_kv_heads, head_dim, block_size, dtype_name(dtype))
+
+    def layer_views(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, (k, v) views shaped [num_blocks, block_size, num_kv_heads, head_dim]."""
+        return [(self.kv[layer, 0], self.kv[layer, 1]) for layer in range(self.layout.num_layers)]
+
+    def _index(self, block_ids: list[int]) -> torch.Tensor:
+        if any(not 0 <= b < self.num_blocks for b in block_ids):
+            raise ValueError(f"block ids out of range 0..{self.num_blocks - 1}: {block_ids}")
+        return torch.tensor(block_ids, dtype=torch.long, device=self.kv.device)
+
+    def read_blocks(self, block_ids: list[int]) -> torch.Tensor:
+        """A copy of the blocks' KV, shaped [len(block_ids), layers, 2, block_size, heads, dim]."""
+        data = self.kv.index_select(2, self._index(block_ids))
+        return data.permute(2, 0, 1, 3, 4, 5).contiguous()
+
+    def write_blocks(self, block_ids: list[int], data: torch.Tensor) -> None:
+        """Write data shaped like `read_blocks` returns into the given blocks."""
+        expected = (len(block_ids), *self.layout.block_shape)
+        if tuple(data.shape) != expected:
+            raise ValueError(f"KV data has shape {tuple(data.shape)}, expected {expected}")
+        source = data.to(device=self.kv.device, dtype=self.kv.dtype).permute(1, 2, 0, 3, 4, 5)
+        self.kv.index_copy_(2, self._index(block_ids), source)

@@ -1,0 +1,291 @@
+"""The LLM engine: one step is schedule -> run the model -> sample -> postprocess.
+
+`LLMEngine` owns the model, the paged KV cache, the block manager and the scheduler. It is not
+thread-safe: one thread calls every method (see async_engine.py).
+
+Disaggregation: a prefill worker calls `prefill_only` (the request stops after its first token
+and keeps its prompt KV blocks pinned; `prefilled_blocks` lists them until `release`). A decode
+worker calls `admit_with_kv` (reserves blocks, sharing locally cached prefix blocks; the returned
+reservation says which blocks still need data), writes the KV with `kv_cache.write_blocks`, then
+`complete_kv` admits the request as running; its first StepOutput carries the first token too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from pdserve.runtime.engine.block_manager import BlockManager, KVReservation
+from pdserve.runtime.engine.config import EngineConfig, build_components
+from pdserve.runtime.engine.detokenizer import IncrementalDetokenizer
+from pdserve.runtime.engine.kv_cache import KVLayout
+from pdserve.runtime.engine.sampler import TokenLogprobs, sample, skip_sampled_token
+from pdserve.runtime.engine.sampling_params import SamplingParams
+from pdserve.runtime.engine.scheduler import Scheduler, SchedulerOutput
+from pdserve.runtime.engine.sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EngineConfig", "EngineStats", "LLMEngine", "StepOutput"]
+
+
+@dataclass
+class StepOutput:
+    request_id: str
+    token_ids: list[int]  # new this step
+    text: str  # new this step
+    logprobs: list[TokenLogprobs] | None
+    finished: bool
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_cached_tokens: int
+
+
+@dataclass
+class EngineStats:
+    num_waiting: int
+    num_running: int
+    kv_usage: float
+    prefix_queries: int
+    prefix_hits: int
+    num_free_blocks: int
+    num_blocks: int
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    detokenizer: IncrementalDetokenizer
+    generator: torch.Generator | None
+    pending: list[int] = field(default_factory=list)  # tokens to report with the next output
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        parts = build_components(config)
+        self.config = config
+        self.model_path = parts.model_path
+        self.device = parts.device
+        self.dtype = parts.dtype
+        self.model_config = parts.model_config
+        self.tokenizer = parts.tokenizer
+        self.kv_cache = parts.kv_cache
+        self.runner = parts.runner
+        self.max_model_len = parts.max_model_len
+        self.block_manager = BlockManager(
+            parts.kv_cache.num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        eos = set(self.model_config.eos_token_ids) | set(self.tokenizer.eos_token_ids)
+        self.scheduler = Scheduler(
+            self.block_manager,
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            self.max_model_len,
+            eos_token_ids=eos,
+        )
+        self._requests: dict[str, _Request] = {}
+
+    @property
+    def kv_layout(self) -> KVLayout:
+        """What the KV-transfer handshake compares between two engines."""
+        return self.kv_cache.layout
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def _new_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int
+    ) -> _Request:
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        params.validate()
+        vocab = self.model_config.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt_token_ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"the prompt has {len(prompt_token_ids)} tokens but the maximum context length "
+                f"is {self.max_model_len} tokens (including at least one generated token)"
+            )
+        seq = Sequence(request_id, list(prompt_token_ids), params=params, priority=priority)
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, params.stop)
+        return _Request(seq, detok, generator)
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        priority: int = 0,
+    ) -> None:
+        """Queue a request; ValueError with a clear message when it cannot be served."""
+        request = self._new_request(request_id, prompt_token_ids, params, priority)
+        self.scheduler.add(request.seq)
+        self._requests[request_id] = request
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request wherever it is and free its KV blocks; False if it is unknown."""
+        request = self._requests.pop(request_id, None)
+        seq = self.scheduler.abort(request_id)
+        return request is not None or seq is not None
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_waiting=self.scheduler.num_waiting,
+            num_running=self.scheduler.num_running,
+            kv_usage=bm.usage,
+            prefix_queries=bm.prefix_queries,
+            prefix_hits=bm.prefix_hits,
+            num_free_blocks=bm.num_free_blocks,
+            num_blocks=bm.num_blocks,
+        )
+
+    # ---- one step ---------------------------------------------------------------------------
+
+    def step(self) -> list[StepOutput]:
+        """Run one scheduling step; returns an output for every request that advanced or ended."""
+        outputs = [self._expired(seq) for seq in self.block_manager.expire_reservations(
+            time.monotonic())]  # fmt: skip
+        scheduled = self.scheduler.schedule()
+        try:
+            sampled, logprobs = self._run(scheduled)
+        except Exception:  # a failed step fails its requests, never the engine
+            log.exception("model step failed; finishing its %d requests with an error",
+                          len(scheduled.scheduled))  # fmt: skip
+            return outputs + self._fail(scheduled)
+        finished = self.scheduler.postprocess(scheduled, sampled)
+        for item in scheduled.scheduled:
+            rid = item.seq.request_id
+            if rid in sampled and rid in self._requests:
+                outputs.append(self._emit(self._requests[rid], sampled[rid], logprobs.get(rid)))
+        reported = {o.request_id for o in outputs}
+        for seq in finished:  # finished without a new token (e.g. no room for its context)
+            if seq.request_id not in reported:
+                outputs.append(self._finished_output(seq))
+        return outputs
+
+    def _run(
+        self, scheduled: SchedulerOutput
+    ) -> tuple[dict[str, int], dict[str, TokenLogprobs | None]]:
+        if not scheduled.scheduled:
+            return {}, {}
+        logits, chunks = self.runner.execute(scheduled.scheduled)
+        if not chunks:
+            return {}, {}
+        requests = [self._requests[c.seq.request_id] for c in chunks]
+        result = sample(logits, [r.seq.params for r in requests], [r.generator for r in requests])
+        ids = [c.seq.request_id for c in chunks]
+        return dict(zip(ids, result.token_ids, strict=True)), dict(
+            zip(ids, result.logprobs, strict=True)
+        )
+
+    def _emit(self, request: _Request, token: int, logprob: TokenLogprobs | None) -> StepOutput:
+        seq = request.seq
+        tokens = [*request.pending, token]
+        request.pending.clear()
+        text = request.detokenizer.add_tokens(tokens, seq.is_finished)
+        if request.detokenizer.stopped and not seq.is_finished:
+            self.scheduler.finish(seq.request_id, "stop")
+            text += request.detokenizer.add_tokens([], True)
+        if seq.is_finished:
+            self._requests.pop(seq.request_id, None)
+        return StepOutput(
+            request_id=seq.request_id,
+            token_ids=tokens,
+            text=text,
+            logprobs=None if seq.params.logprobs is None or logprob is None else [logprob],
+            finished=seq.is_finished,
+            finish_reason=seq.finish_reason,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_cached_tokens=seq.num_cached_tokens,
+        )
+
+    def _finished_output(self, seq: Sequence) -> StepOutput:
+        request = self._requests.pop(seq.request_id, None)
+        text = request.detokenizer.add_tokens([], True) if request else ""
+        return StepOutput(seq.request_id, [], text, None, True, seq.finish_reason,
+                          seq.num_prompt_tokens, seq.num_cached_tokens)  # fmt: skip
+
+    def _fail(self, scheduled: SchedulerOutput) -> list[StepOutput]:
+        outputs = []
+        for item in scheduled.scheduled:
+            seq = self.scheduler.finish(item.seq.request_id, "error")
+            if seq is not None:
+                outputs.append(self._finished_output(seq))
+        return outputs
+
+    def _expired(self, seq: Sequence) -> StepOutput:
+        seq.finish_reason = "error"
+        return self._finished_output(seq)
+
+    # ---- disaggregation ----------------------------------------------------------------------
+
+    def prefill_only(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        priority: int = 0,
+    ) -> None:
+        """Queue a request that stops after its first token and keeps its prompt KV pinned."""
+        request = self._new_request(request_id, prompt_token_ids, params, priority)
+        request.seq.retain_kv_on_finish = True
+        request.seq.params = _first_token_only(params)
+        self.scheduler.add(request.seq)
+        self._requests[request_id] = request
+
+    def prefilled_blocks(self, request_id: str) -> list[int]:
+        """Block ids holding the prompt KV of a finished prefill-only request, in order."""
+        seq = self.scheduler.retained.get(request_id)
+        if seq is None:
+            raise KeyError(f"no prefilled KV is held for request {request_id!r}")
+        return seq.block_table[: self.block_manager.num_blocks_for(seq.num_prompt_tokens)]
+
+    def release(self, request_id: str) -> bool:
+        """Unpin the KV blocks of a prefill-only request (after its transfer or on failure)."""
+        return self.scheduler.release(request_id)
+
+    def admit_with_kv(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        first_token: int,
+        params: SamplingParams,
+        priority: int = 0,
+        timeout: float = 30.0,
+    ) -> KVReservation | None:
+        """Reserve blocks for a request whose prompt KV comes from elsewhere (None: no room now).
+
+        `reservation.missing_block_ids` are the blocks to fill (the leading
+        `num_cached_blocks` are already cached here). Then call `complete_kv`; the reservation
+        is freed if neither that nor `abort` happens within `timeout` seconds.
+        """
+        request = self._new_request(request_id, prompt_token_ids, params, priority)
+        reservation = self.block_manager.reserve(request.seq, time.monotonic() + timeout)
+        if reservation is None:
+            return None
+        request.pending.append(first_token)
+        if request.generator is not None and params.temperature != 0.0:
+            skip_sampled_token(request.generator, self.model_config.vocab_size, self.device)
+        self._requests[request_id] = request
+        return reservation
+
+    def complete_kv(self, request_id: str) -> None:
+        """The prompt KV is written: admit the request as running, decoding after first_token."""
+        request = self._requests[request_id]
+        seq = self.block_manager.complete_reservation(request_id)
+        seq.output_token_ids = list(request.pending)
+        self.scheduler.add(seq)
+
+
+def _first_token_only(params: SamplingParams) -> SamplingParams:
+    return SamplingParams(**{**vars(params), "max_tokens": 1})
