@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pdserve.runtime.checkpoints.generation import read_generation_defaults
 from pdserve.runtime.devices.resolve import torch_threads
 from pdserve.runtime.engine.async_engine import AsyncEngine
 from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine
@@ -31,6 +32,10 @@ async def load_engine(state: WorkerState) -> None:
     log.info("torch uses %d CPU thread(s)", torch_threads(state.settings.get("threads")))
     engine = await asyncio.to_thread(LLMEngine, engine_config(state.settings))
     state.tokenizer = engine.tokenizer
+    state.generation_defaults = read_generation_defaults(engine.model_path)
+    if state.generation_defaults.not_applied:
+        log.warning("generation_config.json sets %s, which pdserve's sampler does not apply",
+                    ", ".join(state.generation_defaults.not_applied))
     state.max_model_len = engine.max_model_len
     state.engine = AsyncEngine(engine)
     state.engine.start()

@@ -1,5 +1,11 @@
 """The runtime's tokenizer: Hugging Face `tokenizer.json` through the `tokenizers` package, plus
-`tokenizer_config.json` (special tokens, chat template) and `generation_config.json` (EOS ids).
+`tokenizer_config.json` (special tokens, chat template), `generation_config.json` (EOS ids) and
+the chat templates current transformers saves in files of their own.
+
+Templates are found as transformers finds them: `chat_template.jinja` (the default) and
+`additional_chat_templates/NAME.jinja` (named), which replace any `chat_template` in
+`tokenizer_config.json` when present; that entry may be one string or a list of named templates.
+A request with tools uses the template named `tool_use` where there is one, else the default.
 
 Chat templates are rendered with jinja2 the way transformers does (sandboxed, trim_blocks and
 lstrip_blocks, a `tojson` that does not HTML-escape, `raise_exception`), including `tools`.
@@ -58,6 +64,32 @@ def _normalise_message(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+DEFAULT_TEMPLATE = "default"
+TOOL_USE_TEMPLATE = "tool_use"
+TEMPLATE_FILE = "chat_template.jinja"
+TEMPLATE_DIR = "additional_chat_templates"
+
+
+def _chat_templates(root: Path, config: dict[str, Any]) -> dict[str, str]:
+    """Named chat templates: the files when there are any, else tokenizer_config's entry."""
+    files: dict[str, str] = {}
+    if (root / TEMPLATE_FILE).is_file():
+        files[DEFAULT_TEMPLATE] = (root / TEMPLATE_FILE).read_text(encoding="utf-8")
+    if (root / TEMPLATE_DIR).is_dir():
+        for path in sorted((root / TEMPLATE_DIR).glob("*.jinja")):
+            files[path.name.removesuffix(".jinja")] = path.read_text(encoding="utf-8")
+    if files:
+        return files
+    raw = config.get("chat_template")
+    if isinstance(raw, str):
+        return {DEFAULT_TEMPLATE: raw}
+    if isinstance(raw, list):
+        return {entry["name"]: entry["template"] for entry in raw
+                if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("template"), str)}
+    return {}
+
+
 class Tokenizer:
     """Encode/decode text and render chat templates for one model directory."""
 
@@ -70,7 +102,7 @@ class Tokenizer:
         self.config = _read_json(root / "tokenizer_config.json")
         generation = _read_json(root / "generation_config.json")
         model_config = _read_json(root / "config.json")
-        self.chat_template: str | None = self._pick_template(self.config.get("chat_template"))
+        self.chat_templates: dict[str, str] = _chat_templates(root, self.config)
         self.bos_token = _token_text(self.config.get("bos_token"))
         self.eos_token = _token_text(self.config.get("eos_token"))
         eos_ids: set[int] = set()
@@ -81,18 +113,12 @@ class Tokenizer:
         if eos_id is not None:
             eos_ids.add(eos_id)
         self.eos_token_ids: frozenset[int] = frozenset(int(i) for i in eos_ids)
+        self._compiled: dict[str, jinja2.Template] = {}
         self.special_token_ids: frozenset[int] = frozenset(
             token_id
             for token_id, added in self._tok.get_added_tokens_decoder().items()
             if added.special
         )
-
-    @staticmethod
-    def _pick_template(raw: Any) -> str | None:
-        if isinstance(raw, list):  # named templates: use "default"
-            named = {t.get("name"): t.get("template") for t in raw if isinstance(t, dict)}
-            raw = named.get("default")
-        return raw if isinstance(raw, str) else None
 
     @property
     def vocab_size(self) -> int:
@@ -111,16 +137,29 @@ class Tokenizer:
         return self._tok.id_to_token(token_id)
 
     @cached_property
-    def _template(self) -> jinja2.Template:
-        if self.chat_template is None:
-            raise ChatTemplateError("this model has no chat template in tokenizer_config.json")
+    def _environment(self) -> ImmutableSandboxedEnvironment:
         env = ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
         )
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
-        return env.from_string(self.chat_template)
+        return env
+
+    def _template(self, with_tools: bool) -> jinja2.Template:
+        name = TOOL_USE_TEMPLATE if with_tools and TOOL_USE_TEMPLATE in self.chat_templates \
+            else DEFAULT_TEMPLATE
+        if name not in self._compiled:
+            source = self.chat_templates.get(name)
+            if source is None:
+                raise ChatTemplateError(
+                    "this model has no chat template (no chat_template.jinja, no chat_template "
+                    "in tokenizer_config.json)")
+            try:
+                self._compiled[name] = self._environment.from_string(source)
+            except jinja2.TemplateError as exc:
+                raise ChatTemplateError(f"chat template {name!r} does not parse: {exc}") from exc
+        return self._compiled[name]
 
     def apply_chat_template(
         self,
@@ -130,8 +169,9 @@ class Tokenizer:
         **extra: Any,
     ) -> str:
         """Render a conversation (OpenAI-style message dicts) to the prompt text."""
+        template = self._template(with_tools=bool(tools))
         try:
-            return self._template.render(
+            return template.render(
                 messages=[_normalise_message(m) for m in messages],
                 tools=tools or None,
                 add_generation_prompt=add_generation_prompt,

@@ -55,9 +55,10 @@ class SamplingFields(_Request):
 
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)
+    # Unset: the model's generation_config.json default, else OpenAI's (1.0, 1.0, off).
+    temperature: float | None = Field(default=None, ge=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
     n: int = 1
     seed: int | None = None
     stop: str | list[str] | None = None

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from pdserve.runtime.checkpoints.generation import GenerationDefaults
 from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.serving.metrics import RequestTracker
 from pdserve.runtime.serving.openai_protocol import (
@@ -75,10 +76,12 @@ def endpoint_handler(endpoint: Endpoint, submit: SubmitFn) -> Handler:
         body = parse_request(endpoint.request_type, await request.read())
         state.check_model(body.model)
         prompt_ids = endpoint.prompt_ids(state, body)
-        max_tokens = resolve_max_tokens(body.output_limit(), endpoint.default_max_tokens,
+        defaults = state.generation_defaults
+        max_tokens = resolve_max_tokens(body.output_limit(),
+                                        defaults.max_new_tokens or endpoint.default_max_tokens,
                                         len(prompt_ids), state.max_model_len,
                                         endpoint.prompt_param)  # fmt: skip
-        params = sampling_params(body, max_tokens, body.num_logprobs())
+        params = sampling_params(body, max_tokens, body.num_logprobs(), defaults)
         priority = parse_priority(request.headers.get(PRIORITY_HEADER), body.priority)
         request_id = f"{endpoint.id_prefix}-{uuid.uuid4().hex}"
         generation = await start_generation(request, submit, request_id, prompt_ids, params,
@@ -115,13 +118,15 @@ def resolve_max_tokens(requested: int | None, default: int | None, prompt_len: i
     return requested
 
 
-def sampling_params(fields: SamplingFields, max_tokens: int,
-                    logprobs: int | None) -> SamplingParams:
+def sampling_params(fields: SamplingFields, max_tokens: int, logprobs: int | None,
+                    defaults: GenerationDefaults) -> SamplingParams:
+    requested = {"temperature": fields.temperature, "top_p": fields.top_p, "top_k": fields.top_k}
+    chosen = {**defaults.sampling(),
+              **{name: value for name, value in requested.items() if value is not None}}
     params = SamplingParams(
-        max_tokens=max_tokens, temperature=fields.temperature, top_p=fields.top_p,
-        top_k=fields.top_k, seed=fields.seed, stop=fields.stop_strings(),
+        max_tokens=max_tokens, seed=fields.seed, stop=fields.stop_strings(),
         stop_token_ids=list(fields.stop_token_ids), ignore_eos=fields.ignore_eos,
-        logprobs=logprobs)
+        logprobs=logprobs, **chosen)
     try:
         params.validate()
     except ValueError as exc:

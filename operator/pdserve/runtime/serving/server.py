@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pdserve.runtime.checkpoints.generation import GenerationDefaults
 from pdserve.runtime.engine.async_engine import AsyncEngine, EngineDeadError
 from pdserve.runtime.serving.metrics import WorkerMetrics
 from pdserve.runtime.serving.openai_protocol import RequestError, error_body
@@ -34,7 +35,8 @@ class WorkerState:
     """Everything the handlers share; one per worker process.
 
     The HTTP server starts before the model is loaded (so liveness holds during a long load);
-    `engine`, `tokenizer` and `max_model_len` are set by the loader, then `loaded` turns true.
+    `engine`, `tokenizer`, `generation_defaults` and `max_model_len` are set by the loader, then
+    `loaded` turns true.
     """
 
     served_model_name: str
@@ -42,6 +44,7 @@ class WorkerState:
     settings: dict[str, Any] = field(default_factory=dict)  # the parsed worker flags
     engine: AsyncEngine = field(init=False)
     tokenizer: Any = field(init=False)
+    generation_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     max_model_len: int = field(init=False)
     metrics: WorkerMetrics = field(init=False)
     # Run after the engine is up and before /ready turns 200 (e.g. a role's KV listener).
