@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pdserve.runtime.devices.probe import DEVICE_CHOICES, DeviceError, choose_device, probe
+
 ROLE_ROUTES = {
     "both": "pdserve.runtime.serving.openai_routes",
     "prefill": "pdserve.runtime.disagg.prefill",
@@ -63,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--host", help="HTTP bind address (default: 0.0.0.0)")
     add("--port", type=_positive_int, help="HTTP port (default: 8000)")
     add("--kv-port", type=_positive_int, help="KV transfer port (default: 9000)")
-    add("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
+    add("--device", choices=DEVICE_CHOICES,
+        help="default: auto (the accelerator the container holds, else the CPU)")
     add("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default: auto")
     add("--max-model-len", type=_positive_int, help="context length (default: the model's)")
     add("--max-num-seqs", type=_positive_int, help="most sequences running at once")
@@ -150,6 +153,11 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pdserve.runtime.worker import run_worker  # imports torch: only once flags are valid
 
+    try:  # before listening: a pod that cannot compute fails at once, its reason in the log
+        settings["device"] = choose_device(settings["device"], probe())
+    except DeviceError as exc:
+        print(f"pdserve worker: {exc}", file=sys.stderr)
+        return 1
     try:
         asyncio.run(run_worker(settings, role_module.install))
     except (OSError, ValueError) as exc:  # e.g. a missing model directory, a port in use

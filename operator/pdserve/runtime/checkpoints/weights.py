@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
+
+from pdserve.runtime.checkpoints.safetensors_reader import StoredTensor, read_index
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -39,12 +40,10 @@ def checkpoint_files(model_dir: str | Path) -> list[Path]:
     return files
 
 
-def iter_weights(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) for every tensor of the checkpoint, loaded on CPU."""
+def iter_weights(model_dir: str | Path) -> Iterator[tuple[str, StoredTensor]]:
+    """Yield (name, stored tensor) for every tensor of the checkpoint, read when copied."""
     for path in checkpoint_files(model_dir):
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                yield name, handle.get_tensor(name)
+        yield from read_index(path).items()
 
 
 def save_weights(

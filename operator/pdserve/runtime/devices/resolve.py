@@ -1,6 +1,7 @@
 """The one place that picks the torch device and dtype for the runtime.
 
-`auto` device means CUDA when available, else CPU; `auto` dtype means bfloat16 on CUDA and
+The device follows `probe.choose_device` (`auto` resolves only when unambiguous, never to the
+host CPU beside accelerators the container holds); `auto` dtype means bfloat16 on CUDA and
 float32 on CPU (CPU bfloat16 matmuls are slow on most hosts).
 """
 
@@ -14,21 +15,16 @@ from pathlib import Path
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from pdserve.runtime.devices.probe import choose_device, probe
+
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """Turn a device choice into a torch.device, with a clear error for an unusable one."""
-    if name not in DEVICE_CHOICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {name!r}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
+    """Turn a device choice into a torch.device; a DeviceError for an unusable one."""
+    return torch.device(choose_device(name, probe()))
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

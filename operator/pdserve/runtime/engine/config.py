@@ -62,10 +62,10 @@ class EngineComponents:
 
 
 def load_model(cfg: ModelConfig, path: Path, device: torch.device, dtype: torch.dtype) -> CausalLM:
-    with torch.device(device):
-        model = CausalLM(cfg)
+    """The weights read straight into parameters allocated in the target dtype on the target
+    device: loading holds the weights once, plus one read buffer."""
+    model = CausalLM.empty(cfg, device, dtype)
     model.load_weights(iter_weights(path))
-    model = model.to(dtype=dtype).eval()
     if device.type == "cpu":
         model.pack_linear_weights()
     return model

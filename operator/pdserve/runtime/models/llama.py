@@ -8,6 +8,7 @@ matmul each (bigger matmuls run faster); `load_weights` maps the Hugging Face na
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from pdserve.runtime.models.attention import AttentionMetadata, paged_attention
 from pdserve.runtime.models.config import ModelConfig
 from pdserve.runtime.models.ops import add_rms_norm, rotate, silu_mul
 from pdserve.runtime.models.rope import RotaryEmbedding
+
+if TYPE_CHECKING:
+    from pdserve.runtime.checkpoints.safetensors_reader import StoredTensor
 
 
 class RMSNorm(nn.Module):
@@ -131,19 +135,36 @@ _FUSED = {
 class CausalLM(nn.Module):
     """Embeddings, decoder layers, final norm and LM head over a paged KV cache."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, device: torch.device):
+        """Build with `empty`: parameters come uninitialised, for load_weights to fill."""
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # Given its weight, Embedding skips its random init: on the meta device that init alone
+        # imports ~150 MB of torch (dynamo, sympy), and load_weights overwrites it anyway.
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
+        self._tie_embeddings()
         self.rope = RotaryEmbedding(
-            cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling
+            cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling, device
         )
         self.kv_layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> CausalLM:
+        """The model with its parameters allocated, uninitialised, in `dtype` on `device`, for
+        load_weights to fill: no random init and no float32 copy first."""
+        with torch.device("meta"):
+            model = cls(cfg, device)
+        model.to(dtype=dtype).to_empty(device=device)
+        model._tie_embeddings()  # to_empty gives every parameter its own storage
+        return model.eval()
+
+    def _tie_embeddings(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
 
     def bind_kv_cache(self, kv_layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Per layer, (k, v) cache views shaped [num_blocks, block_size, num_kv_heads, head_dim]."""
@@ -164,21 +185,35 @@ class CausalLM(nn.Module):
 
     def pack_linear_weights(self) -> bool:
         """Repack every projection and the LM head for oneDNN (CPU only); False where this
-        torch build has no oneDNN, and the plain weights stay."""
+        torch build has no oneDNN or this CPU cannot pack the dtype, and the plain weights
+        stay."""
         if not torch.backends.mkldnn.is_available():
             return False
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.pack_weight()
+        linears = [module for module in self.modules() if isinstance(module, Linear)]
+        try:
+            linears[0].pack_weight()
+        except RuntimeError:  # e.g. bfloat16 on a CPU without AVX512-BF16 or AVX-NE-CONVERT
+            return False
+        for module in linears[1:]:
+            module.pack_weight()
         return True
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, StoredTensor]]) -> None:
         """Copy Hugging Face named tensors into the (fused) parameters; every one must be set."""
         params = dict(self.named_parameters(remove_duplicate=False))
-        missing = set(dict(self.named_parameters()))
+        # Parameters start uninitialised (see `empty`): every fused shard must be read too.
+        shards = {fused: [names for names, (target, _) in _FUSED.items() if target == fused]
+                  for fused, _ in _FUSED.values()}
+        missing = set()
+        for name in dict(self.named_parameters()):
+            prefix, fused_name, kind = [*name.rsplit(".", 2), "", ""][:3]
+            if fused_name in shards:
+                missing.update(f"{prefix}.{part}.{kind}" for part in shards[fused_name])
+            else:
+                missing.add(name)
         if self.config.tie_word_embeddings:
             missing.discard("lm_head.weight")
         for hf_name, tensor in weights:
@@ -197,7 +232,7 @@ class CausalLM(nn.Module):
                 continue
             target = f"{parts[0]}.{fused[0]}.{parts[2]}"
             _copy(self._shard(params[target], *fused), tensor, hf_name)
-            missing.discard(target)  # shards are checked for shape; the set fills together
+            missing.discard(name)
         if missing:
             raise ValueError(f"checkpoint lacks weights for: {', '.join(sorted(missing))}")
 
@@ -212,10 +247,10 @@ class CausalLM(nn.Module):
         return param.data.narrow(0, sum(sizes[:index]), sizes[index])
 
 
-def _copy(param: torch.Tensor, tensor: torch.Tensor, name: str) -> None:
-    if tuple(param.shape) != tuple(tensor.shape):
+def _copy(param: torch.Tensor, stored: StoredTensor, name: str) -> None:
+    if tuple(param.shape) != stored.shape:
         raise ValueError(
-            f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}"
+            f"weight {name!r} has shape {stored.shape}, expected {tuple(param.shape)}"
         )
     with torch.no_grad():
-        param.data.copy_(tensor.to(param.dtype))
+        stored.copy_into(param.data)

@@ -14,7 +14,7 @@ import torch
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any]) -> torch.Tensor:
     """The per-pair rotation frequencies, with the configured scaling applied."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
     inv_freq = 1.0 / (theta**exponents)
     rope_type = scaling.get("rope_type", "default")
     if rope_type == "default":
@@ -42,15 +42,19 @@ def _llama3(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
 
 
 class RotaryEmbedding(torch.nn.Module):
-    """Precomputed cos/sin tables indexed by absolute position."""
+    """Precomputed cos/sin tables indexed by absolute position. They are computed in float32
+    on the CPU and moved to `device` once, and are plain attributes rather than buffers, so
+    they are neither cast to the weights' dtype nor emptied with the parameters (see
+    CausalLM.empty)."""
 
-    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict[str, Any]):
+    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict[str, Any],
+                 device: torch.device):
         super().__init__()
         inv_freq = inverse_frequencies(head_dim, theta, scaling)
-        positions = torch.arange(max_positions, dtype=torch.float32)
+        positions = torch.arange(max_positions, dtype=torch.float32, device="cpu")
         freqs = positions[:, None] * inv_freq[None, :]
-        self.register_buffer("cos", freqs.cos(), persistent=False)
-        self.register_buffer("sin", freqs.sin(), persistent=False)
+        self.cos = freqs.cos().to(device)
+        self.sin = freqs.sin().to(device)
 
     def forward(
         self, positions: torch.Tensor, dtype: torch.dtype

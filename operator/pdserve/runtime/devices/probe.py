@@ -1,0 +1,100 @@
+"""What accelerators this container was given, and the device a worker computes on.
+
+The device files say what Kubernetes handed the pod (the device plugins mount `/dev/nvidiaN`
+for GPUs, `/dev/accelN` or `/dev/vfio/N` for TPU chips); torch says what it can use. A worker
+never computes on the host CPU beside accelerators it holds: `auto` resolves only when one
+answer is unambiguous, and every mismatch is one `DeviceError` line naming what was found and
+what was expected. `choose_device` is pure; `probe` reads the machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+NVIDIA_FILE = re.compile(r"nvidia\d+")
+TPU_FILES = (("", re.compile(r"accel\d+")), ("vfio", re.compile(r"\d+")))
+# One device per worker process until tensor parallelism spreads a replica over several.
+DEVICES_PER_WORKER = 1
+
+
+class DeviceError(ValueError):
+    """The worker cannot compute on what it was given."""
+
+
+@dataclass(frozen=True)
+class HostDevices:
+    nvidia_files: tuple[str, ...] = ()  # /dev/nvidiaN
+    tpu_files: tuple[str, ...] = ()  # /dev/accelN, /dev/vfio/N
+    cuda_devices: int = 0  # what torch can use
+    cuda_problem: str = ""  # why torch cannot use CUDA, when it cannot
+    torch_xla: bool = False
+
+
+def choose_device(requested: str, host: HostDevices) -> str:
+    """The torch device type ("cpu" or "cuda") to compute on, or a DeviceError."""
+    if requested not in DEVICE_CHOICES:
+        raise DeviceError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {requested!r}")
+    if host.tpu_files and requested != "cpu":
+        found = _listing(host.tpu_files)
+        if host.nvidia_files:
+            raise DeviceError(f"--device {requested}: found NVIDIA devices "
+                              f"({_listing(host.nvidia_files)}) and TPU chips ({found}); "
+                              "name the one to use with --device")
+        xla = ("torch_xla is installed but pdserve has no XLA device yet" if host.torch_xla
+               else "torch_xla is not installed in this image")
+        raise DeviceError(f"found {len(host.tpu_files)} TPU chip(s) ({found}) but this runtime "
+                          f"cannot compute on them ({xla}); it will not fall back to the host "
+                          "CPU")
+    if requested == "cpu":
+        return "cpu"
+    if requested == "auto" and not host.nvidia_files and host.cuda_devices == 0:
+        return "cpu"
+    if host.cuda_devices == 0:
+        given = (f"found {len(host.nvidia_files)} NVIDIA device(s) "
+                 f"({_listing(host.nvidia_files)}) but torch cannot use CUDA"
+                 if host.nvidia_files else "found no NVIDIA device and torch sees no CUDA")
+        reason = f" ({host.cuda_problem})" if host.cuda_problem else ""
+        raise DeviceError(f"--device {requested}: {given}{reason}; it will not fall back to "
+                          "the host CPU")
+    if host.cuda_devices > DEVICES_PER_WORKER:
+        raise DeviceError(f"this container holds {host.cuda_devices} CUDA devices and a pdserve "
+                          f"worker computes on {DEVICES_PER_WORKER}: give its pod "
+                          f"{DEVICES_PER_WORKER} (accelerator.count) or set "
+                          "CUDA_VISIBLE_DEVICES, rather than reserve devices it leaves idle")
+    return "cuda"
+
+
+def probe(dev: Path = Path("/dev")) -> HostDevices:
+    """The accelerators of this container: its device files and what torch can use."""
+    import torch  # only here: choose_device stays importable without torch
+
+    nvidia = _device_files(dev, "", NVIDIA_FILE)
+    tpu = tuple(path for folder, pattern in TPU_FILES
+                for path in _device_files(dev, folder, pattern))
+    problem = ""
+    count = 0
+    if torch.version.cuda is None:
+        problem = f"this torch {torch.__version__} is built without CUDA"
+    elif torch.cuda.is_available():
+        count = torch.cuda.device_count()
+    else:
+        problem = "torch.cuda.is_available() is false: no driver in the container?"
+    return HostDevices(nvidia, tpu, count, problem,
+                       importlib.util.find_spec("torch_xla") is not None)
+
+
+def _device_files(dev: Path, folder: str, pattern: re.Pattern[str]) -> tuple[str, ...]:
+    root = dev / folder if folder else dev
+    try:
+        names = sorted(entry.name for entry in root.iterdir() if pattern.fullmatch(entry.name))
+    except OSError:
+        return ()
+    return tuple(str(root / name) for name in names)
+
+
+def _listing(paths: tuple[str, ...], shown: int = 4) -> str:
+    more = f", ... ({len(paths)} in all)" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
