@@ -64,7 +64,8 @@ def test_loading_peaks_within_1_3x_of_the_weights(small_model, dtype):
 
 def test_a_truncated_or_foreign_file_is_a_clear_error(small_model, tmp_path):
     broken = tmp_path / "model.safetensors"
-    broken.write_bytes((small_model / "model.safetensors").read_bytes()[:4096])
+    whole = (small_model / "model.safetensors").read_bytes()
+    broken.write_bytes(whole[:8 + int.from_bytes(whole[:8], "little") + 4096])  # header + 4 KiB
     with pytest.raises(CheckpointError, match="does not fit its data offsets"):
         read_index(broken)
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
