@@ -1,12 +1,9 @@
 """KV handoff bandwidth over loopback vs a raw socket send of the same bytes (same run).
 
     .venv/bin/python -m bench.bench_kv_transfer [--tokens 2048] [--repeats 3]
-    .venv/bin/python -m bench.bench_kv_transfer --cuda [--tokens 4096]   # on a GPU
 
 The receiver runs in a second process, as a decode worker would. The KV layout is Qwen3-0.6B's
-(28 layers, 8 KV heads, head_dim 128, bf16: 112 KiB per token). Prints, never asserts. With
---cuda it also times the cuda-ipc handoff against recomputing the prompt with a random-weight
-model of the same shape (see bench/bench_cuda_ipc.py).
+(28 layers, 8 KV heads, head_dim 128, bf16: 112 KiB per token). Prints, never asserts.
 """
 
 from __future__ import annotations
@@ -116,14 +113,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cuda", action="store_true", help="cuda-ipc handoff vs recompute")
     args = parser.parse_args()
-    if args.cuda:
-        from bench.bench_cuda_ipc import bench_cuda_ipc
-
-        bench_cuda_ipc(args.tokens, args.repeats)
-    else:
-        bench_tcp(args.tokens, args.repeats)
+    bench_tcp(args.tokens, args.repeats)
 
 
 if __name__ == "__main__":

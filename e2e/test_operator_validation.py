@@ -86,13 +86,9 @@ INVALID_SPECS = {
         "chunkSize must not exceed maxNumBatchedTokens",
     ),
     "kv-port-clash": (invalid("kvTransfer", {"port": 8000}), "pick another KV port"),
-    "cuda-ipc-across-kinds": (
-        {
-            **invalid("kvTransfer", {"transport": "cuda-ipc"}),
-            "prefill": {"accelerator": {"kind": "nvidia-h100"}},
-            "decode": {"accelerator": {"kind": "nvidia-l4"}},
-        },
-        "cuda-ipc needs the same NVIDIA accelerator kind",
+    "cuda-ipc-is-no-transport": (
+        invalid("kvTransfer", {"transport": "cuda-ipc"}),
+        'Unsupported value: "cuda-ipc"',
     ),
     "autoscaling-min-above-max": (
         invalid("autoscaling", {"prefill": {"minReplicas": 5, "maxReplicas": 2}}),

@@ -104,7 +104,6 @@ def test_cross_field_rules_are_present():
         "count must equal the chips": "$.spec.prefill.accelerator",
         "count must be 1 for cpu": "$.spec.prefill.accelerator",
         "acceleratorBudget is below": "$.spec",
-        "cuda-ipc needs the same NVIDIA": "$.spec",
         "prometheusUrl is required": "$.spec.autoscaling",
         "workers' HTTP port": "$.spec.kvTransfer",
         "chunkSize must not exceed": "$.spec.prefill.engine",

@@ -63,9 +63,7 @@ INVALID = {
         prefill={"accelerator": {"kind": "nvidia-h100", "count": 2}},
         decode={"accelerator": {"kind": "nvidia-h100", "count": 2}},
         autoscaling={"acceleratorBudget": 3}), "acceleratorBudget 3 is below the 4"),
-    "cuda-ipc across kinds": (_spec(prefill={"accelerator": {"kind": "nvidia-h100"}},
-                                    decode={"accelerator": {"kind": "nvidia-l4"}},
-                                    kvTransfer={"transport": "cuda-ipc"}), "cuda-ipc"),
+    "cuda-ipc is no transport": (_spec(kvTransfer={"transport": "cuda-ipc"}), "'tcp'"),
     "kv port is the http port": (_spec(kvTransfer={"port": 8000}), "HTTP port"),
     "kv port out of range": (_spec(kvTransfer={"port": 70000}), "less than or equal to 65535"),
     "chunk above step budget": (_spec(decode={"engine": {"chunkSize": 4096,
@@ -91,13 +89,6 @@ def test_invalid_specs_are_rejected_with_a_clear_message(case):
     with pytest.raises(ValidationError) as err:
         LLMServiceSpec.model_validate(data)
     assert fragment in str(err.value)
-
-
-def test_cuda_ipc_on_one_nvidia_kind_is_fine():
-    spec = LLMServiceSpec.model_validate(_spec(
-        prefill={"accelerator": {"kind": "nvidia-h100"}},
-        decode={"accelerator": {"kind": "nvidia-h100"}}, kvTransfer={"transport": "cuda-ipc"}))
-    assert spec.kv_transfer.transport == "cuda-ipc"
 
 
 def test_accelerator_table_covers_every_kind():

@@ -18,7 +18,7 @@ GPU_POOL = {"model": {"servedName": "story-model", "source": {"pvc": {"claimName
             "decode": {"accelerator": {"kind": "nvidia-h100"},
                        "nodeSelector": {"pool": "decode"},
                        "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
-            "kvTransfer": {"transport": "cuda-ipc", "port": 9100}}
+            "kvTransfer": {"transport": "tcp", "port": 9100}}
 TPU_POOL = {"model": {"source": {"uri": "hf://Qwen/Qwen3-0.6B"}, "maxModelLen": 8192},
             "profile": "input-heavy",
             "prefill": {"replicas": 3,

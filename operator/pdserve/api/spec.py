@@ -25,10 +25,10 @@ class KvTransferSpec(ApiModel):
             f"port {WORKER_HTTP_PORT} is the workers' HTTP port; pick another KV port"),
     ]})
 
-    transport: Literal["tcp", "cuda-ipc"] = Field(
+    transport: Literal["tcp"] = Field(
         default="tcp",
-        description="tcp works everywhere; cuda-ipc moves KV between GPUs of one node and "
-        "needs the same NVIDIA accelerator kind on both roles.",
+        description="How KV moves from prefill to decode pods: tcp (framed raw bytes over the "
+        "pod network) works everywhere.",
     )
     port: int = Field(
         default=9000, ge=1024, le=65535, description="Port decode workers receive KV on.",
@@ -55,11 +55,6 @@ class LLMServiceSpec(ApiModel):
     """A model served with prefill/decode disaggregation."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("self.kvTransfer.transport != 'cuda-ipc' || "
-            "(self.prefill.accelerator.kind == self.decode.accelerator.kind && "
-            "self.prefill.accelerator.kind.startsWith('nvidia-'))",
-            "kvTransfer.transport cuda-ipc needs the same NVIDIA accelerator kind for prefill "
-            "and decode", ".kvTransfer.transport"),
         cel("!has(self.autoscaling.acceleratorBudget) || self.autoscaling.acceleratorBudget >= "
             "self.autoscaling.prefill.minReplicas * self.prefill.accelerator.count + "
             "self.autoscaling.decode.minReplicas * self.decode.accelerator.count",
@@ -98,14 +93,6 @@ class LLMServiceSpec(ApiModel):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> LLMServiceSpec:
-        kinds = {self.prefill.accelerator.kind, self.decode.accelerator.kind}
-        if self.kv_transfer.transport == "cuda-ipc" and (
-            len(kinds) != 1 or not self.prefill.accelerator.kind.startswith("nvidia-")
-        ):
-            raise ValueError(
-                "kvTransfer.transport cuda-ipc needs the same NVIDIA accelerator kind for "
-                "prefill and decode"
-            )
         budget = self.autoscaling.accelerator_budget
         minimum = (self.autoscaling.prefill.min_replicas * self.prefill.accelerator.count
                    + self.autoscaling.decode.min_replicas * self.decode.accelerator.count)

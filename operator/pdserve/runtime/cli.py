@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pdserve.runtime.devices.probe import DEVICE_CHOICES, DeviceError, choose_device, probe
+from pdserve.runtime.disagg.kv_transfer.transport import TRANSPORTS
 
 ROLE_ROUTES = {
     "both": "pdserve.runtime.serving.openai_routes",
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--num-kv-blocks", type=_positive_int, help="KV blocks (default: sized from memory)")
     add("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
         help="reuse KV blocks of shared prompt prefixes")
-    add("--kv-transport", choices=["tcp", "cuda-ipc"], help="default: tcp")
+    add("--kv-transport", choices=TRANSPORTS, help="default: tcp")
     add("--kv-timeout", type=_positive_float, help="seconds to wait for KV (default: 30)")
     add("--kv-fallback", choices=["recompute", "fail"], help="when KV does not arrive")
     add("--drain-timeout", type=_positive_float,

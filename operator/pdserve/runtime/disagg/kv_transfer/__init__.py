@@ -4,9 +4,7 @@ The prefill side (`KVSender`) connects to the decode worker's KV port; a handsha
 KV pools have the same layout (layers, KV heads, head dim, block size, dtype) and picks the data
 transport; then, per request, the prefill side offers the prompt, the decode side reserves blocks
 and answers how many leading blocks it already holds (prefix cache), and only the missing blocks
-travel. `tcp` streams them as framed raw bytes; `cuda-ipc` writes them straight into the decode
-process's KV pool, shared once per connection through a CUDA IPC handle. See README "How the KV
-handoff works".
+travel. `tcp` streams them as framed raw bytes. See README "How the KV handoff works".
 """
 
 from pdserve.runtime.disagg.kv_transfer.protocol import KVTransferError, LayoutMismatchError, Offer

@@ -5,7 +5,7 @@ JSON for control messages, raw tensor bytes for DATA. One connection carries one
 then any number of transfers, one at a time:
 
     prefill -> decode   HELLO  {version, transport, layout}
-    decode  -> prefill  ACCEPT {layout}                  (cuda-ipc: then IPC_HANDLE, raw bytes)
+    decode  -> prefill  ACCEPT {layout}
     per transfer:
     prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token, params, priority,
                                first_logprobs}
@@ -28,9 +28,10 @@ PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!BQ")
 MAX_CONTROL_BYTES = 64 * 1024 * 1024
 
-HELLO, ACCEPT, IPC_HANDLE, OFFER, NEED, DATA, DONE, ACK, ERROR = range(1, 10)
-KIND_NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", IPC_HANDLE: "IPC_HANDLE", OFFER: "OFFER",
-              NEED: "NEED", DATA: "DATA", DONE: "DONE", ACK: "ACK", ERROR: "ERROR"}
+# Frame kinds; 3 is retired (the removed cuda-ipc transport's handle), not to be reused.
+HELLO, ACCEPT, OFFER, NEED, DATA, DONE, ACK, ERROR = 1, 2, 4, 5, 6, 7, 8, 9
+KIND_NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", OFFER: "OFFER", NEED: "NEED", DATA: "DATA",
+              DONE: "DONE", ACK: "ACK", ERROR: "ERROR"}
 LAYOUT_FIELDS = ("num_layers", "num_kv_heads", "head_dim", "block_size", "dtype")
 
 

@@ -1,7 +1,7 @@
 """Prefill side of the KV handoff: push a prompt's KV to the decode worker chosen for it.
 
-Connections to each decode worker are kept and reused (the handshake, and for cuda-ipc the pool
-mapping, happen once per connection); a transfer has a connection to itself. Blocking: call it
+Connections to each decode worker are kept and reused (the handshake happens once per
+connection); a transfer has a connection to itself. Blocking: call it
 from a worker thread (`asyncio.to_thread`), never from the event loop.
 """
 

@@ -2,8 +2,7 @@
 
 A transport moves the KV of some blocks of the sender's pool into given blocks of the receiver's
 pool, over a connection whose handshake and control messages are already done (protocol.py). One
-transport object serves one connection, so it may keep per-peer state (cuda-ipc keeps the mapped
-peer pool).
+transport object serves one connection, so it may keep per-peer state.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import torch
 
 from pdserve.runtime.disagg.kv_transfer.protocol import FramedSocket
 
-TRANSPORTS = ("tcp", "cuda-ipc")
+TRANSPORTS = ("tcp",)
 
 
 class KVPool(Protocol):
@@ -57,10 +56,6 @@ def make_transport(name: str) -> Transport:
         from pdserve.runtime.disagg.kv_transfer.tcp import TcpTransport
 
         return TcpTransport()
-    if name == "cuda-ipc":
-        from pdserve.runtime.disagg.kv_transfer.cuda_ipc import CudaIpcTransport
-
-        return CudaIpcTransport()
     raise ValueError(f"unknown KV transport {name!r}; expected one of {TRANSPORTS}")
 
 
