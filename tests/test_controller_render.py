@@ -106,6 +106,7 @@ def test_gpu_pool_scheduling_and_worker_command_line():
     assert flags["--model"] == "/models/llama"
     assert flags["--served-model-name"] == "story-model"
     assert flags["--device"] == "cuda" and flags["--kv-port"] == "9100"
+    assert flags["--tensor-parallel-size"] == "2"  # every GPU the pod reserves
     assert flags["--config"] == "/etc/pdserve/prefill.json"
     volumes = {v["name"]: v for v in prefill["volumes"]}
     assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}

@@ -29,6 +29,14 @@ def test_the_device_follows_what_the_container_holds(requested, host, device):
     assert choose_device(requested, host) == device
 
 
+def test_tensor_parallelism_uses_every_device_the_pod_holds():
+    eight = HostDevices(GPUS * 8, cuda_devices=8)
+    assert choose_device("cuda", eight, devices=8) == "cuda"
+    with pytest.raises(DeviceError, match="tensor parallel size is 4"):
+        choose_device("cuda", eight, devices=4)
+    assert choose_device("cpu", HostDevices(), devices=2) == "cpu"  # gloo on CPU
+
+
 @pytest.mark.parametrize(("requested", "host", "message"), [
     ("auto", HostDevices(GPUS, cuda_problem="no driver"),
      r"--device auto: found 1 NVIDIA device\(s\) \(/dev/nvidia0\) but torch cannot use CUDA "
@@ -40,7 +48,7 @@ def test_the_device_follows_what_the_container_holds(requested, host, device):
     ("auto", HostDevices(tpu_files=CHIPS, torch_xla=True), "pdserve has no XLA device yet"),
     ("auto", HostDevices(GPUS, CHIPS, cuda_devices=1), "name the one to use with --device"),
     ("auto", HostDevices(GPUS * 8, cuda_devices=8),
-     "holds 8 CUDA devices and a pdserve worker computes on 1"),
+     r"holds 8 CUDA device\(s\) and the tensor parallel size is 1: they must match"),
     ("tpu", HostDevices(), "device must be one of auto, cpu, cuda"),
 ])  # fmt: skip
 def test_what_cannot_be_used_is_refused_in_one_line(requested, host, message):

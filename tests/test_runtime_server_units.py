@@ -171,3 +171,10 @@ def test_config_values_are_checked_like_flags(tmp_path, capsys):
 def test_model_is_required():
     with pytest.raises(WorkerSetupError, match="--model is required"):
         parse_settings([])
+
+
+def test_tensor_parallelism_needs_role_both():
+    with pytest.raises(WorkerSetupError, match="--tensor-parallel-size 2 needs --role both"):
+        parse_settings(["--model", "m", "--role", "decode", "--tensor-parallel-size", "2"])
+    assert parse_settings(["--model", "m", "--tensor-parallel-size", "2"])[
+        "tensor_parallel_size"] == 2

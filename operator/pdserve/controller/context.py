@@ -151,6 +151,7 @@ def worker_context(spec: LLMServiceSpec, owner: Owner, role: WorkerRole, image: 
         "--served-model-name", served_model_name(spec, owner.name),
         "--host", "0.0.0.0", "--port", str(WORKER_HTTP_PORT),
         "--kv-port", str(spec.kv_transfer.port), "--device", facts.device,
+        "--tensor-parallel-size", str(role_spec.accelerator.count),
         "--config", f"{CONFIG_DIR}/{role}.json",
     ]
     return {

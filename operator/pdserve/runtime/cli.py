@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "max_num_seqs": None, "max_num_batched_tokens": None, "block_size": None,
     "num_kv_blocks": None, "enable_prefix_caching": None, "kv_transport": "tcp",
     "kv_timeout": 30.0, "kv_fallback": "recompute", "drain_timeout": 30.0, "log_level": "info",
-    "threads": None,
+    "threads": None, "tensor_parallel_size": 1,
 }
 
 
@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--num-kv-blocks", type=_positive_int, help="KV blocks (default: sized from memory)")
     add("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
         help="reuse KV blocks of shared prompt prefixes")
+    add("--tensor-parallel-size", type=_positive_int,
+        help="devices (processes) one model replica spans (default: 1)")
     add("--kv-transport", choices=TRANSPORTS, help="default: tcp")
     add("--kv-timeout", type=_positive_float, help="seconds to wait for KV (default: 30)")
     add("--kv-fallback", choices=["recompute", "fail"], help="when KV does not arrive")
@@ -130,6 +132,10 @@ def parse_settings(argv: list[str]) -> dict[str, Any]:
     if not settings["model"]:
         raise WorkerSetupError("--model is required (a model directory or builtin:tiny)")
     settings["served_model_name"] = settings["served_model_name"] or settings["model"]
+    if settings["tensor_parallel_size"] > 1 and settings["role"] != "both":
+        raise WorkerSetupError(
+            f"--tensor-parallel-size {settings['tensor_parallel_size']} needs --role both: the "
+            "KV handoff between prefill and decode does not re-shard KV over ranks yet")
     return settings
 
 
@@ -155,7 +161,8 @@ def main(argv: list[str]) -> int:
     from pdserve.runtime.worker import run_worker  # imports torch: only once flags are valid
 
     try:  # before listening: a pod that cannot compute fails at once, its reason in the log
-        settings["device"] = choose_device(settings["device"], probe())
+        settings["device"] = choose_device(settings["device"], probe(),
+                                           settings["tensor_parallel_size"])
     except DeviceError as exc:
         print(f"pdserve worker: {exc}", file=sys.stderr)
         return 1

@@ -36,18 +36,37 @@ class StoredTensor:
     dtype: torch.dtype
     shape: tuple[int, ...]
 
-    def copy_into(self, dest: torch.Tensor) -> None:
-        """Read the tensor into `dest` (contiguous, same shape, any dtype and device)."""
-        numel = math.prod(self.shape)
-        flat = dest.view(-1)
-        per_chunk = max(1, CHUNK_BYTES // self.dtype.itemsize)
-        buffer = torch.empty(min(per_chunk, numel), dtype=self.dtype)
+    def copy_into(self, dest: torch.Tensor, dim: int | None = None, start: int = 0) -> None:
+        """Read the tensor, or its slice from `start` along `dim` (0 or 1, as wide as `dest`:
+        a tensor-parallel shard), into `dest` (contiguous; any dtype and device)."""
+        if dim is None:
+            self._copy_rows(dest.view(-1), 0, math.prod(self.shape))
+            return
+        row = math.prod(self.shape[1:])  # elements per row of dim 0
+        if dim == 0:
+            self._copy_rows(dest.view(-1), start * row, dest.shape[0] * row)
+            return
+        # Columns: whole rows are read a chunk at a time and their slice kept.
+        width, total_rows = dest.shape[1], self.shape[0]
+        rows_per_chunk = max(1, CHUNK_BYTES // (row * self.dtype.itemsize))
+        buffer = torch.empty(min(rows_per_chunk, total_rows), row, dtype=self.dtype)
         with self.path.open("rb", buffering=0) as handle:
             handle.seek(self.offset)
-            for start in range(0, numel, per_chunk):
-                part = buffer[:min(per_chunk, numel - start)]
+            for first in range(0, total_rows, rows_per_chunk):
+                part = buffer[:min(rows_per_chunk, total_rows - first)]
                 _read_exactly(handle, part.view(torch.uint8).numpy(), self.path)
-                flat[start:start + part.numel()].copy_(part)
+                dest[first:first + part.shape[0]].copy_(part[:, start:start + width])
+
+    def _copy_rows(self, flat: torch.Tensor, first: int, count: int) -> None:
+        """Elements [first, first + count) of the tensor into `flat`, one chunk at a time."""
+        per_chunk = max(1, CHUNK_BYTES // self.dtype.itemsize)
+        buffer = torch.empty(min(per_chunk, count), dtype=self.dtype)
+        with self.path.open("rb", buffering=0) as handle:
+            handle.seek(self.offset + first * self.dtype.itemsize)
+            for at in range(0, count, per_chunk):
+                part = buffer[:min(per_chunk, count - at)]
+                _read_exactly(handle, part.view(torch.uint8).numpy(), self.path)
+                flat[at:at + part.numel()].copy_(part)
 
 
 def read_index(path: Path) -> dict[str, StoredTensor]:

@@ -16,8 +16,6 @@ from pathlib import Path
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 NVIDIA_FILE = re.compile(r"nvidia\d+")
 TPU_FILES = (("", re.compile(r"accel\d+")), ("vfio", re.compile(r"\d+")))
-# One device per worker process until tensor parallelism spreads a replica over several.
-DEVICES_PER_WORKER = 1
 
 
 class DeviceError(ValueError):
@@ -33,8 +31,9 @@ class HostDevices:
     torch_xla: bool = False
 
 
-def choose_device(requested: str, host: HostDevices) -> str:
-    """The torch device type ("cpu" or "cuda") to compute on, or a DeviceError."""
+def choose_device(requested: str, host: HostDevices, devices: int = 1) -> str:
+    """The torch device type ("cpu" or "cuda") a replica over `devices` devices (its tensor
+    parallel size) computes on, or a DeviceError."""
     if requested not in DEVICE_CHOICES:
         raise DeviceError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {requested!r}")
     if host.tpu_files and requested != "cpu":
@@ -59,11 +58,10 @@ def choose_device(requested: str, host: HostDevices) -> str:
         reason = f" ({host.cuda_problem})" if host.cuda_problem else ""
         raise DeviceError(f"--device {requested}: {given}{reason}; it will not fall back to "
                           "the host CPU")
-    if host.cuda_devices > DEVICES_PER_WORKER:
-        raise DeviceError(f"this container holds {host.cuda_devices} CUDA devices and a pdserve "
-                          f"worker computes on {DEVICES_PER_WORKER}: give its pod "
-                          f"{DEVICES_PER_WORKER} (accelerator.count) or set "
-                          "CUDA_VISIBLE_DEVICES, rather than reserve devices it leaves idle")
+    if host.cuda_devices != devices:
+        raise DeviceError(f"this container holds {host.cuda_devices} CUDA device(s) and the "
+                          f"tensor parallel size is {devices}: they must match (accelerator."
+                          "count sets both), so that no reserved device sits idle")
     return "cuda"
 
 

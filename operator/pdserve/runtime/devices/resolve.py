@@ -22,9 +22,10 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """Turn a device choice into a torch.device; a DeviceError for an unusable one."""
-    return torch.device(choose_device(name, probe()))
+def resolve_device(name: str = "auto", devices: int = 1) -> torch.device:
+    """Turn a device choice into a torch.device for a replica over `devices` devices; a
+    DeviceError for an unusable one."""
+    return torch.device(choose_device(name, probe(), devices))
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

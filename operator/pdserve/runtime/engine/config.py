@@ -20,6 +20,7 @@ from pdserve.runtime.engine.kv_cache import KVCache
 from pdserve.runtime.engine.model_runner import ModelRunner
 from pdserve.runtime.models.config import ModelConfig, load_model_config
 from pdserve.runtime.models.llama import CausalLM
+from pdserve.runtime.parallel.sharding import SINGLE, Parallel
 
 
 @dataclass
@@ -35,9 +36,11 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = 0.85
     cpu_kv_cache_bytes: int = 1 << 30
+    tensor_parallel_size: int = 1  # processes (devices) one replica spans
 
     def validate(self) -> None:
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens",
+                     "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
@@ -61,10 +64,11 @@ class EngineComponents:
     max_model_len: int
 
 
-def load_model(cfg: ModelConfig, path: Path, device: torch.device, dtype: torch.dtype) -> CausalLM:
-    """The weights read straight into parameters allocated in the target dtype on the target
-    device: loading holds the weights once, plus one read buffer."""
-    model = CausalLM.empty(cfg, device, dtype)
+def load_model(cfg: ModelConfig, path: Path, device: torch.device, dtype: torch.dtype,
+               parallel: Parallel = SINGLE) -> CausalLM:
+    """The weights (this rank's shard) read straight into parameters allocated in the target
+    dtype on the target device: loading holds the weights once, plus one read buffer."""
+    model = CausalLM.empty(cfg, device, dtype, parallel)
     model.load_weights(iter_weights(path))
     if device.type == "cpu":
         model.pack_linear_weights()
@@ -88,10 +92,14 @@ def _num_kv_blocks(
     return blocks
 
 
-def build_components(config: EngineConfig) -> EngineComponents:
+def build_components(config: EngineConfig, parallel: Parallel = SINGLE) -> EngineComponents:
+    """The torch parts of one engine, or of one tensor-parallel rank of it (`parallel`)."""
     config.validate()
     path = resolve_model_path(config.model)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, config.tensor_parallel_size)
+    if device.type == "cuda" and parallel.size > 1:
+        device = torch.device("cuda", parallel.rank)
+        torch.cuda.set_device(device)
     dtype = resolve_dtype(config.dtype, device)
     if device.type == "cpu":
         keep_cpu_memory_mapped()
@@ -103,15 +111,17 @@ def build_components(config: EngineConfig) -> EngineComponents:
             f"{model_config.max_position_embeddings}"
         )
     tokenizer = Tokenizer(path)
-    model = load_model(model_config, path, device, dtype)
+    model = load_model(model_config, path, device, dtype, parallel)
     layout = KVCache.layout_for(
         model_config.num_hidden_layers,
-        model_config.num_key_value_heads,
+        model_config.num_key_value_heads // parallel.size,
         model_config.head_dim,
         config.block_size,
         dtype,
     )
-    num_blocks = _num_kv_blocks(config, layout.bytes_per_block, max_len, device)
+    # Ranks share block ids, so they agree on the smallest pool any of them can hold.
+    num_blocks = parallel.agree_min(_num_kv_blocks(config, layout.bytes_per_block, max_len,
+                                                   device))
     kv_cache = KVCache(layout, num_blocks, device)
     model.bind_kv_cache(kv_cache.layer_views())
     runner = ModelRunner(model, config.block_size, device)

@@ -65,7 +65,12 @@ class _Request:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig):
-        parts = build_components(config)
+        if config.tensor_parallel_size > 1:
+            from pdserve.runtime.parallel.replica import build_replica  # torch.distributed
+
+            parts = build_replica(config)
+        else:
+            parts = build_components(config)
         self.config = config
         self.model_path = parts.model_path
         self.device = parts.device
@@ -87,6 +92,10 @@ class LLMEngine:
             eos_token_ids=eos,
         )
         self._requests: dict[str, _Request] = {}
+
+    def close(self) -> None:
+        """Release what the engine holds beyond memory (a tensor-parallel replica's ranks)."""
+        self.runner.close()
 
     @property
     def kv_layout(self) -> KVLayout:

@@ -45,10 +45,14 @@ class ModelRunner:
         self.block_size = block_size
         self.device = device
         self.workspace = GatherWorkspace()
-        cfg, dtype = model.config, model.embed_tokens.weight.dtype
-        heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+        dtype = model.embed_tokens.weight.dtype
+        heads, head_dim = model.config.num_attention_heads // model.parallel.size, \
+            model.config.head_dim
         kernel_fits = paged_decode.supports(heads, head_dim, block_size, dtype)
         self.decode_kernel = library.load() if device.type == "cpu" and kernel_fits else None
+
+    def close(self) -> None:
+        """Nothing to release: a single-process runner (see parallel/runner.py for others)."""
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
@@ -128,10 +132,16 @@ class ModelRunner:
         return self._tensor(ids), self._tensor(positions), meta, sample_rows, ordered
 
     @torch.inference_mode()
+    def forward(self, chunks: Seq[ScheduledChunk]
+                ) -> tuple[torch.Tensor, list[int], list[ScheduledChunk]]:
+        """Run the model over one step: hidden states, the rows to sample, their chunks."""
+        input_ids, positions, meta, sample_rows, ordered = self.prepare(chunks)
+        return self.model(input_ids, positions, meta), sample_rows, ordered
+
+    @torch.inference_mode()
     def execute(self, chunks: Seq[ScheduledChunk]) -> tuple[torch.Tensor, list[ScheduledChunk]]:
         """Run one step; logits [N, vocab] (float32) for the N chunks that need a sample."""
-        input_ids, positions, meta, sample_rows, ordered = self.prepare(chunks)
-        hidden = self.model(input_ids, positions, meta)
+        hidden, sample_rows, ordered = self.forward(chunks)
         if not sample_rows:
             return hidden.new_empty((0, self.model.config.vocab_size), dtype=torch.float32), []
         logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])

@@ -18,6 +18,13 @@ from pdserve.runtime.models.attention import AttentionMetadata, paged_attention
 from pdserve.runtime.models.config import ModelConfig
 from pdserve.runtime.models.ops import add_rms_norm, rotate, silu_mul
 from pdserve.runtime.models.rope import RotaryEmbedding
+from pdserve.runtime.parallel.sharding import (
+    SINGLE,
+    Parallel,
+    Shard,
+    check_divisible,
+    shard_of,
+)
 
 if TYPE_CHECKING:
     from pdserve.runtime.checkpoints.safetensors_reader import StoredTensor
@@ -58,11 +65,14 @@ class Linear(nn.Linear):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """This rank's heads: q/k/v column-parallel, o_proj row-parallel and summed over ranks."""
+
+    def __init__(self, cfg: ModelConfig, parallel: Parallel):
         super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = cfg.num_key_value_heads
+        self.num_heads = cfg.num_attention_heads // parallel.size
+        self.num_kv_heads = cfg.num_key_value_heads // parallel.size
         self.head_dim = cfg.head_dim
+        self.all_reduce = parallel.all_reduce
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, cfg.qkv_bias)
@@ -87,24 +97,28 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q, *rope), rotate(k, *rope)
         out = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale)
-        return self.o_proj(out.view(t, self.q_size))
+        return self.all_reduce(self.o_proj(out.view(t, self.q_size)))
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """This rank's share of the intermediate size: gate/up column-, down row-parallel."""
+
+    def __init__(self, cfg: ModelConfig, parallel: Parallel):
         super().__init__()
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias)
+        intermediate = cfg.intermediate_size // parallel.size
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * intermediate, cfg.mlp_bias)
+        self.down_proj = Linear(intermediate, cfg.hidden_size, cfg.mlp_bias)
+        self.all_reduce = parallel.all_reduce
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_mul(self.gate_up_proj(x)))
+        return self.all_reduce(self.down_proj(silu_mul(self.gate_up_proj(x))))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, parallel: Parallel):
         super().__init__()
-        self.self_attn = Attention(cfg)
-        self.mlp = MLP(cfg)
+        self.self_attn = Attention(cfg, parallel)
+        self.mlp = MLP(cfg, parallel)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -135,15 +149,20 @@ _FUSED = {
 class CausalLM(nn.Module):
     """Embeddings, decoder layers, final norm and LM head over a paged KV cache."""
 
-    def __init__(self, cfg: ModelConfig, device: torch.device):
-        """Build with `empty`: parameters come uninitialised, for load_weights to fill."""
+    def __init__(self, cfg: ModelConfig, device: torch.device, parallel: Parallel = SINGLE):
+        """Build with `empty`: parameters come uninitialised, for load_weights to fill.
+        Embeddings, norms and the LM head are replicated on every tensor-parallel rank."""
         super().__init__()
+        check_divisible(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size,
+                        parallel.size)
         self.config = cfg
+        self.parallel = parallel
         # Given its weight, Embedding skips its random init: on the meta device that init alone
         # imports ~150 MB of torch (dynamo, sympy), and load_weights overwrites it anyway.
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
                                          _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, parallel)
+                                    for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self._tie_embeddings()
@@ -153,11 +172,12 @@ class CausalLM(nn.Module):
         self.kv_layers: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @classmethod
-    def empty(cls, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> CausalLM:
-        """The model with its parameters allocated, uninitialised, in `dtype` on `device`, for
-        load_weights to fill: no random init and no float32 copy first."""
+    def empty(cls, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
+              parallel: Parallel = SINGLE) -> CausalLM:
+        """The model (this rank's shard) with its parameters allocated, uninitialised, in
+        `dtype` on `device`, for load_weights to fill: no random init, no float32 copy first."""
         with torch.device("meta"):
-            model = cls(cfg, device)
+            model = cls(cfg, device, parallel)
         model.to(dtype=dtype).to_empty(device=device)
         model._tie_embeddings()  # to_empty gives every parameter its own storage
         return model.eval()
@@ -216,6 +236,7 @@ class CausalLM(nn.Module):
                 missing.add(name)
         if self.config.tie_word_embeddings:
             missing.discard("lm_head.weight")
+        local = self._local_sizes()
         for hf_name, tensor in weights:
             name = hf_name.removeprefix("model.")
             if "rotary_emb" in name:
@@ -224,33 +245,46 @@ class CausalLM(nn.Module):
                 continue
             parts = name.rsplit(".", 2)
             fused = _FUSED.get(parts[-2]) if len(parts) == 3 else None
+            shard = shard_of(name, local, self.parallel.rank)
             if fused is None:
                 if name not in params:
                     raise ValueError(f"unexpected weight {hf_name!r} in checkpoint")
-                _copy(params[name], tensor, hf_name)
+                _copy(params[name], tensor, hf_name, shard, self.parallel.size)
                 missing.discard(name)
                 continue
             target = f"{parts[0]}.{fused[0]}.{parts[2]}"
-            _copy(self._shard(params[target], *fused), tensor, hf_name)
+            _copy(self._shard(params[target], *fused), tensor, hf_name, shard,
+                  self.parallel.size)
             missing.discard(name)
         if missing:
             raise ValueError(f"checkpoint lacks weights for: {', '.join(sorted(missing))}")
 
+    def _local_sizes(self) -> dict[str, int]:
+        """Per projection, this rank's share of its split dimension."""
+        cfg, size = self.config, self.parallel.size
+        q = cfg.num_attention_heads * cfg.head_dim // size
+        kv = cfg.num_key_value_heads * cfg.head_dim // size
+        intermediate = cfg.intermediate_size // size
+        return {"q_proj": q, "k_proj": kv, "v_proj": kv, "o_proj": q, "gate_proj": intermediate,
+                "up_proj": intermediate, "down_proj": intermediate}
+
     def _shard(self, param: torch.Tensor, fused_name: str, index: int) -> torch.Tensor:
-        cfg = self.config
-        if fused_name == "gate_up_proj":
-            sizes = [cfg.intermediate_size] * 2
-        else:
-            q = cfg.num_attention_heads * cfg.head_dim
-            kv = cfg.num_key_value_heads * cfg.head_dim
-            sizes = [q, kv, kv]
+        local = self._local_sizes()
+        names = ("gate_proj", "up_proj") if fused_name == "gate_up_proj" else \
+            ("q_proj", "k_proj", "v_proj")
+        sizes = [local[n] for n in names]
         return param.data.narrow(0, sum(sizes[:index]), sizes[index])
 
 
-def _copy(param: torch.Tensor, stored: StoredTensor, name: str) -> None:
-    if tuple(param.shape) != stored.shape:
-        raise ValueError(
-            f"weight {name!r} has shape {stored.shape}, expected {tuple(param.shape)}"
-        )
+def _copy(param: torch.Tensor, stored: StoredTensor, name: str, shard: Shard,
+          size: int) -> None:
+    expected = list(param.shape)
+    if shard.dim is not None:
+        expected[shard.dim] *= size
+    if tuple(expected) != stored.shape:
+        raise ValueError(f"weight {name!r} has shape {stored.shape}, expected {tuple(expected)}")
     with torch.no_grad():
-        stored.copy_into(param.data)
+        if shard.zero:
+            param.data.zero_()
+        else:
+            stored.copy_into(param.data, shard.dim, shard.start)
