@@ -43,6 +43,9 @@ class AcceleratorFacts:
     peak_bf16_flops: float
     memory_bandwidth_bytes_per_s: float
     memory_bytes: float
+    # Chip-to-chip bandwidth within a node, one direction (NVLink, PCIe, TPU ICI): what a
+    # tensor-parallel all-reduce moves over.
+    link_bytes_per_s: float
     topologies: dict[str, int] = field(default_factory=dict)
 
 
@@ -53,18 +56,19 @@ _GB = 1e9
 
 
 def _gpu(
-    kind: str, gke_label: str, flops: float, bandwidth: float, memory: float,
+    kind: str, gke_label: str, flops: float, bandwidth: float, memory: float, link: float,
 ) -> AcceleratorFacts:
     return AcceleratorFacts(
         kind=kind, family="gpu", resource_name=GPU_RESOURCE,
         node_labels={GKE_ACCELERATOR_LABEL: gke_label}, tolerations=(_GPU_TOLERATION,),
         device="cuda", peak_bf16_flops=flops * _TERA,
         memory_bandwidth_bytes_per_s=bandwidth * _TERA, memory_bytes=memory * _GB,
+        link_bytes_per_s=link * _GB,
     )
 
 
 def _tpu(
-    kind: str, gke_label: str, flops: float, bandwidth: float, memory: float,
+    kind: str, gke_label: str, flops: float, bandwidth: float, memory: float, link: float,
 ) -> AcceleratorFacts:
     # The runtime picks the device itself on TPU hosts (`--device auto`).
     return AcceleratorFacts(
@@ -72,23 +76,25 @@ def _tpu(
         node_labels={GKE_TPU_ACCELERATOR_LABEL: gke_label}, tolerations=(_TPU_TOLERATION,),
         device="auto", peak_bf16_flops=flops * _TERA,
         memory_bandwidth_bytes_per_s=bandwidth * _TERA, memory_bytes=memory * _GB,
-        topologies=dict(TPU_SINGLE_HOST_TOPOLOGIES),
+        link_bytes_per_s=link * _GB, topologies=dict(TPU_SINGLE_HOST_TOPOLOGIES),
     )
 
 
-# Figures per device (per chip for TPUs): bf16 dense peak TFLOP/s, memory TB/s, memory GB.
+# Figures per device (per chip for TPUs): bf16 dense peak TFLOP/s, memory TB/s, memory GB,
+# chip-to-chip link GB/s one way (NVLink 4: 900 bidirectional -> 450; NVLink 3: 600 -> 300;
+# L4: PCIe Gen4 x16, 32; TPU ICI per chip: v5e 1,600 Gbit/s -> 200, v6e 3,584 -> 448).
 ACCELERATORS: dict[str, AcceleratorFacts] = {
-    "nvidia-h100": _gpu("nvidia-h100", "nvidia-h100-80gb", 989, 3.35, 80),
-    "nvidia-h200": _gpu("nvidia-h200", "nvidia-h200-141gb", 989, 4.8, 141),
-    "nvidia-a100": _gpu("nvidia-a100", "nvidia-a100-80gb", 312, 2.0, 80),
-    "nvidia-l4": _gpu("nvidia-l4", "nvidia-l4", 121, 0.3, 24),
-    "tpu-v5e": _tpu("tpu-v5e", "tpu-v5-lite-podslice", 197, 0.819, 16),
-    "tpu-v6e": _tpu("tpu-v6e", "tpu-v6e-slice", 918, 1.64, 32),
+    "nvidia-h100": _gpu("nvidia-h100", "nvidia-h100-80gb", 989, 3.35, 80, 450),
+    "nvidia-h200": _gpu("nvidia-h200", "nvidia-h200-141gb", 989, 4.8, 141, 450),
+    "nvidia-a100": _gpu("nvidia-a100", "nvidia-a100-80gb", 312, 2.0, 80, 300),
+    "nvidia-l4": _gpu("nvidia-l4", "nvidia-l4", 121, 0.3, 24, 32),
+    "tpu-v5e": _tpu("tpu-v5e", "tpu-v5-lite-podslice", 197, 0.819, 16, 200),
+    "tpu-v6e": _tpu("tpu-v6e", "tpu-v6e-slice", 918, 1.64, 32, 448),
     # Measured on the project's 2-core build machines (FACTS.md): fp32 matmul ~200 GFLOP/s.
     "cpu": AcceleratorFacts(
         kind="cpu", family="cpu", resource_name=None, node_labels={}, tolerations=(),
         device="cpu", peak_bf16_flops=0.2 * _TERA, memory_bandwidth_bytes_per_s=0.02 * _TERA,
-        memory_bytes=16 * _GB,
+        memory_bytes=16 * _GB, link_bytes_per_s=4 * _GB,  # loopback TCP (FACTS.md)
     ),
 }
 

@@ -1,45 +1,73 @@
-"""Capacity priors per accelerator kind: what one replica is assumed to sustain before the
-observed latency corrects it (see need.updated_correction).
+"""Capacity priors per accelerator kind: what one replica (one pod, however many chips it
+holds) is assumed to sustain before the observed latency corrects it (see
+need.updated_correction).
 
-Roofline figures from /work/shared/FACTS.md for a reference model of about 1B parameters in
-bf16 (prefill at 40% of peak FLOP/s; decode batches of 64 sequences of 1.5k tokens at 80% of
-the memory bandwidth). `cpu` is the runtime's builtin tiny model on a 2-core pod. The planner
-learns the real figure within a factor of ten either way."""
+Roofline figures of the accelerator table (`api/accelerators.py`) for a reference model of
+about 1B parameters in bf16 (Llama-3.2-1B's shape: 16 layers, hidden 2048): prefill at 40% of
+peak FLOP/s, decode batches of 64 sequences of 1.5k tokens at 80% of the memory bandwidth. A
+pod of N chips is one tensor-parallel replica: compute and memory traffic split N ways, plus
+two all-reduces of the hidden states per layer over the chips' link (ring: 2(N-1)/N of the
+bytes, and a fixed latency each), so N chips sustain less than N times one chip
+(`tensor_parallel_efficiency`). `cpu` is the runtime's builtin tiny model on a 2-core pod. The
+planner learns the real figure within a factor of ten either way."""
 
 from __future__ import annotations
 
+from pdserve.api.accelerators import ACCELERATORS, AcceleratorFacts
 from pdserve.autoscaler.config import CapacityPrior
 
 REFERENCE_PARAMS = 1.0e9
 REFERENCE_WEIGHT_BYTES = 2.5e9
 REFERENCE_KV_BYTES_PER_TOKEN = 32 * 1024
+REFERENCE_LAYERS = 16
+REFERENCE_HIDDEN_BYTES = 2048 * 2  # one token's hidden state, bf16
+PREFILL_CHUNK_TOKENS = 2048
 DECODE_BATCH = 64
 CONTEXT_TOKENS = 1500
 STEP_OVERHEAD_SECONDS = 0.002
-
-# kind -> (peak FLOP/s, memory bandwidth bytes/s), per chip
-ROOFLINES: dict[str, tuple[float, float]] = {
-    "nvidia-h100": (989e12, 3.35e12),
-    "nvidia-h200": (989e12, 4.8e12),
-    "nvidia-a100": (312e12, 2.0e12),
-    "nvidia-l4": (121e12, 300e9),
-    "tpu-v5e": (197e12, 819e9),
-    "tpu-v6e": (918e12, 1.64e12),
-}
+ALL_REDUCE_LATENCY_SECONDS = 10e-6
 CPU_PRIOR = CapacityPrior(prefill_tokens_per_second=2000.0, decode_tokens_per_second=200.0,
                           decode_max_sequences=16.0)
+
+
+def _all_reduces(facts: AcceleratorFacts, chips: int, tokens: int) -> float:
+    """Seconds of one forward pass's all-reduces over `tokens` tokens on `chips` chips."""
+    if chips == 1:
+        return 0.0
+    ring = 2 * (chips - 1) / chips * tokens * REFERENCE_HIDDEN_BYTES / facts.link_bytes_per_s
+    return 2 * REFERENCE_LAYERS * (ALL_REDUCE_LATENCY_SECONDS + ring)
+
+
+def prefill_tokens_per_second(facts: AcceleratorFacts, chips: int) -> float:
+    compute = (2 * REFERENCE_PARAMS * PREFILL_CHUNK_TOKENS
+               / (chips * facts.peak_bf16_flops * 0.4))
+    return PREFILL_CHUNK_TOKENS / (compute + _all_reduces(facts, chips, PREFILL_CHUNK_TOKENS))
+
+
+def decode_step_seconds(facts: AcceleratorFacts, chips: int, batch: int) -> float:
+    read = REFERENCE_WEIGHT_BYTES + batch * CONTEXT_TOKENS * REFERENCE_KV_BYTES_PER_TOKEN
+    return (STEP_OVERHEAD_SECONDS + read / (chips * facts.memory_bandwidth_bytes_per_s * 0.8)
+            + _all_reduces(facts, chips, batch))
+
+
+def tensor_parallel_efficiency(kind: str, chips: int) -> tuple[float, float]:
+    """(prefill, decode) throughput of one pod of `chips` chips over `chips` pods of one."""
+    facts = ACCELERATORS[kind]
+    prefill = prefill_tokens_per_second(facts, chips) / (chips *
+                                                         prefill_tokens_per_second(facts, 1))
+    decode = decode_step_seconds(facts, 1, DECODE_BATCH) / (
+        chips * decode_step_seconds(facts, chips, DECODE_BATCH))
+    return prefill, decode
 
 
 def capacity_prior(kind: str, prefill_chips: int, decode_chips: int,
                    max_num_seqs: int | None = None) -> CapacityPrior:
     """The prior for a prefill pod of `prefill_chips` and a decode pod of `decode_chips`."""
-    if kind not in ROOFLINES:
+    facts = ACCELERATORS.get(kind)
+    if facts is None or facts.family == "cpu":
         return CPU_PRIOR
-    flops, bandwidth = ROOFLINES[kind]
-    prefill = prefill_chips * flops * 0.4 / (2 * REFERENCE_PARAMS)
     batch = DECODE_BATCH if max_num_seqs is None else min(DECODE_BATCH, max_num_seqs)
-    read = REFERENCE_WEIGHT_BYTES + batch * CONTEXT_TOKENS * REFERENCE_KV_BYTES_PER_TOKEN
-    step = STEP_OVERHEAD_SECONDS + read / (decode_chips * bandwidth * 0.8)
-    return CapacityPrior(prefill_tokens_per_second=prefill,
-                         decode_tokens_per_second=batch / step,
-                         decode_max_sequences=float(max_num_seqs or 256))
+    return CapacityPrior(
+        prefill_tokens_per_second=prefill_tokens_per_second(facts, prefill_chips),
+        decode_tokens_per_second=batch / decode_step_seconds(facts, decode_chips, batch),
+        decode_max_sequences=float(max_num_seqs or 256))
