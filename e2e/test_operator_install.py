@@ -420,9 +420,15 @@ def test_operator_killed_mid_reconcile_converges_after_restart(
             owners = child["metadata"]["ownerReferences"]
             assert [o["uid"] for o in owners] == [service["metadata"]["uid"]]
         for role in ("prefill", "decode", "router"):
-            pods = api.pods(llm_namespace, f"{LABEL_SERVICE}={name},{LABEL_ROLE}={role}")
-            live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-            assert len(live) == 1, (name, role, [p["metadata"]["name"] for p in live])
+            selector = f"{LABEL_SERVICE}={name},{LABEL_ROLE}={role}"
+
+            def one_live_pod(selector: str = selector) -> bool:
+                # A roll the restarted operator started may still be replacing a pod (surge
+                # 1); a duplicate ReplicaSet left scaled up would never get here.
+                pods = api.pods(llm_namespace, selector)
+                return len([p for p in pods if not p["metadata"].get("deletionTimestamp")]) == 1
+
+            wait_until(one_live_pod, CONVERGE_S, f"one live {role} pod of {name}", operator)
     # Nothing labelled as ours without an owner in the namespace.
     for kind_list in (
         api.core.list_namespaced_config_map,
