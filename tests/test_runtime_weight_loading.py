@@ -58,7 +58,7 @@ def test_loading_peaks_within_1_3x_of_the_weights(small_model, dtype):
     ratio = figures["peak"] / figures["weights"]
     print(f"{dtype}: weights {figures['weights'] / 2**20:.0f} MiB, load peak "
           f"{figures['peak'] / 2**20:.0f} MiB ({ratio:.2f}x)")
-    assert figures["weights"] > 100 << 20 if dtype == "float32" else 50 << 20
+    assert figures["weights"] > (100 << 20 if dtype == "float32" else 50 << 20)
     assert ratio <= 1.3
 
 
