@@ -388,6 +388,9 @@ def test_more_tpus_than_exist_is_degraded(
 # --- crash in the middle of reconciling ----------------------------------------------------------
 
 CRASH_SERVICES = 12
+# A quota lets the first pass create only this many Deployments, so the kill always finds some
+# LLMServices half built: a race against a fast pass (which it lost in CI) proves nothing.
+CRASH_DEPLOYMENT_QUOTA = 7
 
 
 @pytest.mark.timeout(600)
@@ -395,17 +398,34 @@ def test_operator_killed_mid_reconcile_converges_after_restart(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
     names = [f"crash-{index}" for index in range(CRASH_SERVICES)]
+    quota = {
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "half-built", "namespace": llm_namespace},
+        "spec": {"hard": {"count/deployments.apps": str(CRASH_DEPLOYMENT_QUOTA)}},
+    }
+    cluster.apply([quota], "-n", llm_namespace)
+    # The quota admits nothing until the controller-manager has counted its usage.
+
+    def quota_counted() -> bool:
+        found = cluster.get("resourcequota", "half-built", "-n", llm_namespace)
+        return "count/deployments.apps" in (found.get("status") or {}).get("used", {})
+
+    wait_until(quota_counted, 60, "the quota to be counted", operator)
     cluster.apply([llmservice_manifest(name, cpu_spec()) for name in names], "-n", llm_namespace)
 
-    def some_children_exist() -> bool:
-        # One cheap list: any child at all means the first pass is under way.
-        return bool(api.core.list_namespaced_config_map(
-            llm_namespace, label_selector="app.kubernetes.io/managed-by=pdserve-operator").items)
+    def refused_somewhere() -> str | None:
+        for name in names:
+            found = condition(api.llmservice(llm_namespace, name), "Degraded")
+            if found and found["status"] == "True" and found["reason"] == "ApplyFailed":
+                return str(found["message"])
+        return None
 
-    # Polled tightly: one pass creates an LLMService's children within a fraction of a second.
-    wait_until(some_children_exist, CONVERGE_S, "the first children", operator, interval_s=0.02)
+    # The refusal reaches the user as a condition naming what the apiserver said.
+    message = wait_until(refused_somewhere, CONVERGE_S, "a pass the quota cut short", operator)
+    assert "exceeded quota" in message, message
     operator.kill()
     partial = {name: len(api.children(llm_namespace, name)) for name in names}
+    cluster.kubectl("delete", "resourcequota", "half-built", "-n", llm_namespace)
     operator.start()
     services = {name: wait_converged(api, operator, llm_namespace, name) for name in names}
     full = len(expected_children(services[names[0]]))
