@@ -140,8 +140,8 @@ def test_staged_and_zero_copy_paths_share_one_wire_order(receiver, monkeypatch, 
     receiving = make_cache(seed=1)
     server = receiver(hooks, receiving)
     source = make_cache(seed=2)
-    monkeypatch.setattr(tcp, "zero_copy",
-                        lambda pool: pool is (receiving if staged == "sender" else source))
+    staged_pool = source if staged == "sender" else receiving
+    monkeypatch.setattr(staged_pool, "host_memory", lambda: None)
     src_ids = [5, 6, 7, 1, 30, 12, 13, 2]
     KVSender(source, "tcp", timeout=5).push(f"127.0.0.1:{server.port}",
                                             Offer("t", list(range(30)), 1), src_ids)

@@ -173,8 +173,7 @@ def test_model_is_required():
         parse_settings([])
 
 
-def test_tensor_parallelism_needs_role_both():
-    with pytest.raises(WorkerSetupError, match="--tensor-parallel-size 2 needs --role both"):
-        parse_settings(["--model", "m", "--role", "decode", "--tensor-parallel-size", "2"])
-    assert parse_settings(["--model", "m", "--tensor-parallel-size", "2"])[
-        "tensor_parallel_size"] == 2
+def test_tensor_parallelism_is_taken_by_every_role():
+    for role in ("both", "prefill", "decode"):
+        assert parse_settings(["--model", "m", "--role", role, "--tensor-parallel-size", "2"])[
+            "tensor_parallel_size"] == 2

@@ -132,10 +132,6 @@ def parse_settings(argv: list[str]) -> dict[str, Any]:
     if not settings["model"]:
         raise WorkerSetupError("--model is required (a model directory or builtin:tiny)")
     settings["served_model_name"] = settings["served_model_name"] or settings["model"]
-    if settings["tensor_parallel_size"] > 1 and settings["role"] != "both":
-        raise WorkerSetupError(
-            f"--tensor-parallel-size {settings['tensor_parallel_size']} needs --role both: the "
-            "KV handoff between prefill and decode does not re-shard KV over ranks yet")
     return settings
 
 

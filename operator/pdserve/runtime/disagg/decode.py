@@ -139,7 +139,7 @@ async def start_receiver(app: web.Application, state: WorkerState) -> None:
     settings = state.settings
     transfers = DecodeTransfers(state.engine, state.metrics, settings["kv_timeout"],
                                 asyncio.get_running_loop())
-    server = KVReceiverServer(state.engine.engine.kv_cache, transfers, settings["host"],
+    server = KVReceiverServer(state.engine.engine.kv_pool, transfers, settings["host"],
                               settings["kv_port"], timeout=settings["kv_timeout"])
     server.start()
     app[TRANSFERS].append(transfers)

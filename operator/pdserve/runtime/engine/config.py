@@ -16,7 +16,7 @@ from pdserve.runtime.checkpoints.builtin import resolve_model_path
 from pdserve.runtime.checkpoints.tokenizer import Tokenizer
 from pdserve.runtime.checkpoints.weights import iter_weights
 from pdserve.runtime.devices.resolve import keep_cpu_memory_mapped, resolve_device, resolve_dtype
-from pdserve.runtime.engine.kv_cache import KVCache
+from pdserve.runtime.engine.kv_cache import KVCache, KVPool
 from pdserve.runtime.engine.model_runner import ModelRunner
 from pdserve.runtime.models.config import ModelConfig, load_model_config
 from pdserve.runtime.models.llama import CausalLM
@@ -59,7 +59,8 @@ class EngineComponents:
     model_config: ModelConfig
     tokenizer: Tokenizer
     model: CausalLM
-    kv_cache: KVCache
+    kv_cache: KVCache  # this process's (a tensor-parallel rank's: its KV heads)
+    kv_pool: KVPool  # the whole replica's KV, as the handoff moves it
     runner: ModelRunner
     max_model_len: int
 
@@ -125,5 +126,5 @@ def build_components(config: EngineConfig, parallel: Parallel = SINGLE) -> Engin
     kv_cache = KVCache(layout, num_blocks, device)
     model.bind_kv_cache(kv_cache.layer_views())
     runner = ModelRunner(model, config.block_size, device)
-    return EngineComponents(path, device, dtype, model_config, tokenizer, model, kv_cache, runner,
-                            max_len)  # fmt: skip
+    return EngineComponents(path, device, dtype, model_config, tokenizer, model, kv_cache,
+                            kv_cache, runner, max_len)  # fmt: skip

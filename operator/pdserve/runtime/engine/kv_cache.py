@@ -3,13 +3,14 @@
 
 Block ids come from the block manager; this module owns the memory, the per-layer views the
 model writes through, and whole-block reads/writes for moving a prompt's KV between engines.
-`KVLayout` is what two engines compare in the KV-transfer handshake.
+`KVLayout` is what two engines compare in the KV-transfer handshake; `KVPool` is what that
+handoff moves blocks through (this cache, or a tensor-parallel replica's shards seen as one).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -28,15 +29,15 @@ class KVLayout:
     def torch_dtype(self) -> torch.dtype:
         return dtype_from_name(self.dtype)
 
-    @property
-    def block_shape(self) -> tuple[int, int, int, int, int]:
-        """Shape of one block's data across layers: [layers, 2, block_size, kv_heads, head_dim]."""
-        return (self.num_layers, 2, self.block_size, self.num_kv_heads, self.head_dim)
+    def blocks_shape(self, num_blocks: int) -> tuple[int, ...]:
+        """Shape of some blocks' data, as the pool holds it and the handoff sends it:
+        [layers, 2, blocks, block_size, kv_heads, head_dim]."""
+        return (self.num_layers, 2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
 
     @property
     def bytes_per_block(self) -> int:
         elements = 1
-        for size in self.block_shape:
+        for size in self.blocks_shape(1):
             elements *= size
         return elements * torch.empty((), dtype=self.torch_dtype).element_size()
 
@@ -46,6 +47,19 @@ class KVLayout:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KVLayout:
         return cls(**data)
+
+
+class KVPool(Protocol):
+    """Whole-block access to all of a replica's KV, for the handoff between engines."""
+
+    @property
+    def layout(self) -> KVLayout: ...  # every KV head of the model
+    def host_memory(self) -> torch.Tensor | None:
+        """The pool tensor when a socket may read and write it in place (host memory holding
+        every head), else None (blocks go through read_blocks/write_blocks)."""
+        ...
+    def read_blocks(self, block_ids: list[int]) -> torch.Tensor: ...
+    def write_blocks(self, block_ids: list[int], data: torch.Tensor) -> None: ...
 
 
 class KVCache:
@@ -77,15 +91,21 @@ class KVCache:
             raise ValueError(f"block ids out of range 0..{self.num_blocks - 1}: {block_ids}")
         return torch.tensor(block_ids, dtype=torch.long, device=self.kv.device)
 
+    def host_memory(self) -> torch.Tensor | None:
+        return self.kv if self.kv.device.type == "cpu" else None
+
     def read_blocks(self, block_ids: list[int]) -> torch.Tensor:
-        """A copy of the blocks' KV, shaped [len(block_ids), layers, 2, block_size, heads, dim]."""
-        data = self.kv.index_select(2, self._index(block_ids))
-        return data.permute(2, 0, 1, 3, 4, 5).contiguous()
+        """A copy of the blocks' KV, shaped `layout.blocks_shape(len(block_ids))`."""
+        return self.kv.index_select(2, self._index(block_ids))
 
     def write_blocks(self, block_ids: list[int], data: torch.Tensor) -> None:
         """Write data shaped like `read_blocks` returns into the given blocks."""
-        expected = (len(block_ids), *self.layout.block_shape)
-        if tuple(data.shape) != expected:
-            raise ValueError(f"KV data has shape {tuple(data.shape)}, expected {expected}")
-        source = data.to(device=self.kv.device, dtype=self.kv.dtype).permute(1, 2, 0, 3, 4, 5)
+        check_blocks_shape(self.layout, block_ids, data)
+        source = data.to(device=self.kv.device, dtype=self.kv.dtype)
         self.kv.index_copy_(2, self._index(block_ids), source)
+
+
+def check_blocks_shape(layout: KVLayout, block_ids: list[int], data: torch.Tensor) -> None:
+    expected = layout.blocks_shape(len(block_ids))
+    if tuple(data.shape) != expected:
+        raise ValueError(f"KV data has shape {tuple(data.shape)}, expected {expected}")

@@ -6,7 +6,7 @@ thread-safe: one thread calls every method (see async_engine.py).
 Disaggregation: a prefill worker calls `prefill_only` (the request stops after its first token
 and keeps its prompt KV blocks pinned; `prefilled_blocks` lists them until `release`). A decode
 worker calls `admit_with_kv` (reserves blocks, sharing locally cached prefix blocks; the returned
-reservation says which blocks still need data), writes the KV with `kv_cache.write_blocks`, then
+reservation says which blocks still need data), writes the KV with `kv_pool.write_blocks`, then
 `complete_kv` admits the request as running; its first StepOutput carries the first token too.
 """
 
@@ -78,6 +78,7 @@ class LLMEngine:
         self.model_config = parts.model_config
         self.tokenizer = parts.tokenizer
         self.kv_cache = parts.kv_cache
+        self.kv_pool = parts.kv_pool
         self.runner = parts.runner
         self.max_model_len = parts.max_model_len
         self.block_manager = BlockManager(
@@ -100,7 +101,7 @@ class LLMEngine:
     @property
     def kv_layout(self) -> KVLayout:
         """What the KV-transfer handshake compares between two engines."""
-        return self.kv_cache.layout
+        return self.kv_pool.layout
 
     # ---- requests ---------------------------------------------------------------------------
 

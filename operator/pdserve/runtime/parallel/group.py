@@ -42,5 +42,20 @@ class TensorParallelGroup:
             dist.broadcast(values, src=0, group=self._control)
         return [int(v) for v in values.tolist()]
 
+    def gather(self, local: torch.Tensor, dim: int) -> torch.Tensor | None:
+        """Every rank's `local`, concatenated along `dim` in rank order, on rank 0 (None on
+        the others)."""
+        local = local.contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.size)] if self.rank == 0 else None
+        dist.gather(local, parts, dst=0)
+        return torch.cat(parts, dim=dim) if parts is not None else None
+
+    def scatter(self, whole: torch.Tensor | None, local: torch.Tensor, dim: int) -> None:
+        """Rank 0 splits `whole` along `dim` into equal parts, one per rank, in rank order;
+        each rank receives its part into `local`."""
+        parts = ([part.contiguous() for part in whole.chunk(self.size, dim=dim)]
+                 if whole is not None else None)
+        dist.scatter(local, parts, src=0)
+
     def close(self) -> None:
         dist.destroy_process_group()

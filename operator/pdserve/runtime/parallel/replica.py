@@ -19,6 +19,7 @@ from pdserve.runtime.devices.resolve import resolve_device
 from pdserve.runtime.engine.config import EngineComponents, EngineConfig, build_components
 from pdserve.runtime.models.config import load_model_config
 from pdserve.runtime.parallel.group import TensorParallelGroup
+from pdserve.runtime.parallel.kv_shards import ShardedKVPool
 from pdserve.runtime.parallel.runner import LeaderRunner, follow
 from pdserve.runtime.parallel.sharding import check_divisible
 
@@ -56,7 +57,9 @@ def build_replica(config: EngineConfig) -> EngineComponents:
         for follower in followers:
             follower.kill()
         raise
-    parts.runner = LeaderRunner(parts.runner, group, followers)  # type: ignore[assignment]
+    leader = LeaderRunner(parts.runner, group, followers)
+    parts.runner = leader  # type: ignore[assignment]
+    parts.kv_pool = ShardedKVPool(parts.kv_cache, leader)
     return parts
 
 
@@ -73,7 +76,7 @@ def main(argv: list[str]) -> int:
     device = resolve_device(config.device, config.tensor_parallel_size)
     group = TensorParallelGroup(args.rank, config.tensor_parallel_size, args.address, device)
     parts = build_components(config, group)
-    follow(parts.runner, group)
+    follow(parts.runner, parts.kv_cache, group)
     group.close()
     return 0
 

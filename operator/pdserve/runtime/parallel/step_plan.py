@@ -1,9 +1,11 @@
 """One engine step as flat integers, so follower ranks run the same forward pass as rank 0.
 
 Per scheduled chunk: start, new tokens, whether it is sampled, its tokens [start, start + new),
-its block table. A plan of [-1] stops the followers. The followers rebuild the chunks and hand
-them to their own ModelRunner, which lays out inputs and attention metadata exactly as rank 0's
-does (pure Python, no torch)."""
+its block table. The followers rebuild the chunks and hand them to their own ModelRunner, which
+lays out inputs and attention metadata exactly as rank 0's does (pure Python, no torch).
+A plan starting with a negative number is a command instead: [-1] stops the followers,
+[-2, blocks...] gathers those KV blocks' shards to rank 0, [-3, blocks...] scatters them from
+rank 0 (the KV handoff of a tensor-parallel replica, parallel/kv_shards.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from pdserve.runtime.engine.model_runner import ScheduledChunk
 
 STOP = [-1]
+GATHER_KV, SCATTER_KV = -2, -3
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,12 @@ def encode(chunks: Sequence[ScheduledChunk]) -> list[int]:
     return plan
 
 
-def decode(plan: list[int]) -> list[PlannedChunk] | None:
-    """The chunks of an encoded step; None for STOP."""
-    if plan == STOP:
-        return None
+def kv_command(command: int, block_ids: Sequence[int]) -> list[int]:
+    return [command, *block_ids]
+
+
+def decode(plan: list[int]) -> list[PlannedChunk]:
+    """The chunks of an encoded step (not a command)."""
     chunks, at = [], 1
     for _ in range(plan[0]):
         start, count, sampled, width = plan[at:at + 4]

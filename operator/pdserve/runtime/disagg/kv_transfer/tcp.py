@@ -2,10 +2,11 @@
 
 Wire order: chunks of a few MiB of blocks; within a chunk, for each layer, K then V, the chunk's
 blocks in transfer order (one block's slice of one layer's K or V is contiguous in the pool).
-For a CPU pool nothing is copied in Python: the sender hands `sendmsg` a list of memoryviews of
-the pool's own memory (runs of consecutive blocks merged) and the receiver `recvmsg_into`s
-straight into the reserved blocks' memory (scatter/gather I/O). A CUDA pool cannot be a socket
-buffer, so it goes through pinned host staging, chunk by chunk.
+For a pool in host memory nothing is copied in Python: the sender hands `sendmsg` a list of
+memoryviews of the pool's own memory (runs of consecutive blocks merged) and the receiver
+`recvmsg_into`s straight into the reserved blocks' memory (scatter/gather I/O). Any other pool
+(on CUDA, or a tensor-parallel replica's shards) goes through host staging, chunk by chunk,
+with the pool's read_blocks/write_blocks.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ CHUNK_BYTES = 8 * 1024 * 1024
 MAX_IOV = 512  # buffers per sendmsg/recvmsg_into call (Linux IOV_MAX is 1024)
 
 
-def pool_views(pool: KVPool, block_ids: list[int]) -> list[memoryview]:
-    """The pool memory of `block_ids` in wire order, consecutive blocks merged into one view."""
-    kv = pool.kv
+def pool_views(kv: torch.Tensor, block_ids: list[int]) -> list[memoryview]:
+    """The memory of `block_ids` in host pool `kv`, in wire order, consecutive blocks merged."""
     flat = memoryview(kv.reshape(-1).view(torch.uint8).numpy())
     slice_bytes = kv[0, 0, 0].numel() * kv.element_size()  # one block of one layer's K or V
     runs: list[tuple[int, int]] = []
@@ -80,13 +80,14 @@ class TcpTransport(Transport):
                     dst_ids: list[int]) -> int:
         nbytes = len(src_ids) * block_nbytes(pool)
         conn.sock.sendall(_data_header(nbytes))
-        if not zero_copy(pool):
+        host = pool.host_memory()
+        if host is None:
             for ids in _chunks(src_ids, pool):
-                data = pool.kv.index_select(2, torch.tensor(ids, device=pool.kv.device)).cpu()
+                data = pool.read_blocks(ids).cpu()
                 conn.sock.sendall(memoryview(data.reshape(-1).view(torch.uint8).numpy()))
         else:
             send_views(conn.sock, [v for ids in _chunks(src_ids, pool)
-                                   for v in pool_views(pool, ids)])
+                                   for v in pool_views(host, ids)])
         return nbytes
 
     def recv_blocks(self, conn: FramedSocket, pool: KVPool, dst_ids: list[int]) -> int:
@@ -95,23 +96,18 @@ class TcpTransport(Transport):
         if kind != DATA or length != nbytes:
             raise KVTransferError(f"expected a DATA frame of {nbytes} bytes, got kind {kind} "
                                   f"with {length} bytes")
-        if zero_copy(pool):
+        host = pool.host_memory()
+        if host is not None:
             recv_views(conn.sock, [v for ids in _chunks(dst_ids, pool)
-                                   for v in pool_views(pool, ids)])
+                                   for v in pool_views(host, ids)])
             return nbytes
-        kv = pool.kv
+        layout = pool.layout
         for ids in _chunks(dst_ids, pool):
-            # Chunk layout on the wire: [layers, 2, blocks, block_size, heads, dim].
-            staging = torch.empty((kv.shape[0], kv.shape[1], len(ids), *kv.shape[3:]),
-                                  dtype=kv.dtype, pin_memory=kv.is_cuda)
+            staging = torch.empty(layout.blocks_shape(len(ids)), dtype=layout.torch_dtype,
+                                  pin_memory=torch.cuda.is_available())
             conn.recv_into(memoryview(staging.reshape(-1).view(torch.uint8).numpy()))
-            kv.index_copy_(2, torch.tensor(ids, device=kv.device), staging.to(kv.device))
+            pool.write_blocks(ids, staging)
         return nbytes
-
-
-def zero_copy(pool: KVPool) -> bool:
-    """Whether the pool's memory can be a socket buffer (host memory)."""
-    return not pool.kv.is_cuda
 
 
 def _chunks(ids: list[int], pool: KVPool) -> list[list[int]]:

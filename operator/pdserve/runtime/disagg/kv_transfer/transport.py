@@ -1,31 +1,19 @@
-"""The data-transport interface of the KV handoff, and the KV pool it moves blocks between.
+"""The data-transport interface of the KV handoff.
 
-A transport moves the KV of some blocks of the sender's pool into given blocks of the receiver's
-pool, over a connection whose handshake and control messages are already done (protocol.py). One
-transport object serves one connection, so it may keep per-peer state.
+A transport moves the KV of some blocks of the sender's pool (engine/kv_cache.py's KVPool) into
+given blocks of the receiver's pool, over a connection whose handshake and control messages are
+already done (protocol.py). One transport object serves one connection, so it may keep per-peer
+state.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Protocol
-
-import torch
 
 from pdserve.runtime.disagg.kv_transfer.protocol import FramedSocket
+from pdserve.runtime.engine.kv_cache import KVPool
 
 TRANSPORTS = ("tcp",)
-
-
-class KVPool(Protocol):
-    """The engine's KV cache as the transfer sees it (runtime/engine/kv_cache.py)."""
-
-    @property
-    def layout(self) -> Any: ...
-    @property
-    def kv(self) -> torch.Tensor: ...  # [num_layers, 2, num_blocks, block_size, kv_heads, head_dim]
-    def read_blocks(self, block_ids: list[int]) -> torch.Tensor: ...
-    def write_blocks(self, block_ids: list[int], data: torch.Tensor) -> None: ...
 
 
 class Transport(ABC):
@@ -61,5 +49,4 @@ def make_transport(name: str) -> Transport:
 
 def block_nbytes(pool: KVPool) -> int:
     """Bytes of one block across all layers, K and V."""
-    kv = pool.kv
-    return kv[:, :, 0].numel() * kv.element_size()
+    return pool.layout.bytes_per_block
