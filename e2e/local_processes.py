@@ -74,12 +74,13 @@ class Process:
         self.popen.wait()
 
 
-def pdserve(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pdserve", *args]
+def pdserve(*args: str, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "pdserve", *args]
 
 
 def worker(
-    role: str, model: str, logs: Path, *extra: str, env: dict[str, str] | None = None
+    role: str, model: str, logs: Path, *extra: str, env: dict[str, str] | None = None,
+    python: str = sys.executable, device: str = "cpu",
 ) -> Process:
     port, kv_port = free_port(), free_port()
     args = pdserve(
@@ -97,10 +98,11 @@ def worker(
         "--kv-port",
         str(kv_port),
         "--device",
-        "cpu",
+        device,
         "--kv-timeout",
         "10",
         *extra,
+        python=python,
     )
     return Process(f"{role}-{port}", args, logs / f"{role}-{port}.log", env or {}, port)
 

@@ -24,6 +24,9 @@ CHIPS = ("/dev/vfio/0", "/dev/vfio/1", "/dev/vfio/2", "/dev/vfio/3")
     ("auto", HostDevices(GPUS, cuda_devices=1), "cuda"),
     ("cuda", HostDevices(GPUS, cuda_devices=1), "cuda"),
     ("cpu", HostDevices(GPUS, cuda_devices=1), "cpu"),  # asked for explicitly
+    ("auto", HostDevices(tpu_files=CHIPS[:1], torch_xla=True), "xla"),
+    ("xla", HostDevices(tpu_files=CHIPS[:1], torch_xla=True), "xla"),
+    ("xla", HostDevices(torch_xla=True), "xla"),  # XLA's CPU backend (PJRT_DEVICE=CPU)
 ])  # fmt: skip
 def test_the_device_follows_what_the_container_holds(requested, host, device):
     assert choose_device(requested, host) == device
@@ -35,6 +38,8 @@ def test_tensor_parallelism_uses_every_device_the_pod_holds():
     with pytest.raises(DeviceError, match="tensor parallel size is 4"):
         choose_device("cuda", eight, devices=4)
     assert choose_device("cpu", HostDevices(), devices=2) == "cpu"  # gloo on CPU
+    with pytest.raises(DeviceError, match="tensor parallel size 4 on XLA is not supported"):
+        choose_device("xla", HostDevices(tpu_files=CHIPS, torch_xla=True), devices=4)
 
 
 @pytest.mark.parametrize(("requested", "host", "message"), [
@@ -43,13 +48,16 @@ def test_tensor_parallelism_uses_every_device_the_pod_holds():
      r"\(no driver\); it will not fall back to the host CPU"),
     ("cuda", HostDevices(), "found no NVIDIA device and torch sees no CUDA"),
     ("auto", HostDevices(tpu_files=CHIPS),
-     r"found 4 TPU chip\(s\) \(/dev/vfio/0, .*\) but this runtime cannot compute on them "
-     r"\(torch_xla is not installed in this image\)"),
-    ("auto", HostDevices(tpu_files=CHIPS, torch_xla=True), "pdserve has no XLA device yet"),
+     r"--device auto: found 4 TPU chip\(s\) \(/dev/vfio/0, .*\) but torch_xla is not "
+     r"installed in this image .*; it will not fall back to the host CPU"),
+    ("xla", HostDevices(), "--device xla: torch_xla is not installed"),
+    ("auto", HostDevices(tpu_files=CHIPS, torch_xla=True),
+     r"holds 4 TPU chip\(s\) .* and the replica uses 1: they must match"),
+    ("cuda", HostDevices(tpu_files=CHIPS), "--device cuda: found TPU chips"),
     ("auto", HostDevices(GPUS, CHIPS, cuda_devices=1), "name the one to use with --device"),
     ("auto", HostDevices(GPUS * 8, cuda_devices=8),
      r"holds 8 CUDA device\(s\) and the tensor parallel size is 1: they must match"),
-    ("tpu", HostDevices(), "device must be one of auto, cpu, cuda"),
+    ("tpu", HostDevices(), "device must be one of auto, cpu, cuda, xla"),
 ])  # fmt: skip
 def test_what_cannot_be_used_is_refused_in_one_line(requested, host, message):
     with pytest.raises(DeviceError, match=message) as caught:
@@ -88,7 +96,8 @@ def test_a_worker_holding_tpu_chips_exits_instead_of_computing_on_the_cpu():
     done = _worker_holding(["vfio/0", "vfio/1"])
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("pdserve worker: found 2 TPU chip(s) (/dev/vfio/0, /dev/vfio/1)")
+    assert last.startswith("pdserve worker: --device auto: found 2 TPU chip(s) (/dev/vfio/0, "
+                           "/dev/vfio/1) but torch_xla is not installed")
     assert "listening" not in done.stderr  # it never served
 
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "xla")
 NVIDIA_FILE = re.compile(r"nvidia\d+")
 TPU_FILES = (("", re.compile(r"accel\d+")), ("vfio", re.compile(r"\d+")))
 
@@ -32,21 +32,17 @@ class HostDevices:
 
 
 def choose_device(requested: str, host: HostDevices, devices: int = 1) -> str:
-    """The torch device type ("cpu" or "cuda") a replica over `devices` devices (its tensor
-    parallel size) computes on, or a DeviceError."""
+    """The torch device type ("cpu", "cuda" or "xla") a replica over `devices` devices (its
+    tensor parallel size) computes on, or a DeviceError."""
     if requested not in DEVICE_CHOICES:
         raise DeviceError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {requested!r}")
+    if requested == "xla" or (host.tpu_files and requested == "auto"):
+        return _xla(requested, host, devices)
     if host.tpu_files and requested != "cpu":
-        found = _listing(host.tpu_files)
-        if host.nvidia_files:
-            raise DeviceError(f"--device {requested}: found NVIDIA devices "
-                              f"({_listing(host.nvidia_files)}) and TPU chips ({found}); "
-                              "name the one to use with --device")
-        xla = ("torch_xla is installed but pdserve has no XLA device yet" if host.torch_xla
-               else "torch_xla is not installed in this image")
-        raise DeviceError(f"found {len(host.tpu_files)} TPU chip(s) ({found}) but this runtime "
-                          f"cannot compute on them ({xla}); it will not fall back to the host "
-                          "CPU")
+        raise DeviceError(f"--device {requested}: found TPU chips ({_listing(host.tpu_files)})"
+                          + (f" and NVIDIA devices ({_listing(host.nvidia_files)})"
+                             if host.nvidia_files else "")
+                          + "; name the one to use with --device")
     if requested == "cpu":
         return "cpu"
     if requested == "auto" and not host.nvidia_files and host.cuda_devices == 0:
@@ -63,6 +59,27 @@ def choose_device(requested: str, host: HostDevices, devices: int = 1) -> str:
                           f"tensor parallel size is {devices}: they must match (accelerator."
                           "count sets both), so that no reserved device sits idle")
     return "cuda"
+
+
+def _xla(requested: str, host: HostDevices, devices: int) -> str:
+    if host.nvidia_files and requested == "auto":
+        raise DeviceError(f"--device auto: found NVIDIA devices ({_listing(host.nvidia_files)}) "
+                          f"and TPU chips ({_listing(host.tpu_files)}); name the one to use "
+                          "with --device")
+    if not host.torch_xla:
+        found = (f"found {len(host.tpu_files)} TPU chip(s) ({_listing(host.tpu_files)}) but "
+                 if host.tpu_files else "")
+        raise DeviceError(f"--device {requested}: {found}torch_xla is not installed in this "
+                          "image (the TPU image has it: pdserve[tpu]); it will not fall back "
+                          "to the host CPU")
+    if devices != 1:
+        raise DeviceError(f"tensor parallel size {devices} on XLA is not supported yet: an XLA "
+                          "replica runs on one chip (accelerator.count 1)")
+    if host.tpu_files and len(host.tpu_files) != devices:
+        raise DeviceError(f"this container holds {len(host.tpu_files)} TPU chip(s) "
+                          f"({_listing(host.tpu_files)}) and the replica uses {devices}: they "
+                          "must match, so that no reserved chip sits idle")
+    return "xla"
 
 
 def probe(dev: Path = Path("/dev")) -> HostDevices:

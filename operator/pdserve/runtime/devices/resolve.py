@@ -1,8 +1,8 @@
 """The one place that picks the torch device and dtype for the runtime.
 
 The device follows `probe.choose_device` (`auto` resolves only when unambiguous, never to the
-host CPU beside accelerators the container holds); `auto` dtype means bfloat16 on CUDA and
-float32 on CPU (CPU bfloat16 matmuls are slow on most hosts).
+host CPU beside accelerators the container holds); `auto` dtype means bfloat16 on CUDA and TPU
+and float32 on CPU and XLA's CPU backend (CPU bfloat16 matmuls are slow on most hosts).
 """
 
 from __future__ import annotations
@@ -25,18 +25,31 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def resolve_device(name: str = "auto", devices: int = 1) -> torch.device:
     """Turn a device choice into a torch.device for a replica over `devices` devices; a
     DeviceError for an unusable one."""
-    return torch.device(choose_device(name, probe(), devices))
+    kind = choose_device(name, probe(), devices)
+    if kind == "xla":
+        from pdserve.runtime.devices import xla
+
+        return xla.device()
+    return torch.device(kind)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """Turn a dtype choice into a torch.dtype for `device`."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if _has_bfloat16_units(device) else torch.float32
     if name not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {name!r}")
     if name == "float16" and device.type == "cpu":
         raise ValueError("dtype float16 is not supported on CPU; use float32 or bfloat16")
     return _DTYPES[name]
+
+
+def _has_bfloat16_units(device: torch.device) -> bool:
+    if device.type == "xla":
+        from pdserve.runtime.devices import xla
+
+        return xla.backend() == "TPU"
+    return device.type == "cuda"
 
 
 def dtype_from_name(name: str) -> torch.dtype:

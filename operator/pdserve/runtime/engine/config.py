@@ -1,12 +1,16 @@
 """Engine configuration and building the engine's torch parts: model, KV cache, runner.
 
-Without an explicit `num_kv_blocks` the cache is sized from memory: on CUDA a fraction of the
-free device memory after loading the weights, on CPU `cpu_kv_cache_bytes` (capped at what
-max_num_seqs full-length sequences could use).
+Without an explicit `num_kv_blocks` the cache is sized from memory: on CUDA (and TPU) a
+fraction of the free device memory after loading the weights, on CPU (and XLA's CPU backend)
+`cpu_kv_cache_bytes` (capped at what max_num_seqs full-length sequences could use). On XLA the
+runner is the bucketed one, warmed up here: every graph it will run is compiled before the
+engine serves.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +20,15 @@ from pdserve.runtime.checkpoints.builtin import resolve_model_path
 from pdserve.runtime.checkpoints.tokenizer import Tokenizer
 from pdserve.runtime.checkpoints.weights import iter_weights
 from pdserve.runtime.devices.resolve import keep_cpu_memory_mapped, resolve_device, resolve_dtype
+from pdserve.runtime.engine.bucketed_runner import BucketedRunner
+from pdserve.runtime.engine.buckets import Buckets, CompiledDevice
 from pdserve.runtime.engine.kv_cache import KVCache, KVPool
 from pdserve.runtime.engine.model_runner import ModelRunner
 from pdserve.runtime.models.config import ModelConfig, load_model_config
 from pdserve.runtime.models.llama import CausalLM
 from pdserve.runtime.parallel.sharding import SINGLE, Parallel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,7 +69,7 @@ class EngineComponents:
     model: CausalLM
     kv_cache: KVCache  # this process's (a tensor-parallel rank's: its KV heads)
     kv_pool: KVPool  # the whole replica's KV, as the handoff moves it
-    runner: ModelRunner
+    runner: ModelRunner | BucketedRunner
     max_model_len: int
 
 
@@ -81,9 +89,9 @@ def _num_kv_blocks(
 ) -> int:
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        budget = free - (1 - config.gpu_memory_utilization) * total
+    free = _free_accelerator_memory(device)
+    if free is not None:
+        budget = free[0] - (1 - config.gpu_memory_utilization) * free[1]
     else:
         needed = config.max_num_seqs * -(-max_len // config.block_size)
         budget = min(config.cpu_kv_cache_bytes, needed * bytes_per_block)
@@ -91,6 +99,42 @@ def _num_kv_blocks(
     if blocks < 1:
         raise ValueError("not enough memory for a single KV block; lower the memory use")
     return blocks
+
+
+def _free_accelerator_memory(device: torch.device) -> tuple[int, int] | None:
+    """(free, total) bytes of an accelerator's memory; None on the host CPU."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return int(free), int(total)
+    if device.type == "xla":
+        from pdserve.runtime.devices import xla
+
+        return xla.memory_bytes(device)
+    return None
+
+
+def compiled_device(config: EngineConfig, device: torch.device,
+                    max_len: int) -> CompiledDevice | None:
+    """The bucketing of a device that compiles graphs (XLA), else None."""
+    if device.type != "xla":
+        return None
+    from pdserve.runtime.devices import xla
+
+    buckets = Buckets.for_engine(config.max_num_seqs, config.max_num_batched_tokens, max_len,
+                                 config.block_size)
+    return CompiledDevice(buckets, xla.sync, lambda: str(xla.compile_stats()))
+
+
+def _warm_up(runner: BucketedRunner, kv_cache: KVCache) -> None:
+    """Compile every step and transfer graph before serving."""
+    started = time.perf_counter()
+    runner.warm_up()
+    for size in runner.buckets.blocks:  # the handoff's reads and writes (blocks still free)
+        ids = list(range(min(size, kv_cache.num_blocks)))
+        kv_cache.write_blocks(ids, kv_cache.read_blocks(ids))
+    log.info("warm-up: %d step graphs and %d block-transfer sizes in %.1fs (%s)",
+             runner.buckets.num_step_graphs, len(runner.buckets.blocks),
+             time.perf_counter() - started, runner.compiled.describe_compiles())
 
 
 def build_components(config: EngineConfig, parallel: Parallel = SINGLE) -> EngineComponents:
@@ -123,8 +167,15 @@ def build_components(config: EngineConfig, parallel: Parallel = SINGLE) -> Engin
     # Ranks share block ids, so they agree on the smallest pool any of them can hold.
     num_blocks = parallel.agree_min(_num_kv_blocks(config, layout.bytes_per_block, max_len,
                                                    device))
-    kv_cache = KVCache(layout, num_blocks, device)
+    compiled = compiled_device(config, device, max_len)
+    kv_cache = KVCache(layout, num_blocks, device, compiled)
     model.bind_kv_cache(kv_cache.layer_views())
-    runner = ModelRunner(model, config.block_size, device)
+    runner: ModelRunner | BucketedRunner
+    if compiled is None:
+        runner = ModelRunner(model, config.block_size, device)
+    else:
+        runner = BucketedRunner(model, config.block_size, device, compiled,
+                                kv_cache.scratch_block)
+        _warm_up(runner, kv_cache)
     return EngineComponents(path, device, dtype, model_config, tokenizer, model, kv_cache,
                             kv_cache, runner, max_len)  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from pdserve.runtime.devices.resolve import dtype_from_name, dtype_name
+from pdserve.runtime.engine.buckets import CompiledDevice, round_up
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,21 @@ class KVPool(Protocol):
 
 
 class KVCache:
-    def __init__(self, layout: KVLayout, num_blocks: int, device: torch.device):
+    """`num_blocks` blocks for the block manager. On a compiled-graph device (`compiled`) one
+    more, the scratch block, takes the writes of padding, and block reads and writes are padded
+    to its transfer buckets so that they reuse a few graphs."""
+
+    def __init__(self, layout: KVLayout, num_blocks: int, device: torch.device,
+                 compiled: CompiledDevice | None = None):
         if num_blocks < 1:
             raise ValueError(f"the KV cache needs at least one block, got {num_blocks}")
         self.layout = layout
         self.num_blocks = num_blocks
+        self.compiled = compiled
+        self.scratch_block = num_blocks
         # Zeroed, not empty: padded attention reads of never-written slots must stay finite.
         self.kv = torch.zeros(
-            (layout.num_layers, 2, num_blocks, layout.block_size, layout.num_kv_heads,
-             layout.head_dim),
+            layout.blocks_shape(num_blocks + (1 if compiled else 0)),
             dtype=layout.torch_dtype,
             device=device,
         )  # fmt: skip
@@ -96,13 +103,33 @@ class KVCache:
 
     def read_blocks(self, block_ids: list[int]) -> torch.Tensor:
         """A copy of the blocks' KV, shaped `layout.blocks_shape(len(block_ids))`."""
-        return self.kv.index_select(2, self._index(block_ids))
+        index = self._index(block_ids)
+        if self.compiled is None:
+            return self.kv.index_select(2, index)
+        with self.compiled.lock:
+            return self.kv.index_select(2, self._padded(index)).cpu()[:, :, :len(block_ids)]
 
     def write_blocks(self, block_ids: list[int], data: torch.Tensor) -> None:
         """Write data shaped like `read_blocks` returns into the given blocks."""
         check_blocks_shape(self.layout, block_ids, data)
-        source = data.to(device=self.kv.device, dtype=self.kv.dtype)
-        self.kv.index_copy_(2, self._index(block_ids), source)
+        index = self._index(block_ids)
+        if self.compiled is None:
+            self.kv.index_copy_(2, index, data.to(device=self.kv.device, dtype=self.kv.dtype))
+            return
+        padded = self._padded(index)
+        fill = data.new_zeros(self.layout.blocks_shape(len(padded) - len(block_ids)))
+        whole = torch.cat([data.cpu(), fill], dim=2).to(device=self.kv.device,
+                                                         dtype=self.kv.dtype)
+        with self.compiled.lock:
+            self.kv.index_copy_(2, padded, whole)
+            self.compiled.sync()
+
+    def _padded(self, index: torch.Tensor) -> torch.Tensor:
+        """`index` padded with the scratch block to a transfer bucket."""
+        assert self.compiled is not None
+        size = round_up(len(index), self.compiled.buckets.blocks)
+        pad = torch.full((size - len(index),), self.scratch_block, dtype=torch.long)
+        return torch.cat([index.cpu(), pad]).to(self.kv.device)
 
 
 def check_blocks_shape(layout: KVLayout, block_ids: list[int], data: torch.Tensor) -> None:

@@ -89,6 +89,10 @@ class AttentionMetadata:
     kernel_decodes: KernelDecodes | None = None  # instead of `decodes`, on CPU
     workspace: GatherWorkspace = field(default_factory=GatherWorkspace)
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+               v_cache: torch.Tensor, scale: float) -> torch.Tensor:
+        return paged_attention(q, k, v, k_cache, v_cache, self, scale)
+
 
 def paged_attention(
     q: torch.Tensor,

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdserve.runtime.models.attention import AttentionMetadata, paged_attention
+from pdserve.runtime.models.attention import AttentionMetadata
+from pdserve.runtime.models.bucketed_attention import BucketedBatch
 from pdserve.runtime.models.config import ModelConfig
 from pdserve.runtime.models.ops import add_rms_norm, rotate, silu_mul
 from pdserve.runtime.models.rope import RotaryEmbedding
@@ -86,7 +87,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         kv: tuple[torch.Tensor, torch.Tensor],
-        meta: AttentionMetadata,
+        meta: AttentionMetadata | BucketedBatch,
     ) -> torch.Tensor:
         t = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -96,7 +97,7 @@ class Attention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q, *rope), rotate(k, *rope)
-        out = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale)
+        out = meta.attend(q, k, v, kv[0], kv[1], self.scale)
         return self.all_reduce(self.o_proj(out.view(t, self.q_size)))
 
 
@@ -128,7 +129,7 @@ class DecoderLayer(nn.Module):
         pending: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor],
         kv: tuple[torch.Tensor, torch.Tensor],
-        meta: AttentionMetadata,
+        meta: AttentionMetadata | BucketedBatch,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x is the residual stream; the previous layer's MLP output is still `pending` (added
         by this layer's first norm, so each add is fused with the norm that follows it)."""
@@ -193,7 +194,8 @@ class CausalLM(nn.Module):
         self.kv_layers = kv_layers
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+        self, input_ids: torch.Tensor, positions: torch.Tensor,
+        meta: AttentionMetadata | BucketedBatch,
     ) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm for flat tokens [T]."""
         x = self.embed_tokens(input_ids)
