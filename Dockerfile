@@ -1,7 +1,10 @@
 # One image for the pdserve operator, router and workers: `pdserve operator`, `pdserve router`,
 # `pdserve worker ...`. The runtime extra brings torch; PyPI's Linux wheel carries CUDA, so the
-# same image serves on GPU nodes and falls back to CPU elsewhere.
+# same image serves on GPU nodes and on CPU nodes.
 #   docker build -t pdserve:0.1.0 .
+# The TPU variant (the operator gives it to TPU pods: the worker image's tag + "-tpu") holds the
+# torch / torch_xla pair and libtpu of the `tpu` extra instead:
+#   docker build --build-arg EXTRA=tpu -t pdserve:0.1.0-tpu .
 # Any Debian-based image with Python 3.11 (python3, python3-venv) can be the base: `make image`
 # (e2e/image.py) builds on a Debian bookworm made by mmdebstrap, with no registry.
 ARG BASE_IMAGE=python:3.11-slim
@@ -48,16 +51,17 @@ ARG UV_COMPILE_BYTECODE=1
 # download.pytorch.org):
 #   docker build --build-arg UV_TORCH_BACKEND=cpu .
 ARG UV_TORCH_BACKEND
+ARG EXTRA=runtime
 
 # The dependencies first, from pyproject.toml alone: a change to the source then reinstalls only
 # pdserve, on top of the cached multi-GB dependency layer.
 COPY pyproject.toml /tmp/pdserve-src/
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv pip install -r /tmp/pdserve-src/pyproject.toml --extra runtime
+    uv pip install -r /tmp/pdserve-src/pyproject.toml --extra "${EXTRA}"
 COPY README.md /tmp/pdserve-src/
 COPY operator /tmp/pdserve-src/operator
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv pip install "/tmp/pdserve-src[runtime]" && rm -rf /tmp/pdserve-src /tmp/uv-*.lock
+    uv pip install "/tmp/pdserve-src[${EXTRA}]" && rm -rf /tmp/pdserve-src /tmp/uv-*.lock
 
 USER 10001:10001
 ENV HOME=/home/pdserve

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint typecheck cluster-build cluster-up cluster-down cluster-status crds manifests image
+.PHONY: venv xla-venv demo test test-fast lint typecheck cluster-build cluster-up cluster-down cluster-status crds manifests image
 
 # uv keeps repeat installs of the multi-GB CUDA torch wheel cheap through its cache.
 $(VENV)/.installed: pyproject.toml
@@ -15,13 +15,17 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# torch_xla's own torch beside the main one, for the XLA tests (e2e/xla_venv.py).
+xla-venv: venv
+	$(PY) -m e2e.xla_venv
+
 # The cluster's binaries (Go) and the image (podman) build side by side: minutes each, cold.
 demo: venv
 	$(MAKE) --no-print-directory -j2 cluster-build image
 	$(PY) -m e2e.demo
 
 test: venv
-	$(MAKE) --no-print-directory -j2 cluster-build image
+	$(MAKE) --no-print-directory -j2 cluster-build image xla-venv
 	$(PY) -m e2e.pytest_run $(PYTEST_ARGS)
 
 test-fast: venv

@@ -133,6 +133,36 @@ def test_tpu_pool_selects_slice_and_fetches_the_model():
     assert config["max_model_len"] == 8192 and config["enable_prefix_caching"] is False
 
 
+def test_tpu_pods_run_the_tpu_image_on_xla():
+    children = _render(TPU_POOL)
+    for role in ("prefill", "decode"):
+        pod = _pod(children, role)
+        worker = pod["containers"][0]
+        assert worker["image"] == "registry.example/pdserve:1.2.3-tpu"
+        assert pod["initContainers"][0]["image"] == worker["image"]
+        command = worker["command"]
+        assert command[command.index("--device") + 1] == "xla"
+        env = {e["name"]: e.get("value") for e in worker["env"]}
+        assert env["PJRT_DEVICE"] == "TPU" and env["PDSERVE_XLA_CACHE_DIR"] == "/cache/xla"
+    router = children[("Deployment", "chat-router")]["spec"]["template"]["spec"]
+    assert router["containers"][0]["image"] == IMAGE  # the router needs no accelerator
+    gpu = _pod(_render(GPU_POOL), "prefill")["containers"][0]
+    assert gpu["image"] == IMAGE and "PJRT_DEVICE" not in {e["name"] for e in gpu["env"]}
+
+
+@pytest.mark.parametrize(("image", "variant"), [
+    ("pdserve:0.1.0", "pdserve:0.1.0-tpu"),
+    ("pdserve", "pdserve:latest-tpu"),
+    ("registry.example:5000/pdserve", "registry.example:5000/pdserve:latest-tpu"),
+    ("registry.example:5000/pdserve:2", "registry.example:5000/pdserve:2-tpu"),
+    ("pdserve@sha256:" + "a" * 64, "pdserve@sha256:" + "a" * 64),  # a digest is one image
+])  # fmt: skip
+def test_the_tpu_image_is_the_worker_image_tag_plus_tpu(image, variant):
+    from pdserve.controller.context import image_variant
+
+    assert image_variant(image, "-tpu") == variant
+
+
 def test_cpu_builtin_model_and_router_command_line():
     children = _render(CPU)
     worker = _pod(children, "decode")

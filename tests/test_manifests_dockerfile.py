@@ -60,9 +60,14 @@ def test_entrypoint_is_the_pdserve_command() -> None:
 
 
 @pytest.mark.timeout(10)
-def test_installs_the_project_with_the_runtime_extra() -> None:
+def test_installs_the_project_with_the_runtime_extra_or_the_tpu_one() -> None:
     runs = " ".join(rest for kw, rest in instructions() if kw == "RUN")
-    assert re.search(r"pip install \"?/tmp/pdserve-src\[runtime\]", runs), runs
+    assert re.search(r"pip install \"?/tmp/pdserve-src\[\$\{EXTRA\}\]", runs), runs
+    args = [rest for kw, rest in instructions() if kw == "ARG"]
+    assert "EXTRA=runtime" in args  # the default image; --build-arg EXTRA=tpu for TPU pods
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert "torch_xla[tpu]==2.9.0" in extras["tpu"] and "torch==2.9.0" in extras["tpu"]
     for kw, rest in instructions():
         if kw == "COPY":
             for source in rest.split()[:-1]:

@@ -39,7 +39,7 @@ class AcceleratorFacts:
     resource_name: str | None
     node_labels: dict[str, str]
     tolerations: tuple[Toleration, ...]
-    device: Literal["cuda", "cpu", "auto"]
+    device: Literal["cuda", "cpu", "xla"]
     peak_bf16_flops: float
     memory_bandwidth_bytes_per_s: float
     memory_bytes: float
@@ -47,6 +47,10 @@ class AcceleratorFacts:
     # tensor-parallel all-reduce moves over.
     link_bytes_per_s: float
     topologies: dict[str, int] = field(default_factory=dict)
+    # The worker image's variant for this family (its tag + suffix: the TPU image holds
+    # torch_xla, see the Dockerfile) and the environment its runtime needs.
+    image_tag_suffix: str = ""
+    worker_env: dict[str, str] = field(default_factory=dict)
 
 
 _GPU_TOLERATION = Toleration(GPU_RESOURCE, "Equal", "present", "NoSchedule")
@@ -70,13 +74,16 @@ def _gpu(
 def _tpu(
     kind: str, gke_label: str, flops: float, bandwidth: float, memory: float, link: float,
 ) -> AcceleratorFacts:
-    # The runtime picks the device itself on TPU hosts (`--device auto`).
+    # torch_xla on PJRT's TPU backend, which finds the host's chips itself (a single-host
+    # slice needs no worker ids or hostnames); compiled graphs persist on the cache volume.
     return AcceleratorFacts(
         kind=kind, family="tpu", resource_name=TPU_RESOURCE,
         node_labels={GKE_TPU_ACCELERATOR_LABEL: gke_label}, tolerations=(_TPU_TOLERATION,),
-        device="auto", peak_bf16_flops=flops * _TERA,
+        device="xla", peak_bf16_flops=flops * _TERA,
         memory_bandwidth_bytes_per_s=bandwidth * _TERA, memory_bytes=memory * _GB,
         link_bytes_per_s=link * _GB, topologies=dict(TPU_SINGLE_HOST_TOPOLOGIES),
+        image_tag_suffix="-tpu",
+        worker_env={"PJRT_DEVICE": "TPU", "PDSERVE_XLA_CACHE_DIR": "/cache/xla"},
     )
 
 

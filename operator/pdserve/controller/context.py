@@ -133,6 +133,17 @@ def _placement(role_spec: PodOverrides, node_labels: dict[str, str],
     }
 
 
+def image_variant(image: str, tag_suffix: str) -> str:
+    """`image` with `tag_suffix` on its tag (`pdserve:0.1.0` -> `pdserve:0.1.0-tpu`; no tag:
+    `latest`). An image pinned by digest is used as given: a digest names one image."""
+    if not tag_suffix or "@" in image:
+        return image
+    name, _, tag = image.rpartition(":")
+    if not name or "/" in tag:  # the colon was a registry port's, or there is none
+        return f"{image}:latest{tag_suffix}"
+    return f"{name}:{tag}{tag_suffix}"
+
+
 def worker_context(spec: LLMServiceSpec, owner: Owner, role: WorkerRole, image: str,
                    replicas: int) -> dict[str, Any]:
     """Values of one worker Deployment."""
@@ -155,9 +166,10 @@ def worker_context(spec: LLMServiceSpec, owner: Owner, role: WorkerRole, image: 
         "--config", f"{CONFIG_DIR}/{role}.json",
     ]
     return {
-        **_common(spec, owner, role, image, replicas),
+        **_common(spec, owner, role, image_variant(image, facts.image_tag_suffix), replicas),
         **_placement(role_spec, node_labels, tolerations),
         "command": command,
+        "worker_env": facts.worker_env,
         "kv_port": spec.kv_transfer.port,
         "resources": _resources(role_spec, facts.family, accelerator),
         "rollout": _rollout(facts.family),
