@@ -1,8 +1,10 @@
 """Engine configuration and building the engine's torch parts: model, KV cache, runner.
 
-Without an explicit `num_kv_blocks` the cache is sized from memory: on CUDA (and TPU) a
-fraction of the free device memory after loading the weights, on CPU (and XLA's CPU backend)
-`cpu_kv_cache_bytes` (capped at what max_num_seqs full-length sequences could use). On XLA the
+Without an explicit `num_kv_blocks` the cache is sized from memory: on CUDA
+`gpu_memory_utilization` of the device less the measured peak of the largest step
+(engine/memory_profile.py), on TPU that fraction of the device less what is in use after
+loading, on CPU (and XLA's CPU backend) `cpu_kv_cache_bytes` (capped at what max_num_seqs
+full-length sequences could use). On XLA the
 runner is the bucketed one, warmed up here: every graph it will run is compiled before the
 engine serves.
 """
@@ -22,7 +24,8 @@ from pdserve.runtime.checkpoints.weights import iter_weights
 from pdserve.runtime.devices.resolve import keep_cpu_memory_mapped, resolve_device, resolve_dtype
 from pdserve.runtime.engine.bucketed_runner import BucketedRunner
 from pdserve.runtime.engine.buckets import Buckets, CompiledDevice
-from pdserve.runtime.engine.kv_cache import KVCache, KVPool
+from pdserve.runtime.engine.kv_cache import KVCache, KVLayout, KVPool
+from pdserve.runtime.engine.memory_profile import cuda_kv_budget
 from pdserve.runtime.engine.model_runner import ModelRunner
 from pdserve.runtime.models.config import ModelConfig, load_model_config
 from pdserve.runtime.models.llama import CausalLM
@@ -84,13 +87,20 @@ def load_model(cfg: ModelConfig, path: Path, device: torch.device, dtype: torch.
     return model
 
 
-def _num_kv_blocks(
-    config: EngineConfig, bytes_per_block: int, max_len: int, device: torch.device
-) -> int:
+def _num_kv_blocks(config: EngineConfig, model: CausalLM, layout: KVLayout, max_len: int,
+                   device: torch.device) -> int:
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
-    free = _free_accelerator_memory(device)
-    if free is not None:
+    bytes_per_block = layout.bytes_per_block
+    free = None
+    if device.type == "xla":
+        from pdserve.runtime.devices import xla
+
+        free = xla.memory_bytes(device)
+    if device.type == "cuda":
+        budget = cuda_kv_budget(model, layout, config.max_num_batched_tokens,
+                                config.gpu_memory_utilization, device)
+    elif free is not None:
         budget = free[0] - (1 - config.gpu_memory_utilization) * free[1]
     else:
         needed = config.max_num_seqs * -(-max_len // config.block_size)
@@ -99,18 +109,6 @@ def _num_kv_blocks(
     if blocks < 1:
         raise ValueError("not enough memory for a single KV block; lower the memory use")
     return blocks
-
-
-def _free_accelerator_memory(device: torch.device) -> tuple[int, int] | None:
-    """(free, total) bytes of an accelerator's memory; None on the host CPU."""
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        return int(free), int(total)
-    if device.type == "xla":
-        from pdserve.runtime.devices import xla
-
-        return xla.memory_bytes(device)
-    return None
 
 
 def compiled_device(config: EngineConfig, device: torch.device,
@@ -165,8 +163,7 @@ def build_components(config: EngineConfig, parallel: Parallel = SINGLE) -> Engin
         dtype,
     )
     # Ranks share block ids, so they agree on the smallest pool any of them can hold.
-    num_blocks = parallel.agree_min(_num_kv_blocks(config, layout.bytes_per_block, max_len,
-                                                   device))
+    num_blocks = parallel.agree_min(_num_kv_blocks(config, model, layout, max_len, device))
     compiled = compiled_device(config, device, max_len)
     kv_cache = KVCache(layout, num_blocks, device, compiled)
     model.bind_kv_cache(kv_cache.layer_views())
