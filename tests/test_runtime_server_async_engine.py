@@ -59,6 +59,9 @@ class CountingEngine:
     def stats(self):
         return Stats(len(self.running))
 
+    def close(self):
+        pass
+
 
 async def collect(engine, request_id, max_tokens):
     return [out.token_ids[0] async for out in engine.generate(request_id, [1], max_tokens)]

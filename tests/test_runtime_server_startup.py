@@ -45,6 +45,9 @@ class IdleEngine:
     def stats(self):
         return Stats()
 
+    def close(self):
+        pass
+
 
 @pytest.mark.timeout(30)
 async def test_loading_then_ready_then_sigterm():

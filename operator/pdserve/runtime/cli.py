@@ -32,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "max_num_seqs": None, "max_num_batched_tokens": None, "block_size": None,
     "num_kv_blocks": None, "enable_prefix_caching": None, "kv_transport": "tcp",
     "kv_timeout": 30.0, "kv_fallback": "recompute", "drain_timeout": 30.0, "log_level": "info",
-    "threads": None, "tensor_parallel_size": 1,
+    "threads": None, "tensor_parallel_size": 1, "num_nodes": 1, "node_rank": 0,
+    "rendezvous": None,
 }
 
 
@@ -78,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="reuse KV blocks of shared prompt prefixes")
     add("--tensor-parallel-size", type=_positive_int,
         help="devices (processes) one model replica spans (default: 1)")
+    add("--num-nodes", type=_positive_int,
+        help="nodes (pods) one replica spans, each with tensor-parallel-size / num-nodes "
+        "devices (default: 1)")
+    add("--node-rank", type=int,
+        help="this node's place in the replica: 0 runs the engine and serves HTTP, the others "
+        "only compute their ranks (default: 0)")
+    add("--rendezvous", metavar="HOST:PORT",
+        help="where the nodes of a replica meet: node 0's address and a port it listens on")
     add("--kv-transport", choices=TRANSPORTS, help="default: tcp")
     add("--kv-timeout", type=_positive_float, help="seconds to wait for KV (default: 30)")
     add("--kv-fallback", choices=["recompute", "fail"], help="when KV does not arrive")
@@ -132,7 +141,25 @@ def parse_settings(argv: list[str]) -> dict[str, Any]:
     if not settings["model"]:
         raise WorkerSetupError("--model is required (a model directory or builtin:tiny)")
     settings["served_model_name"] = settings["served_model_name"] or settings["model"]
+    _check_replica_layout(settings)
     return settings
+
+
+def _check_replica_layout(settings: dict[str, Any]) -> None:
+    nodes, rank = settings["num_nodes"], settings["node_rank"]
+    size = settings["tensor_parallel_size"]
+    if size % nodes:
+        raise WorkerSetupError(f"--tensor-parallel-size {size} does not divide into "
+                               f"--num-nodes {nodes}")
+    if not 0 <= rank < nodes:
+        raise WorkerSetupError(f"--node-rank {rank} must be in 0..{nodes - 1}")
+    address = settings["rendezvous"]
+    if nodes > 1 and not address:
+        raise WorkerSetupError("--num-nodes > 1 needs --rendezvous HOST:PORT (node 0's address)")
+    if address:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise WorkerSetupError(f"--rendezvous must be HOST:PORT, got {address!r}")
 
 
 def load_role(role: str) -> Any:
@@ -157,14 +184,30 @@ def main(argv: list[str]) -> int:
     from pdserve.runtime.worker import run_worker  # imports torch: only once flags are valid
 
     try:  # before listening: a pod that cannot compute fails at once, its reason in the log
-        settings["device"] = choose_device(settings["device"], probe(),
-                                           settings["tensor_parallel_size"])
+        settings["device"] = choose_device(
+            settings["device"], probe(), settings["tensor_parallel_size"] // settings["num_nodes"])
     except DeviceError as exc:
         print(f"pdserve worker: {exc}", file=sys.stderr)
         return 1
+    if settings["node_rank"] > 0:
+        return _follower_node(settings)
     try:
         asyncio.run(run_worker(settings, role_module.install))
     except (OSError, ValueError) as exc:  # e.g. a missing model directory, a port in use
         print(f"pdserve worker: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _follower_node(settings: dict[str, Any]) -> int:
+    from pdserve.runtime.parallel.replica import run_follower_node
+    from pdserve.runtime.worker import engine_config
+
+    logging.getLogger(__name__).info(
+        "node %d of %d: ranks of the replica whose rank 0 is at %s", settings["node_rank"],
+        settings["num_nodes"], settings["rendezvous"])
+    try:
+        return run_follower_node(engine_config(settings), settings["node_rank"])
+    except (OSError, ValueError) as exc:
+        print(f"pdserve worker: {exc}", file=sys.stderr)
+        return 1

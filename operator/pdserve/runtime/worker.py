@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # Worker settings that are EngineConfig fields; unset ones keep the engine's defaults.
 ENGINE_SETTINGS = ("model", "device", "dtype", "block_size", "num_kv_blocks", "max_num_seqs",
                    "max_num_batched_tokens", "max_model_len", "enable_prefix_caching",
-                   "tensor_parallel_size")
+                   "tensor_parallel_size", "num_nodes", "rendezvous")
 
 
 def engine_config(settings: dict[str, Any]) -> EngineConfig:

@@ -17,6 +17,8 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
+from pdserve.runtime.engine.errors import RunnerBrokenError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -31,6 +33,7 @@ class EngineLike(Protocol):
     def step(self) -> list[Any]: ...
     def has_unfinished(self) -> bool: ...
     def stats(self) -> Any: ...
+    def close(self) -> None: ...
 
 
 class EngineDeadError(RuntimeError):
@@ -56,16 +59,23 @@ class AsyncEngine:
         self._thread.start()
 
     async def stop(self) -> None:
-        """Stop stepping and join the engine thread; streams still open get EngineDeadError."""
+        """Stop stepping, join the engine thread and close the engine (a tensor-parallel
+        replica stops its other ranks); streams still open get EngineDeadError."""
         self._stopping = True
         self._wakeup.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self.engine.close)
 
     @property
     def stats(self) -> Any:
         """The engine's stats as of the end of its latest step (safe to read from any thread)."""
         return self._stats
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread still runs (False once it crashed or stopped)."""
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def num_active(self) -> int:
@@ -185,6 +195,8 @@ class AsyncEngine:
     def _step(self) -> None:
         try:
             outputs = self.engine.step()
+        except RunnerBrokenError:
+            raise  # no later step can succeed: stop the engine (the worker turns unhealthy)
         except Exception as exc:
             # A failing step must not take the whole worker down: fail the requests in it.
             log.exception("engine step failed; aborting the in-flight requests")

@@ -48,10 +48,18 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.85
     cpu_kv_cache_bytes: int = 1 << 30
     tensor_parallel_size: int = 1  # processes (devices) one replica spans
+    # A replica over several nodes (pods): tensor_parallel_size / num_nodes ranks on each,
+    # all joining rank 0 at `rendezvous` (HOST:PORT); one node joins on loopback.
+    num_nodes: int = 1
+    rendezvous: str | None = None
+
+    @property
+    def devices_per_node(self) -> int:
+        return self.tensor_parallel_size // self.num_nodes
 
     def validate(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens",
-                     "tensor_parallel_size"):
+                     "tensor_parallel_size", "num_nodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
@@ -60,6 +68,11 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be at least 2, got {self.max_model_len}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.tensor_parallel_size % self.num_nodes:
+            raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} does not divide "
+                             f"into {self.num_nodes} nodes")
+        if self.num_nodes > 1 and not self.rendezvous:
+            raise ValueError("a replica over several nodes needs a rendezvous HOST:PORT")
 
 
 @dataclass
@@ -139,9 +152,9 @@ def build_components(config: EngineConfig, parallel: Parallel = SINGLE) -> Engin
     """The torch parts of one engine, or of one tensor-parallel rank of it (`parallel`)."""
     config.validate()
     path = resolve_model_path(config.model)
-    device = resolve_device(config.device, config.tensor_parallel_size)
+    device = resolve_device(config.device, config.devices_per_node)
     if device.type == "cuda" and parallel.size > 1:
-        device = torch.device("cuda", parallel.rank)
+        device = torch.device("cuda", parallel.rank % config.devices_per_node)
         torch.cuda.set_device(device)
     dtype = resolve_dtype(config.dtype, device)
     if device.type == "cpu":

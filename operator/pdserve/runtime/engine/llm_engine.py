@@ -21,6 +21,7 @@ import torch
 from pdserve.runtime.engine.block_manager import BlockManager, KVReservation
 from pdserve.runtime.engine.config import EngineConfig, build_components
 from pdserve.runtime.engine.detokenizer import IncrementalDetokenizer
+from pdserve.runtime.engine.errors import RunnerBrokenError
 from pdserve.runtime.engine.kv_cache import KVLayout
 from pdserve.runtime.engine.sampler import TokenLogprobs, sample, skip_sampled_token
 from pdserve.runtime.engine.sampling_params import SamplingParams
@@ -168,6 +169,8 @@ class LLMEngine:
         scheduled = self.scheduler.schedule()
         try:
             sampled, logprobs = self._run(scheduled)
+        except RunnerBrokenError:
+            raise  # the engine cannot go on (its caller stops it)
         except Exception:  # a failed step fails its requests, never the engine
             log.exception("model step failed; finishing its %d requests with an error",
                           len(scheduled.scheduled))  # fmt: skip

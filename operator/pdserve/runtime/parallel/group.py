@@ -9,8 +9,11 @@ import torch
 import torch.distributed as dist
 
 # A collective that waits longer than this means a peer is gone: the step fails instead of
-# hanging the worker (a long prefill on a slow CPU stays well inside it).
-COLLECTIVE_TIMEOUT_S = 300
+# hanging the worker (a long prefill on a slow CPU stays well inside it). It also bounds the
+# wait at the rendezvous and for the first collective after loading weights, where the pods of
+# a replica over several nodes arrive minutes apart (a peer that dies closes its connections,
+# which fails the collective at once).
+COLLECTIVE_TIMEOUT_S = 900
 
 
 class TensorParallelGroup:

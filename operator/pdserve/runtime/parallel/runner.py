@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import torch
 
+from pdserve.runtime.engine.errors import RunnerBrokenError
 from pdserve.runtime.engine.kv_cache import KVCache
 from pdserve.runtime.engine.model_runner import ModelRunner, ScheduledChunk
 from pdserve.runtime.parallel.group import TensorParallelGroup
@@ -34,6 +35,7 @@ class LeaderRunner:
         self.followers = followers
         self.model = runner.model
         self._lock = threading.Lock()
+        self._broken: str | None = None
 
     def execute(self, chunks: Sequence[ScheduledChunk]
                 ) -> tuple[torch.Tensor, list[ScheduledChunk]]:
@@ -43,16 +45,23 @@ class LeaderRunner:
         """Send the followers `plan`, then do rank 0's part of it (`work`), with no other plan
         in between."""
         with self._lock:
-            for follower in self.followers:
-                if follower.poll() is not None:
-                    raise RuntimeError(f"tensor-parallel follower (pid {follower.pid}) exited "
-                                       f"with code {follower.returncode}")
-            self.group.broadcast_plan(plan)
-            return work()
+            if self._broken is not None:
+                raise RunnerBrokenError(self._broken)
+            try:
+                for follower in self.followers:
+                    if follower.poll() is not None:
+                        raise RuntimeError(f"follower pid {follower.pid} exited with code "
+                                           f"{follower.returncode}")
+                self.group.broadcast_plan(plan)
+                return work()
+            except Exception as exc:
+                # The ranks may now wait in different collectives: none can step again.
+                self._broken = f"the tensor-parallel replica is broken: {exc}"
+                raise RunnerBrokenError(self._broken) from exc
 
     def close(self) -> None:
         """Stop the followers and leave the group."""
-        if all(follower.poll() is None for follower in self.followers):
+        if self._broken is None and all(f.poll() is None for f in self.followers):
             with self._lock:
                 self.group.broadcast_plan(STOP)
         for follower in self.followers:

@@ -131,6 +131,9 @@ async def _admission(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 async def _health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.loaded and not state.draining and not state.engine.alive:  # liveness restarts it
+        return web.json_response({"status": "the engine has stopped"}, status=503)
     return web.json_response({"status": "ok"})
 
 
