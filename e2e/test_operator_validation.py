@@ -77,6 +77,14 @@ INVALID_SPECS = {
         invalid("decode.accelerator", {"kind": "cpu", "count": 2}),
         "count must be 1 for cpu",
     ),
+    "nodes-on-tpu": (
+        invalid("prefill.accelerator", {**TPU_2X2, "nodes": 2}),
+        "nodes must be 1 on TPU",
+    ),
+    "too-many-nodes": (
+        invalid("decode.accelerator", {"kind": "nvidia-h100", "count": 8, "nodes": 17}),
+        "spec.decode.accelerator.nodes",
+    ),
     "gpu-in-resources": (
         invalid("decode.resources", {"limits": {"nvidia.com/gpu": 1}}),
         "accelerators are requested with accelerator.kind",

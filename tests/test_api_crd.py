@@ -77,7 +77,7 @@ def test_defaults_fill_nested_objects():
     # Complete objects: the apiserver checks defaults against the CEL rules as they are.
     for name in ("prefill", "decode", "router", "kvTransfer", "autoscaling", "networkPolicy"):
         assert isinstance(spec[name]["default"], dict), name
-    assert spec["prefill"]["default"]["accelerator"] == {"kind": "cpu", "count": 1}
+    assert spec["prefill"]["default"]["accelerator"] == {"kind": "cpu", "count": 1, "nodes": 1}
     assert spec["autoscaling"]["default"]["prefill"] == {"minReplicas": 1, "maxReplicas": 4}
     assert spec["kvTransfer"]["default"]["port"] == 9000
     assert "null" not in yaml.safe_dump(spec)

@@ -203,7 +203,7 @@ def test_health_of_the_status_the_operator_writes(
         generation=1,
         autoscaling_enabled=False,
         desired={"prefill": 1, "decode": 1, "router": 1},
-        deployments={
+        workloads={
             "prefill": deployment(1, ready),
             "decode": deployment(1, 1),
             "router": deployment(1, 1),

@@ -178,8 +178,10 @@ NAMESPACED_NEEDS = {
     "/configmaps": MANAGE,
     "policy/poddisruptionbudgets": MANAGE,
     "networking.k8s.io/networkpolicies": MANAGE,
+    "leaderworkerset.x-k8s.io/leaderworkersets": MANAGE,
     # The planner scales workers through the scale subresource and sets pod-deletion-cost.
     "apps/deployments/scale": {"get", "patch", "update"},
+    "leaderworkerset.x-k8s.io/leaderworkersets/scale": {"get", "patch", "update"},
     "/pods": {"get", "list", "watch", "patch"},
 }
 DISCOVERY_NEEDS = {

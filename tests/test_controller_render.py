@@ -274,3 +274,57 @@ def test_accelerator_pools_roll_without_surge():
     for role in ("decode", "router"):
         rolling = cpu[("Deployment", f"chat-{role}")]["spec"]["strategy"]["rollingUpdate"]
         assert rolling == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+MULTI_NODE = {"model": {"source": {"pvc": {"claimName": "weights", "path": "llama-70b"}}},
+              "prefill": {"accelerator": {"kind": "nvidia-h100", "count": 8}},
+              "decode": {"replicas": 3,
+                         "accelerator": {"kind": "nvidia-h100", "count": 8, "nodes": 2}}}
+
+
+def test_a_replica_over_nodes_is_a_leaderworkerset_of_leader_and_rank_pods():
+    children = _render(MULTI_NODE)
+    assert ("Deployment", "chat-decode") not in children
+    lws = children[("LeaderWorkerSet", "chat-decode")]
+    assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
+    assert lws["spec"]["replicas"] == 3  # groups
+    group = lws["spec"]["leaderWorkerTemplate"]
+    assert group["size"] == 2 and group["restartPolicy"] == "RecreateGroupOnPodRestart"
+    assert lws["spec"]["startupPolicy"] == "LeaderCreated"
+    leader, follower = group["leaderTemplate"], group["workerTemplate"]
+    for template in (leader, follower):
+        container = template["spec"]["containers"][0]
+        command = container["command"]
+        assert command[command.index("--tensor-parallel-size") + 1] == "16"
+        assert command[command.index("--num-nodes") + 1] == "$(LWS_GROUP_SIZE)"
+        assert command[command.index("--node-rank") + 1] == "$(LWS_WORKER_INDEX)"
+        assert command[command.index("--rendezvous") + 1] == "$(LWS_LEADER_ADDRESS):29500"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 8  # per pod
+        assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+    # The leader serves (the role's Service, PDB and the planner select it); the other pods
+    # only compute, so nothing that selects the role finds them.
+    assert leader["metadata"]["labels"]["pdserve.dev/role"] == "decode"
+    assert "readinessProbe" in leader["spec"]["containers"][0]
+    assert {p["name"] for p in leader["spec"]["containers"][0]["ports"]} == {
+        "http", "kv", "rendezvous"}
+    assert "pdserve.dev/role" not in follower["metadata"]["labels"]
+    assert follower["metadata"]["labels"]["pdserve.dev/follower-of"] == "decode"
+    assert "ports" not in follower["spec"]["containers"][0]
+    assert "readinessProbe" not in follower["spec"]["containers"][0]
+    # Single-node roles are unchanged.
+    assert ("Deployment", "chat-prefill") in children
+
+
+def test_the_ranks_of_a_replica_over_nodes_may_reach_each_other():
+    children = _render(MULTI_NODE)
+    policy = children[("NetworkPolicy", "chat-decode-workers-ranks")]
+    group = {"leaderworkerset.sigs.k8s.io/name": "chat-decode"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == group
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": group}}]}]
+    assert ("NetworkPolicy", "chat-prefill-workers-ranks") not in children
+
+
+def test_nodes_are_refused_on_tpu():
+    with pytest.raises(ValueError, match="nodes must be 1 on TPU"):
+        LLMServiceSpec.model_validate({**TPU_POOL, "decode": {"accelerator": {
+            "kind": "tpu-v6e", "count": 8, "topology": "2x4", "nodes": 2}}})

@@ -22,7 +22,7 @@ def _seen(deployments, pods=(), previous=None, problem=None, autoscaling=False):
     return Observation(name="chat", namespace="team-a", generation=3,
                        autoscaling_enabled=autoscaling,
                        desired={"prefill": 1, "decode": 2, "router": 1},
-                       deployments=deployments, pods=pods, previous=previous or {},
+                       workloads=deployments, pods=pods, previous=previous or {},
                        problem=problem)
 
 

@@ -16,7 +16,7 @@ class MemoryKube:
         self.applied = []
         self.deleted = []
         self.patches = []
-        self.deployments = {}
+        self.found = []  # (kind, workload)
         self.refuse_kind = None
         self.events = []
 
@@ -31,8 +31,8 @@ class MemoryKube:
     def delete(self, kind, namespace, name):
         self.deleted.append((kind, name))
 
-    def role_deployments(self, namespace, service):
-        return self.deployments
+    def workloads(self, namespace, service):
+        return self.found
 
     def pods(self, namespace, service):
         return []
@@ -67,13 +67,44 @@ def test_applies_children_and_writes_status_once():
     assert _condition(kube, "Ready")["status"] == "False"
     _sync(kube)
     assert len(kube.patches) == 1, "an unchanged status is not written again"
-    ready = {"spec": {"replicas": 1}, "metadata": {"generation": 1},
-             "status": {"readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
-                        "replicas": 1, "observedGeneration": 1}}
-    kube.deployments = {role: ready for role in ("prefill", "decode", "router")}
+    kube.found = [("Deployment", _ready(role)) for role in ("prefill", "decode", "router")]
     _sync(kube)
     assert _condition(kube, "Ready")["status"] == "True"
     assert kube.events == [("Normal", "Ready")]
+
+
+def _ready(role, kind_spec=None):
+    return {"spec": {"replicas": 1, **(kind_spec or {})},
+            "metadata": {"name": f"chat-{role}", "generation": 1,
+                         "labels": {"pdserve.dev/role": role}},
+            "status": {"readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
+                       "replicas": 1, "observedGeneration": 1}}
+
+
+def test_a_multi_node_role_runs_as_a_leaderworkerset_and_its_old_deployment_goes():
+    spec = {"model": {"source": {"builtin": "tiny"}},
+            "decode": {"accelerator": {"kind": "nvidia-h100", "count": 8, "nodes": 2}}}
+    kube = MemoryKube(_service(spec))
+    kube.found = [("Deployment", _ready(role)) for role in ("prefill", "decode", "router")]
+    _sync(kube)
+    kinds = {(obj["kind"], obj["metadata"]["name"]) for obj in kube.applied}
+    assert ("LeaderWorkerSet", "chat-decode") in kinds
+    assert ("Deployment", "chat-decode") not in kinds
+    assert ("NetworkPolicy", "chat-decode-workers-ranks") in kinds
+    assert ("Deployment", "chat-decode") in kube.deleted
+    # The LeaderWorkerSet's groups, not the old Deployment, are what status reports.
+    assert kube.service["status"]["decode"]["readyReplicas"] == 0
+    kube.found = [("Deployment", _ready("prefill")), ("Deployment", _ready("router")),
+                  ("LeaderWorkerSet", _ready("decode", {"leaderWorkerTemplate": {"size": 2}}))]
+    _sync(kube)
+    assert kube.service["status"]["decode"]["readyReplicas"] == 1
+    assert _condition(kube, "Ready")["status"] == "True"
+    # Back to one node a replica: the LeaderWorkerSet and its ranks policy are removed.
+    kube.service["spec"] = {"model": {"source": {"builtin": "tiny"}}}
+    kube.deleted.clear()
+    _sync(kube)
+    assert ("LeaderWorkerSet", "chat-decode") in kube.deleted
+    assert ("NetworkPolicy", "chat-decode-workers-ranks") in kube.deleted
 
 
 def test_invalid_spec_degrades_without_applying():

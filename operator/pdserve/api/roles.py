@@ -13,6 +13,7 @@ from pdserve.api.pods import PodOverrides
 TpuTopology = Literal["1x1", "2x2", "2x4"]
 RoutingPolicy = Literal["prefix-affinity", "least-loaded", "round-robin"]
 MAX_ACCELERATORS_PER_POD = 8
+MAX_NODES_PER_REPLICA = 16
 
 _TOPOLOGY_CHIPS_RULE = " || ".join(
     f"(self.topology == '{shape}' && self.count == {chips})"
@@ -35,6 +36,8 @@ class AcceleratorSpec(ApiModel):
             f"count must equal the chips of the TPU topology ({_TOPOLOGY_CHIPS_TEXT})"),
         cel("self.kind != 'cpu' || self.count == 1",
             "count must be 1 for cpu (size CPU pods with resources)"),
+        cel("self.nodes == 1 || !self.kind.startsWith('tpu-')",
+            "nodes must be 1 on TPU (pdserve serves single-host TPU slices)"),
     ]})
 
     kind: AcceleratorKind = Field(
@@ -51,6 +54,13 @@ class AcceleratorSpec(ApiModel):
         default=None,
         description="TPU slice topology (cloud.google.com/gke-tpu-topology); TPU kinds only.",
     )
+    nodes: int = Field(
+        default=1, ge=1, le=MAX_NODES_PER_REPLICA,
+        description="Pods (nodes) one model replica spans, each with `count` accelerators. "
+        "Above 1 the replica is one tensor-parallel group of count x nodes devices, rendered "
+        "as a LeaderWorkerSet (leaderworkerset.x-k8s.io, whose controller must be installed); "
+        "replicas then count groups. Not on TPU.",
+    )
 
     @model_validator(mode="after")
     def _topology_matches_kind(self) -> AcceleratorSpec:
@@ -65,6 +75,8 @@ class AcceleratorSpec(ApiModel):
             )
         if self.kind == "cpu" and self.count != 1:
             raise ValueError("count must be 1 for cpu (size CPU pods with resources)")
+        if is_tpu and self.nodes != 1:
+            raise ValueError("nodes must be 1 on TPU (pdserve serves single-host TPU slices)")
         return self
 
 

@@ -32,6 +32,7 @@ from pdserve.controller.planner_inputs import (
     replicas_from_cluster,
     with_condition,
 )
+from pdserve.controller.workloads import DEPLOYMENT, by_role, workload_kinds
 
 PLANNER_FIELD_MANAGER = "pdserve-planner"
 # The timer ticks often; each LLMService is planned every spec.autoscaling.intervalSeconds.
@@ -63,10 +64,11 @@ def autoscale(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None
         return
     memo["planner_last_run"] = now
     kube: Kube = memo.kube
-    deployments = kube.role_deployments(namespace, name)
-    if not all(role in deployments for role in WORKER_ROLES):
+    kinds = workload_kinds(parsed)
+    workloads = by_role(kube.workloads(namespace, name), kinds)
+    if not all(role in workloads for role in WORKER_ROLES):
         return  # the operator has not created them yet
-    replicas = replicas_from_cluster(deployments, kube.pods(namespace, name), LABEL_ROLE, moment)
+    replicas = replicas_from_cluster(workloads, kube.pods(namespace, name), LABEL_ROLE, moment)
     url = parsed.autoscaling.prometheus_url or ""
     source = _source(memo, url)
     selector = Selector(namespace, name, max(MIN_RATE_WINDOW_SECONDS,
@@ -84,7 +86,7 @@ def autoscale(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None
     memo["planner_state"] = decision.state
     _record(kube, body, decision, detail, stamp)
     if decision.changes(replicas):
-        _scale(kube, namespace, name, replicas, decision, source, selector)
+        _scale(kube, namespace, name, kinds, replicas, decision, source, selector)
     _announce(kube, body, memo, decision, replicas, detail, stamp)
     _export(namespace, name, decision)
 
@@ -111,19 +113,18 @@ def _record(kube: Kube, body: kopf.Body, decision: Decision, detail: str, stamp:
     })
 
 
-def _scale(kube: Kube, namespace: str, name: str, replicas: Replicas, decision: Decision,
-           source: PrometheusSource, selector: Selector) -> None:
-    apps = client.AppsV1Api(kube.api)
+def _scale(kube: Kube, namespace: str, name: str, kinds: Mapping[str, str], replicas: Replicas,
+           decision: Decision, source: PrometheusSource, selector: Selector) -> None:
     core = client.CoreV1Api(kube.api)
     wanted = ((replicas.prefill.desired, decision.prefill_replicas),
               (replicas.decode.desired, decision.decode_replicas))
     for role, (before, after) in zip(WORKER_ROLES, wanted, strict=True):
-        if after < before:
+        # A LeaderWorkerSet removes its highest-numbered groups: deletion costs do not apply.
+        if after < before and kinds[role] == DEPLOYMENT:
             _mark_deletion_costs(core, namespace, source, selector, role)
         if after != before:
-            apps.patch_namespaced_deployment_scale(
-                deployment_name(name, role), namespace, {"spec": {"replicas": after}},
-                field_manager=PLANNER_FIELD_MANAGER)
+            kube.scale(kinds[role], namespace, deployment_name(name, role), after,
+                       PLANNER_FIELD_MANAGER)
 
 
 def _mark_deletion_costs(core: client.CoreV1Api, namespace: str, source: PrometheusSource,

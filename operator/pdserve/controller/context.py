@@ -16,9 +16,12 @@ from pdserve.api.resource import API_VERSION, KIND
 from pdserve.api.roles import RoleSpec
 from pdserve.api.spec import ROUTER_HTTP_PORT, WORKER_HTTP_PORT, LLMServiceSpec
 from pdserve.controller.names import (
+    LWS_NAME_LABEL,
     Role,
     deployment_name,
     engine_configmap_name,
+    follower_labels,
+    ranks_policy_name,
     role_labels,
     role_selector,
     router_service_name,
@@ -33,6 +36,11 @@ CONFIG_DIR = "/etc/pdserve"
 DRAIN_TIMEOUT_SECONDS = 60
 TERMINATION_GRACE_SECONDS = 90
 ROUTER_TERMINATION_GRACE_SECONDS = 60
+# Where the pods of a multi-node replica meet their leader (torch.distributed's usual port);
+# the LeaderWorkerSet controller gives every pod its leader's address and its own index.
+RENDEZVOUS_PORT = 29500
+LWS_RENDEZVOUS_ARGS = ("--num-nodes", "$(LWS_GROUP_SIZE)", "--node-rank", "$(LWS_WORKER_INDEX)",
+                       "--rendezvous", f"$(LWS_LEADER_ADDRESS):{RENDEZVOUS_PORT}")
 
 # Requests/limits used when a role gives no `resources` of its own; sized per family so that a
 # GPU/TPU host process has room for weights staging while a CPU demo pod stays small.
@@ -144,9 +152,16 @@ def image_variant(image: str, tag_suffix: str) -> str:
     return f"{name}:{tag}{tag_suffix}"
 
 
+def workload_template(spec: LLMServiceSpec, role: WorkerRole) -> str:
+    """A role's workload: a Deployment, or a LeaderWorkerSet when a replica spans nodes."""
+    if getattr(spec, role).accelerator.nodes > 1:
+        return "worker-leaderworkerset.yaml.j2"
+    return "worker-deployment.yaml.j2"
+
+
 def worker_context(spec: LLMServiceSpec, owner: Owner, role: WorkerRole, image: str,
                    replicas: int) -> dict[str, Any]:
-    """Values of one worker Deployment."""
+    """Values of one worker workload (Deployment or LeaderWorkerSet)."""
     role_spec: RoleSpec = getattr(spec, role)
     facts = accelerator_facts(role_spec.accelerator.kind)
     node_labels = dict(facts.node_labels)
@@ -157,18 +172,23 @@ def worker_context(spec: LLMServiceSpec, owner: Owner, role: WorkerRole, image: 
     tolerations = [{"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect}
                    for t in facts.tolerations]
     config = engine_config_files(spec)[f"{role}.json"]
+    nodes = role_spec.accelerator.nodes
     command = [
         "pdserve", "worker", "--role", role, "--model", _model_argument(spec),
         "--served-model-name", served_model_name(spec, owner.name),
         "--host", "0.0.0.0", "--port", str(WORKER_HTTP_PORT),
         "--kv-port", str(spec.kv_transfer.port), "--device", facts.device,
-        "--tensor-parallel-size", str(role_spec.accelerator.count),
+        "--tensor-parallel-size", str(role_spec.accelerator.count * nodes),
+        *(LWS_RENDEZVOUS_ARGS if nodes > 1 else ()),
         "--config", f"{CONFIG_DIR}/{role}.json",
     ]
     return {
         **_common(spec, owner, role, image_variant(image, facts.image_tag_suffix), replicas),
         **_placement(role_spec, node_labels, tolerations),
         "command": command,
+        "nodes": nodes,
+        "follower_labels": follower_labels(owner.name, role),
+        "rendezvous_port": RENDEZVOUS_PORT if nodes > 1 else None,
         "worker_env": facts.worker_env,
         "kv_port": spec.kv_transfer.port,
         "resources": _resources(role_spec, facts.family, accelerator),
@@ -255,6 +275,13 @@ def service_context(spec: LLMServiceSpec, owner: Owner) -> dict[str, Any]:
                       for role in ("prefill", "decode", "router")},
         "role_labels": {role: role_labels(owner.name, role)
                         for role in ("prefill", "decode", "router")},
+        # Roles whose replicas span several pods -> the label that selects one LeaderWorkerSet's
+        # pods (its ranks connect to each other on ports gloo/NCCL pick).
+        "multi_node": {role: {LWS_NAME_LABEL: deployment_name(owner.name, role)}
+                       for role in ("prefill", "decode")
+                       if getattr(spec, role).accelerator.nodes > 1},
+        "ranks_policies": {role: ranks_policy_name(owner.name, role)
+                           for role in ("prefill", "decode")},
     }
 
 

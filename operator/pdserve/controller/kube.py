@@ -11,7 +11,7 @@ from typing import Any
 from kubernetes import client
 
 from pdserve.api.resource import GROUP, PLURAL, VERSION
-from pdserve.controller.names import FIELD_MANAGER, LABEL_ROLE, children_selector
+from pdserve.controller.names import FIELD_MANAGER, children_selector
 
 # Collection path of every kind the operator touches, under a namespace.
 _COLLECTIONS: dict[str, str] = {
@@ -19,6 +19,7 @@ _COLLECTIONS: dict[str, str] = {
     "Service": "/api/v1/namespaces/{namespace}/services",
     "Pod": "/api/v1/namespaces/{namespace}/pods",
     "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
+    "LeaderWorkerSet": "/apis/leaderworkerset.x-k8s.io/v1/namespaces/{namespace}/leaderworkersets",
     "PodDisruptionBudget": "/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
     "LLMService": f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}",
@@ -72,11 +73,25 @@ class Kube:
         items: list[dict[str, Any]] = found.get("items") or []
         return items
 
-    def role_deployments(self, namespace: str, service: str) -> dict[str, dict[str, Any]]:
-        """The LLMService's Deployments by role."""
-        return {labels[LABEL_ROLE]: deployment
-                for deployment in self._children("Deployment", namespace, service)
-                if LABEL_ROLE in (labels := deployment["metadata"].get("labels") or {})}
+    def workloads(self, namespace: str, service: str) -> list[tuple[str, dict[str, Any]]]:
+        """(kind, object) of the LLMService's Deployments and LeaderWorkerSets (none of the
+        latter where the LeaderWorkerSet API is not installed)."""
+        found = [("Deployment", obj) for obj in self._children("Deployment", namespace, service)]
+        try:
+            found += [("LeaderWorkerSet", obj)
+                      for obj in self._children("LeaderWorkerSet", namespace, service)]
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        return found
+
+    def scale(self, kind: str, namespace: str, name: str, replicas: int,
+              field_manager: str) -> None:
+        """Set a workload's replicas through its scale subresource."""
+        self._call("PATCH", kind, namespace, f"{name}/scale",
+                   query=[("fieldManager", field_manager)],
+                   body={"spec": {"replicas": replicas}},
+                   content_type="application/merge-patch+json")
 
     def pods(self, namespace: str, service: str) -> list[dict[str, Any]]:
         return self._children("Pod", namespace, service)

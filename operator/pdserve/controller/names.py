@@ -16,6 +16,10 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_ROLE = "pdserve.dev/role"
 LABEL_SERVICE = "pdserve.dev/llmservice"
+# On the pods of a multi-node replica other than its leader: they compute, serve nothing, and
+# so carry no role label (no Service, PodDisruptionBudget or planner count selects them).
+LABEL_FOLLOWER_OF = "pdserve.dev/follower-of"
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 ANNOTATION_CONFIG_HASH = "pdserve.dev/config-hash"
 
 
@@ -26,6 +30,11 @@ def deployment_name(service: str, role: Role) -> str:
 def workers_service_name(service: str, role: Literal["prefill", "decode"]) -> str:
     """The headless Service the router resolves to find a role's workers."""
     return f"{service}-{role}-workers"
+
+
+def ranks_policy_name(service: str, role: Literal["prefill", "decode"]) -> str:
+    """The NetworkPolicy that lets the pods of a multi-node replica reach each other."""
+    return f"{workers_service_name(service, role)}-ranks"
 
 
 def router_service_name(service: str) -> str:
@@ -53,6 +62,11 @@ def role_selector(service: str, role: Role) -> dict[str, str]:
 
 def role_labels(service: str, role: Role) -> dict[str, str]:
     return {**service_labels(service), LABEL_COMPONENT: role, LABEL_ROLE: role}
+
+
+def follower_labels(service: str, role: Literal["prefill", "decode"]) -> dict[str, str]:
+    return {**service_labels(service), LABEL_COMPONENT: f"{role}-follower",
+            LABEL_FOLLOWER_OF: role}
 
 
 def children_selector(service: str) -> str:

@@ -21,9 +21,10 @@ from pdserve.api.spec import LLMServiceSpec
 from pdserve.controller import metrics
 from pdserve.controller.context import Owner, desired_replicas
 from pdserve.controller.kube import Kube
-from pdserve.controller.names import workers_service_name
+from pdserve.controller.names import ranks_policy_name, workers_service_name
 from pdserve.controller.render import render_children
 from pdserve.controller.status import Observation, compute_status
+from pdserve.controller.workloads import LEADER_WORKER_SET, by_role, stale, workload_kinds
 
 IMAGE_ENV = "PDSERVE_IMAGE"
 # Children are independent objects: applying them concurrently cuts a pass's latency to
@@ -74,12 +75,15 @@ def reconcile(kube: Kube, body: Mapping[str, Any], *, apply: bool,
                    "router": spec.router.replicas}
         if apply:
             problem = _apply_all(kube, spec, owner, decided)
-    deployments = kube.role_deployments(owner.namespace, owner.name)
+    kinds = workload_kinds(spec)
+    found = kube.workloads(owner.namespace, owner.name)
+    if apply and spec is not None:
+        _delete_stale(kube, owner, found, kinds)
     pods = kube.pods(owner.namespace, owner.name)
     seen = Observation(
         name=owner.name, namespace=owner.namespace, generation=int(meta.get("generation", 0)),
         autoscaling_enabled=bool(spec and spec.autoscaling.enabled), desired=desired,
-        deployments=deployments, pods=pods, previous=status, problem=problem,
+        workloads=by_role(found, kinds), pods=pods, previous=status, problem=problem,
     )
     computed = compute_status(seen, _now())
     metrics.RECONCILES.labels(trigger, "problem" if problem else "ok").inc()
@@ -88,6 +92,17 @@ def reconcile(kube: Kube, body: Mapping[str, Any], *, apply: bool,
         metrics.CONDITION_TRUE.labels(owner.namespace, owner.name, condition["type"]).set(
             1 if condition["status"] == "True" else 0)
     return computed
+
+
+def _delete_stale(kube: Kube, owner: Owner, found: list[tuple[str, dict[str, Any]]],
+                  kinds: Mapping[str, str]) -> None:
+    """A role moved between one and several nodes a replica: remove its old workload (and
+    the policy that opened the old replicas' ranks to each other)."""
+    for kind, name, role in stale(found, kinds):
+        kube.delete(kind, owner.namespace, name)
+        if kind == LEADER_WORKER_SET:
+            kube.delete("NetworkPolicy", owner.namespace,
+                        ranks_policy_name(owner.name, role))  # type: ignore[arg-type]
 
 
 def _apply_one(kube: Kube, child: Mapping[str, Any]) -> str | None:
@@ -108,6 +123,8 @@ def _apply_all(kube: Kube, spec: LLMServiceSpec, owner: Owner,
     if not spec.network_policy.enabled:
         for role in ("prefill", "decode"):
             kube.delete("NetworkPolicy", owner.namespace, workers_service_name(owner.name, role))
+            if getattr(spec, role).accelerator.nodes > 1:
+                kube.delete("NetworkPolicy", owner.namespace, ranks_policy_name(owner.name, role))
     if failures:
         return ("ApplyFailed", "children the apiserver refused: " + "; ".join(failures))
     return None

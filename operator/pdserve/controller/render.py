@@ -14,6 +14,7 @@ from pdserve.controller.context import (
     router_context,
     service_context,
     worker_context,
+    workload_template,
 )
 
 _TEMPLATES = jinja2.Environment(
@@ -43,7 +44,7 @@ def render_children(spec: LLMServiceSpec, owner: Owner, image: str,
     children += _documents("services.yaml.j2", shared)
     for role in ("prefill", "decode"):
         replicas = desired_replicas(spec, role, decided)
-        children += _documents("worker-deployment.yaml.j2",
+        children += _documents(workload_template(spec, role),
                                worker_context(spec, owner, role, image, replicas))
     children += _documents("router-deployment.yaml.j2", router_context(spec, owner, image))
     children += _documents("pdbs.yaml.j2", shared)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pdserve.api.spec import ROUTER_HTTP_PORT
-from pdserve.controller.names import LABEL_ROLE, ROLES, router_service_name
+from pdserve.controller.names import LABEL_FOLLOWER_OF, LABEL_ROLE, ROLES, router_service_name
 
 Obj = Mapping[str, Any]
 PLANNER_CONDITIONS = ("ScalingLimited",)
@@ -23,7 +23,7 @@ class Observation:
     generation: int
     autoscaling_enabled: bool
     desired: Mapping[str, int]
-    deployments: Mapping[str, Obj | None]
+    workloads: Mapping[str, Obj | None]  # by role: Deployment or LeaderWorkerSet
     pods: Sequence[Obj] = ()
     previous: Obj = field(default_factory=dict)
     problem: tuple[str, str] | None = None  # (reason, message): invalid spec or failed apply
@@ -44,11 +44,19 @@ def _role_status(deployment: Obj | None, fallback_desired: int) -> dict[str, Any
     return {"desiredReplicas": desired, "readyReplicas": ready, "summary": f"{ready}/{desired}"}
 
 
-def _rolling(deployment: Obj | None) -> bool:
-    if deployment is None:
+def _rolling(workload: Obj | None) -> bool:
+    if workload is None:
         return True
-    desired = int(_get(deployment, "spec", "replicas", default=1))
-    status = deployment.get("status") or {}
+    desired = int(_get(workload, "spec", "replicas", default=1))
+    status = workload.get("status") or {}
+    if _get(workload, "spec", "leaderWorkerTemplate") is not None:
+        # A LeaderWorkerSet counts groups and reports no observedGeneration.
+        updating = any(c.get("type") == "UpdateInProgress" and c.get("status") == "True"
+                       for c in status.get("conditions") or [])
+        return (updating or int(status.get("updatedReplicas", 0) or 0) < desired
+                or int(status.get("readyReplicas", 0) or 0) < desired
+                or int(status.get("replicas", 0) or 0) > desired)
+    deployment = workload
     return (
         int(status.get("observedGeneration", 0)) < int(_get(deployment, "metadata", "generation",
                                                              default=0))
@@ -67,7 +75,10 @@ def unschedulable_messages(pods: Sequence[Obj]) -> list[str]:
         for condition in _get(pod, "status", "conditions", default=[]) or []:
             if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
                     and condition.get("reason") == "Unschedulable"):
-                role = _get(pod, "metadata", "labels", LABEL_ROLE, default="unknown")
+                labels = _get(pod, "metadata", "labels", default={}) or {}
+                role = labels.get(LABEL_ROLE) or (
+                    f"{labels[LABEL_FOLLOWER_OF]} (other nodes of a replica)"
+                    if LABEL_FOLLOWER_OF in labels else "unknown")
                 by_role.setdefault(role, []).append(condition.get("message") or "unschedulable")
     lines = []
     for role, messages in sorted(by_role.items()):
@@ -78,10 +89,10 @@ def unschedulable_messages(pods: Sequence[Obj]) -> list[str]:
     return lines
 
 
-def _replica_failures(deployments: Mapping[str, Obj | None]) -> list[str]:
+def _replica_failures(workloads: Mapping[str, Obj | None]) -> list[str]:
     lines = []
     for role in ROLES:
-        for condition in _get(deployments.get(role), "status", "conditions", default=[]) or []:
+        for condition in _get(workloads.get(role), "status", "conditions", default=[]) or []:
             failed = condition.get("type") == "ReplicaFailure" and condition.get("status") == "True"
             stuck = (condition.get("type") == "Progressing"
                      and condition.get("reason") == "ProgressDeadlineExceeded")
@@ -98,16 +109,16 @@ def _condition(kind: str, ok: bool | None, reason: str, message: str) -> dict[st
 def compute_status(seen: Observation, now: str) -> dict[str, Any]:
     """The whole operator-owned status (status.autoscaling is the planner's and left out)."""
     roles: dict[str, dict[str, Any]] = {
-        role: _role_status(seen.deployments.get(role), seen.desired.get(role, 0))
+        role: _role_status(seen.workloads.get(role), seen.desired.get(role, 0))
         for role in ROLES
     }
     not_ready = [f"{role} {s['summary']}" for role, s in roles.items()
                  if s["readyReplicas"] < 1 or s["readyReplicas"] < s["desiredReplicas"]]
-    missing = [role for role in ROLES if seen.deployments.get(role) is None]
-    rolling = [role for role in ROLES if _rolling(seen.deployments.get(role))]
+    missing = [role for role in ROLES if seen.workloads.get(role) is None]
+    rolling = [role for role in ROLES if _rolling(seen.workloads.get(role))]
     degraded_lines = (
         ([seen.problem[1]] if seen.problem else [])
-        + unschedulable_messages(seen.pods) + _replica_failures(seen.deployments)
+        + unschedulable_messages(seen.pods) + _replica_failures(seen.workloads)
     )
     if seen.problem:
         degraded_reason = seen.problem[0]
