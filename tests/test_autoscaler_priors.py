@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from pdserve.api import LLMServiceSpec
 from pdserve.api.accelerators import ACCELERATORS
 from pdserve.autoscaler.priors import CPU_PRIOR, capacity_prior, tensor_parallel_efficiency
+from pdserve.controller.planner_inputs import planner_config
 
 KINDS = sorted(kind for kind, facts in ACCELERATORS.items() if facts.family != "cpu")
 
@@ -34,3 +36,24 @@ def test_a_slower_link_costs_more_efficiency():
 
 def test_cpu_pods_keep_the_measured_prior():
     assert capacity_prior("cpu", 1, 1) == CPU_PRIOR
+
+
+def test_a_replica_over_nodes_counts_its_chips_at_the_network_speed():
+    one_node = tensor_parallel_efficiency("nvidia-h100", 8)
+    two_nodes = tensor_parallel_efficiency("nvidia-h100", 16, nodes=2)
+    # 16 chips all-reducing over the network keep less of their sum than 8 over NVLink.
+    assert 0 < two_nodes[0] < one_node[0] and 0 < two_nodes[1] < one_node[1]
+
+
+def test_the_budget_counts_every_chip_of_a_replica_over_nodes():
+    spec = LLMServiceSpec.model_validate({
+        "model": {"source": {"builtin": "tiny"}},
+        "decode": {"accelerator": {"kind": "nvidia-h100", "count": 8, "nodes": 2}},
+        "autoscaling": {"enabled": True, "prometheusUrl": "http://p:9090",
+                        "acceleratorBudget": 40}})
+    assert planner_config(spec).decode.accelerators_per_replica == 16
+    with pytest.raises(ValueError, match="below the 17 accelerators"):
+        LLMServiceSpec.model_validate({**spec.model_dump(by_alias=True, exclude_none=True),
+                                       "autoscaling": {"enabled": True,
+                                                       "prometheusUrl": "http://p:9090",
+                                                       "acceleratorBudget": 16}})

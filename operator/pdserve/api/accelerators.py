@@ -46,6 +46,9 @@ class AcceleratorFacts:
     # Chip-to-chip bandwidth within a node, one direction (NVLink, PCIe, TPU ICI): what a
     # tensor-parallel all-reduce moves over.
     link_bytes_per_s: float
+    # Network between nodes per chip, one direction (its share of the node's NICs): what a
+    # replica spanning nodes (accelerator.nodes > 1) all-reduces over. None: not served.
+    scale_out_bytes_per_s: float | None
     topologies: dict[str, int] = field(default_factory=dict)
     # The worker image's variant for this family (its tag + suffix: the TPU image holds
     # torch_xla, see the Dockerfile) and the environment its runtime needs.
@@ -61,13 +64,14 @@ _GB = 1e9
 
 def _gpu(
     kind: str, gke_label: str, flops: float, bandwidth: float, memory: float, link: float,
+    scale_out: float,
 ) -> AcceleratorFacts:
     return AcceleratorFacts(
         kind=kind, family="gpu", resource_name=GPU_RESOURCE,
         node_labels={GKE_ACCELERATOR_LABEL: gke_label}, tolerations=(_GPU_TOLERATION,),
         device="cuda", peak_bf16_flops=flops * _TERA,
         memory_bandwidth_bytes_per_s=bandwidth * _TERA, memory_bytes=memory * _GB,
-        link_bytes_per_s=link * _GB,
+        link_bytes_per_s=link * _GB, scale_out_bytes_per_s=scale_out * _GB,
     )
 
 
@@ -81,7 +85,8 @@ def _tpu(
         node_labels={GKE_TPU_ACCELERATOR_LABEL: gke_label}, tolerations=(_TPU_TOLERATION,),
         device="xla", peak_bf16_flops=flops * _TERA,
         memory_bandwidth_bytes_per_s=bandwidth * _TERA, memory_bytes=memory * _GB,
-        link_bytes_per_s=link * _GB, topologies=dict(TPU_SINGLE_HOST_TOPOLOGIES),
+        link_bytes_per_s=link * _GB, scale_out_bytes_per_s=None,  # single-host slices only
+        topologies=dict(TPU_SINGLE_HOST_TOPOLOGIES),
         image_tag_suffix="-tpu",
         worker_env={"PJRT_DEVICE": "TPU", "PDSERVE_XLA_CACHE_DIR": "/cache/xla"},
     )
@@ -89,12 +94,14 @@ def _tpu(
 
 # Figures per device (per chip for TPUs): bf16 dense peak TFLOP/s, memory TB/s, memory GB,
 # chip-to-chip link GB/s one way (NVLink 4: 900 bidirectional -> 450; NVLink 3: 600 -> 300;
-# L4: PCIe Gen4 x16, 32; TPU ICI per chip: v5e 1,600 Gbit/s -> 200, v6e 3,584 -> 448).
+# L4: PCIe Gen4 x16, 32; TPU ICI per chip: v5e 1,600 Gbit/s -> 200, v6e 3,584 -> 448);
+# between nodes, GB/s per GPU one way: H100/H200 one 400 Gbit/s NIC per GPU -> 50, A100 one
+# 200 Gbit/s NIC per GPU -> 25, L4 a 100 Gbit/s node NIC shared by 8 GPUs -> 1.5.
 ACCELERATORS: dict[str, AcceleratorFacts] = {
-    "nvidia-h100": _gpu("nvidia-h100", "nvidia-h100-80gb", 989, 3.35, 80, 450),
-    "nvidia-h200": _gpu("nvidia-h200", "nvidia-h200-141gb", 989, 4.8, 141, 450),
-    "nvidia-a100": _gpu("nvidia-a100", "nvidia-a100-80gb", 312, 2.0, 80, 300),
-    "nvidia-l4": _gpu("nvidia-l4", "nvidia-l4", 121, 0.3, 24, 32),
+    "nvidia-h100": _gpu("nvidia-h100", "nvidia-h100-80gb", 989, 3.35, 80, 450, 50),
+    "nvidia-h200": _gpu("nvidia-h200", "nvidia-h200-141gb", 989, 4.8, 141, 450, 50),
+    "nvidia-a100": _gpu("nvidia-a100", "nvidia-a100-80gb", 312, 2.0, 80, 300, 25),
+    "nvidia-l4": _gpu("nvidia-l4", "nvidia-l4", 121, 0.3, 24, 32, 1.5),
     "tpu-v5e": _tpu("tpu-v5e", "tpu-v5-lite-podslice", 197, 0.819, 16, 200),
     "tpu-v6e": _tpu("tpu-v6e", "tpu-v6e-slice", 918, 1.64, 32, 448),
     # Measured on the project's 2-core build machines (FACTS.md): fp32 matmul ~200 GFLOP/s.
@@ -102,6 +109,7 @@ ACCELERATORS: dict[str, AcceleratorFacts] = {
         kind="cpu", family="cpu", resource_name=None, node_labels={}, tolerations=(),
         device="cpu", peak_bf16_flops=0.2 * _TERA, memory_bandwidth_bytes_per_s=0.02 * _TERA,
         memory_bytes=16 * _GB, link_bytes_per_s=4 * _GB,  # loopback TCP (FACTS.md)
+        scale_out_bytes_per_s=1.25 * _GB,  # 10 Gbit/s Ethernet
     ),
 }
 

@@ -62,9 +62,9 @@ class AutoscalingSpec(ApiModel):
     )
     accelerator_budget: int | None = Field(
         default=None, ge=1, le=100_000,
-        description="Most accelerators (replicas x accelerator.count, summed over prefill and "
-        "decode; a cpu pod counts 1) the planner may allocate, including pods starting or "
-        "draining. Unset: only the replica ranges bound it.",
+        description="Most accelerators (replicas x accelerator.count x accelerator.nodes, "
+        "summed over prefill and decode; a cpu pod counts 1) the planner may allocate, "
+        "including pods starting or draining. Unset: only the replica ranges bound it.",
     )
     scale_up_stabilization_seconds: int = Field(
         default=60, ge=0, le=3600,

@@ -53,12 +53,6 @@ def initial_replicas(spec: LLMServiceSpec, role: WorkerRole) -> int:
     return replicas
 
 
-def accelerators_per_pod(spec: LLMServiceSpec, role: WorkerRole) -> int:
-    """Budget units of one pod of the role (a cpu pod counts 1)."""
-    count: int = getattr(spec, role).accelerator.count
-    return count
-
-
 def served_model_name(spec: LLMServiceSpec, service_name: str) -> str:
     """The model name clients ask for: spec.model.servedName, else the LLMService's name."""
     return spec.model.served_name or service_name

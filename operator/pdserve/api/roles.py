@@ -62,6 +62,12 @@ class AcceleratorSpec(ApiModel):
         "replicas then count groups. Not on TPU.",
     )
 
+    @property
+    def devices_per_replica(self) -> int:
+        """The accelerators one replica holds (a cpu pod counts 1): the planner's budget unit
+        and the tensor-parallel degree."""
+        return self.count * self.nodes
+
     @model_validator(mode="after")
     def _topology_matches_kind(self) -> AcceleratorSpec:
         is_tpu = self.kind.startswith("tpu-")

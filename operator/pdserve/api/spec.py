@@ -56,10 +56,12 @@ class LLMServiceSpec(ApiModel):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("!has(self.autoscaling.acceleratorBudget) || self.autoscaling.acceleratorBudget >= "
-            "self.autoscaling.prefill.minReplicas * self.prefill.accelerator.count + "
-            "self.autoscaling.decode.minReplicas * self.decode.accelerator.count",
+            "self.autoscaling.prefill.minReplicas * self.prefill.accelerator.count "
+            "* self.prefill.accelerator.nodes + "
+            "self.autoscaling.decode.minReplicas * self.decode.accelerator.count "
+            "* self.decode.accelerator.nodes",
             "autoscaling.acceleratorBudget is below the accelerators of the minimum replicas "
-            "(prefill.minReplicas x prefill count + decode.minReplicas x decode count)",
+            "(minReplicas x count x nodes, prefill plus decode)",
             ".autoscaling.acceleratorBudget"),
     ]})
 
@@ -94,8 +96,10 @@ class LLMServiceSpec(ApiModel):
     @model_validator(mode="after")
     def _cross_field_rules(self) -> LLMServiceSpec:
         budget = self.autoscaling.accelerator_budget
-        minimum = (self.autoscaling.prefill.min_replicas * self.prefill.accelerator.count
-                   + self.autoscaling.decode.min_replicas * self.decode.accelerator.count)
+        minimum = (self.autoscaling.prefill.min_replicas
+                   * self.prefill.accelerator.devices_per_replica
+                   + self.autoscaling.decode.min_replicas
+                   * self.decode.accelerator.devices_per_replica)
         if budget is not None and budget < minimum:
             raise ValueError(
                 f"autoscaling.acceleratorBudget {budget} is below the {minimum} accelerators "

@@ -27,13 +27,18 @@ HOLDING_REASONS = ("PrometheusUnavailable", "MetricsMissing", "InvalidConfig")
 def planner_config(spec: LLMServiceSpec) -> PlannerConfig:
     auto = spec.autoscaling
     pre, dec = spec.prefill.accelerator, spec.decode.accelerator
-    prefill_prior = capacity_prior(pre.kind, pre.count, dec.count, spec.decode.engine.max_num_seqs)
-    decode_prior = capacity_prior(dec.kind, pre.count, dec.count, spec.decode.engine.max_num_seqs)
+    seqs = spec.decode.engine.max_num_seqs
+    prefill_prior = capacity_prior(pre.kind, pre.devices_per_replica, dec.devices_per_replica,
+                                   seqs, prefill_nodes=pre.nodes, decode_nodes=dec.nodes)
+    decode_prior = capacity_prior(dec.kind, pre.devices_per_replica, dec.devices_per_replica,
+                                  seqs, prefill_nodes=pre.nodes, decode_nodes=dec.nodes)
     return PlannerConfig(
         ttft_target_seconds=auto.slo.ttft_milliseconds / 1000.0,
         itl_target_seconds=auto.slo.tpot_milliseconds / 1000.0,
-        prefill=RoleBounds(auto.prefill.min_replicas, auto.prefill.max_replicas, pre.count),
-        decode=RoleBounds(auto.decode.min_replicas, auto.decode.max_replicas, dec.count),
+        prefill=RoleBounds(auto.prefill.min_replicas, auto.prefill.max_replicas,
+                           pre.devices_per_replica),
+        decode=RoleBounds(auto.decode.min_replicas, auto.decode.max_replicas,
+                          dec.devices_per_replica),
         capacity=CapacityPrior(prefill_prior.prefill_tokens_per_second,
                                decode_prior.decode_tokens_per_second,
                                decode_prior.decode_max_sequences),
