@@ -42,6 +42,9 @@ CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "Net
 T = TypeVar("T")
 
 
+LWS_GROUP = "leaderworkerset.x-k8s.io"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -231,7 +234,26 @@ class Api:
         for kind, lister in listers.items():
             for item in lister(namespace, label_selector=selector).items:
                 found[(kind, item.metadata.name)] = self.api_client.sanitize_for_serialization(item)
+        for lws in self.leaderworkersets(namespace, selector):
+            found[("LeaderWorkerSet", lws["metadata"]["name"])] = lws
         return found
+
+    def leaderworkersets(self, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+        """The namespace's LeaderWorkerSets (none where that API is not installed)."""
+        try:
+            listed = self.custom.list_namespaced_custom_object(
+                LWS_GROUP, "v1", namespace, "leaderworkersets", label_selector=selector)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
+        items: list[dict[str, Any]] = listed["items"]
+        return items
+
+    def serves(self, group: str) -> bool:
+        """Whether the cluster serves an API group (e.g. an add-on's CRDs)."""
+        groups = client.ApisApi(self.api_client).get_api_versions().groups
+        return any(found.name == group for found in groups)
 
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         items = self.core.list_namespaced_pod(namespace, label_selector=selector).items

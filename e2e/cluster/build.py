@@ -24,6 +24,7 @@ from e2e.cluster.versions import (
     KUBERNETES_STAGING_VERSION,
     Component,
     bin_dir,
+    module_files_dir,
 )
 
 # KWOK's standalone binary has no default stages; these are the ones its module ships.
@@ -158,7 +159,8 @@ def _download(component: Component, workdir: Path, log: Path, started: float) ->
 
 
 def _built(component: Component, target: Path) -> bool:
-    return all(os.access(target / name, os.X_OK) for name in component.binaries)
+    binaries = all(os.access(target / name, os.X_OK) for name in component.binaries)
+    return binaries and (not component.files or module_files_dir(component).is_dir())
 
 
 def build_component(component: Component, target: Path, log: Path, started: float) -> None:
@@ -193,6 +195,8 @@ def build_component(component: Component, target: Path, log: Path, started: floa
             os.replace(out / name, target / name)
         if component.name == "kwok":
             _copy_kwok_stages(Path(info["Dir"]))
+        if component.files:
+            _copy_module_files(component, Path(info["Dir"]))
 
 
 def _copy_kwok_stages(module_dir: Path) -> None:
@@ -200,6 +204,16 @@ def _copy_kwok_stages(module_dir: Path) -> None:
     stages.mkdir(parents=True, exist_ok=True)
     for rel in KWOK_STAGE_FILES:
         shutil.copyfile(module_dir / rel, stages / Path(rel).name)
+
+
+def _copy_module_files(component: Component, module_dir: Path) -> None:
+    kept = module_files_dir(component)
+    partial = kept.with_name(kept.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for rel in component.files:
+        shutil.copyfile(module_dir / rel, partial / Path(rel).name)
+    os.replace(partial, kept)
 
 
 def build_all() -> Path:

@@ -152,6 +152,8 @@ def _make_pki(pki: Path) -> None:
         (pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     issue("apiserver", _name("kube-apiserver"), server=True)
+    # The LeaderWorkerSet controller's webhooks, which the apiserver calls on loopback.
+    issue("lws-webhook", _name("lws-webhook"), server=True, ips=("127.0.0.1",))
     issue("kubelet-serving", _name(node_identity.NODE_NAME), server=True, ips=KUBELET_SERVING_IPS)
     for client in CLIENTS:
         issue(client.name, _name(client.user, client.group), server=False)

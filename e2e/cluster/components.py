@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from e2e.cluster import nodepools
+from e2e.cluster import lws, nodepools
 from e2e.cluster.build import KWOK_STAGE_FILES, stages_dir
 from e2e.cluster.node import identity as node_identity
 
@@ -98,4 +98,5 @@ def command_lines(bins: Path, state_dir: Path, ports: dict[str, int]) -> dict[st
             "--node-lease-duration-seconds=40",
             *[f"--config={stages_dir() / Path(rel).name}" for rel in KWOK_STAGE_FILES],
         ],
+        lws.BINARY: lws.command_line(bins, state_dir, ports),
     }

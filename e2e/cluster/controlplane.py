@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from e2e.cluster import certs, components, nodepools, processes
+from e2e.cluster import certs, components, lws, nodepools, processes
 from e2e.cluster.build import stages_dir
 from e2e.cluster.node import configs as node_configs
 from e2e.cluster.node import identity as node_identity
@@ -32,7 +33,8 @@ from e2e.cluster.versions import bin_dir, cache_root
 STATE_FILE = "state.json"
 START_TIMEOUT_S = 120.0
 NODE_START_TIMEOUT_S = 180.0
-CONTROL_PLANE = ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+CONTROL_PLANE = ("lws-controller", "kwok", "kube-scheduler", "kube-controller-manager",
+                 "kube-apiserver", "etcd")
 # Stop order: the real node (kubelet before containerd), consumers of the API, etcd last.
 STOP_ORDER = (*reversed(node.PROCESSES), *CONTROL_PLANE)
 
@@ -173,7 +175,7 @@ def _up(
     with_node = not node.disabled()
     wanted = (*CONTROL_PLANE, "kubectl", *(node.PROCESSES if with_node else ()), "ctr")
     missing = [n for n in wanted if not (bins / n).exists()]
-    if missing or not stages_dir().is_dir():
+    if missing or not stages_dir().is_dir() or not lws.crd_path().is_file():
         raise ClusterError(
             f"binaries missing from {bins}: {missing or 'kwok stages'}; "
             "run `make cluster-build` (python -m e2e.cluster build) first"
@@ -185,7 +187,8 @@ def _up(
     certs.make_pki(state_dir / "pki")
     ports = {
         n: processes.free_port()
-        for n in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")
+        for n in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler",
+                  "lws-webhook", "lws-health")
     }
     server = f"https://127.0.0.1:{ports['apiserver']}"
     pki = state_dir / "pki"
@@ -229,6 +232,7 @@ def _up(
             state.pids,
             logs,
         )
+        _up_lws(state, ports, api, start)
         if with_node:
             _up_node(state, ports["apiserver"], api, start, say)
             expected.add(node_identity.NODE_NAME)
@@ -264,6 +268,35 @@ def _up_node(state: ClusterState, api_port: int, api: _Api, start: Any, say: Any
     processes.wait_for(node.dns_ready, NODE_START_TIMEOUT_S,
                        "cluster DNS through the kube-dns Service", state.pids, logs)
     say(f"real node {node_identity.NODE_NAME} Ready at {node_identity.NODE_IP}, DNS answers")
+
+
+def _up_lws(state: ClusterState, ports: dict[str, int], api: _Api, start: Any) -> None:
+    """The LeaderWorkerSet API: its CRD, its webhooks, then its controller; returns once the
+    webhooks answer."""
+    kubectl = [state.kubectl, f"--kubeconfig={state.kubeconfig}"]
+    objects = [yaml.safe_load(lws.crd_path().read_text()),
+               *lws.webhook_objects(Path(state.state_dir) / "pki" / "ca.crt",
+                                    ports["lws-webhook"])]
+    subprocess.run([*kubectl, "apply", "--server-side", "--field-manager=pdserve-e2e", "-f", "-"],
+                   input=yaml.safe_dump_all(objects), text=True, capture_output=True,
+                   check=True, timeout=60)
+    # The controller watches the kind from its start: the CRD must be served first.
+    subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/leaderworkersets.leaderworkerset.x-k8s.io"],
+                   text=True, capture_output=True, check=True, timeout=90)
+    start(lws.BINARY)
+    logs = Path(state.state_dir) / "logs"
+    processes.wait_for(lambda: _http_ok(f"http://127.0.0.1:{ports['lws-health']}/readyz"),
+                       START_TIMEOUT_S, "the LeaderWorkerSet controller /readyz", state.pids,
+                       logs)
+    processes.wait_for(lambda: _port_open(ports["lws-webhook"]), START_TIMEOUT_S,
+                       "the LeaderWorkerSet webhooks", state.pids, logs)
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
 
 
 def node_paths(state: ClusterState) -> NodePaths:

@@ -18,6 +18,8 @@ COREDNS_VERSION = "v1.15.0"
 # Upstream Prometheus (module v0.316.0 is release 3.16.0): Debian's package is built without
 # Kubernetes service discovery, which is how Prometheus finds pods in a cluster.
 PROMETHEUS_VERSION = "v0.316.0"
+# LeaderWorkerSet: one model replica over several pods (multi-node tensor parallelism).
+LWS_VERSION = "v0.8.0"
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class Component:
     binaries: dict[str, str]
     ldflags: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    # Files of the module kept beside the binaries (manifests the cluster applies), flat in
+    # `module_files_dir(self)`, whose name holds the version: a component added after the
+    # cache key below was fixed is rebuilt when its version changes, the others are not.
+    files: tuple[str, ...] = ()
 
 
 def _k8s_version_ldflags() -> tuple[str, ...]:
@@ -105,6 +111,13 @@ COMPONENTS: tuple[Component, ...] = (
         binaries={"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
         ldflags=("-X github.com/prometheus/common/version.Version=3.16.0",),
     ),
+    Component(
+        name="lws",
+        module="sigs.k8s.io/lws",
+        version=LWS_VERSION,
+        binaries={"lws-controller": "sigs.k8s.io/lws/cmd"},
+        files=("config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml",),
+    ),
 )
 
 
@@ -123,3 +136,11 @@ def version_key() -> str:
 
 def bin_dir() -> Path:
     return cache_root() / "k8s" / version_key() / "bin"
+
+
+def module_files_dir(component: Component) -> Path:
+    return bin_dir().parent / f"{component.name}-{component.version}-files"
+
+
+def component(name: str) -> Component:
+    return next(c for c in COMPONENTS if c.name == name)
