@@ -15,10 +15,12 @@ import time
 
 import torch
 
+from pdserve.runtime.checkpoints.identity import ModelIdentity
 from pdserve.runtime.disagg.kv_transfer import KVReceiverServer, KVSender, Offer
 from pdserve.runtime.engine.kv_cache import KVCache, KVLayout
 
 LAYOUT = KVLayout(num_layers=28, num_kv_heads=8, head_dim=128, block_size=16, dtype="bfloat16")
+BENCH_IDENTITY = ModelIdentity("qwen3-0.6b-layout", "none", "bfloat16", 16)  # both sides alike
 
 
 class FillEverything:
@@ -40,7 +42,8 @@ class FillEverything:
 
 def kv_receiver(num_blocks: int, device: str, ready: mp.Queue) -> None:
     pool = KVCache(LAYOUT, num_blocks, torch.device(device))
-    server = KVReceiverServer(pool, FillEverything(num_blocks), "127.0.0.1", 0, timeout=60)
+    server = KVReceiverServer(pool, FillEverything(num_blocks), "127.0.0.1", 0,
+                              identity=BENCH_IDENTITY, timeout=60)
     server.start()
     ready.put(server.port)
     time.sleep(3600)
@@ -82,7 +85,7 @@ def bench_tcp(tokens: int, repeats: int) -> None:
     kv_proc, kv_port = start(kv_receiver, num_blocks, "cpu")
     raw_proc, raw_port = start(raw_receiver, nbytes)
     try:
-        sender = KVSender(source, "tcp", timeout=60)
+        sender = KVSender(source, "tcp", identity=BENCH_IDENTITY, timeout=60)
         raw = socket.create_connection(("127.0.0.1", raw_port))
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ids = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(0)).tolist()

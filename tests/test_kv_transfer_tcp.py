@@ -7,16 +7,19 @@ import threading
 import pytest
 import torch
 
+from pdserve.runtime.checkpoints.identity import ModelIdentity
 from pdserve.runtime.disagg.kv_transfer import (
     KVReceiverServer,
     KVSender,
     KVTransferError,
     LayoutMismatchError,
+    ModelMismatchError,
     Offer,
 )
 from pdserve.runtime.disagg.kv_transfer.protocol import HELLO, OFFER, FramedSocket, layout_dict
 from pdserve.runtime.engine.kv_cache import KVCache, KVLayout
 
+IDENTITY = ModelIdentity("weights-a", "tokenizer-a", "float32", 4)
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=4, dtype="float32")
 
 
@@ -57,7 +60,8 @@ class RecordingHooks:
 @pytest.fixture
 def receiver():
     def start(hooks, cache=None):
-        server = KVReceiverServer(cache or make_cache(seed=1), hooks, "127.0.0.1", 0, timeout=5)
+        server = KVReceiverServer(cache or make_cache(seed=1), hooks, "127.0.0.1", 0,
+                                  identity=IDENTITY, timeout=5)
         server.start()
         started.append(server)
         return server
@@ -73,7 +77,7 @@ def test_missing_blocks_arrive_intact(receiver, num_cached):
     hooks = RecordingHooks(num_cached)
     server = receiver(hooks)
     source = make_cache(seed=2)
-    sender = KVSender(source, "tcp", timeout=5)
+    sender = KVSender(source, "tcp", identity=IDENTITY, timeout=5)
     src_ids = [3, 7, 1, 20, 5]  # 5 blocks for an 18-token prompt
     result = sender.push(f"127.0.0.1:{server.port}", Offer("t1", list(range(18)), 42), src_ids)
     assert result.num_blocks == 5 and result.num_cached_blocks == num_cached
@@ -89,14 +93,25 @@ def test_missing_blocks_arrive_intact(receiver, num_cached):
 def test_layout_mismatch_is_a_clear_error(receiver):
     server = receiver(RecordingHooks())
     other = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=8, dtype="bfloat16")
-    sender = KVSender(make_cache(other), "tcp", timeout=5)
+    sender = KVSender(make_cache(other), "tcp", identity=IDENTITY, timeout=5)
     with pytest.raises(LayoutMismatchError, match=r"block_size: .*dtype"):
         sender.push(f"127.0.0.1:{server.port}", Offer("t", [1, 2, 3], 4), [0])
 
 
+def test_a_peer_of_another_model_is_refused_naming_what_differs(receiver):
+    hooks = RecordingHooks()
+    server = receiver(hooks)
+    other = ModelIdentity("weights-b", "tokenizer-a", "float32", 4)
+    sender = KVSender(make_cache(), "tcp", identity=other, timeout=5)
+    expected = r"weights: decode 'weights-a', prefill 'weights-b'"
+    with pytest.raises(ModelMismatchError, match=expected):
+        sender.push(f"127.0.0.1:{server.port}", Offer("t", [1, 2, 3], 4), [0])
+    assert not hooks.reserved and not hooks.completed  # refused before any block was written
+
+
 def test_refused_reservation_is_reported(receiver):
     server = receiver(RecordingHooks())
-    sender = KVSender(make_cache(), "tcp", timeout=5)
+    sender = KVSender(make_cache(), "tcp", identity=IDENTITY, timeout=5)
     with pytest.raises(KVTransferError, match="no free KV blocks"):
         sender.push(f"127.0.0.1:{server.port}", Offer("big", list(range(200)), 4), [0] * 50)
 
@@ -106,7 +121,8 @@ def test_peer_dying_mid_transfer_frees_the_reservation(receiver):
     server = receiver(hooks)
     sock = socket.create_connection(("127.0.0.1", server.port))
     framed = FramedSocket(sock)
-    framed.send_json(HELLO, {"version": 1, "transport": "tcp", "layout": layout_dict(LAYOUT)})
+    framed.send_json(HELLO, {"version": 1, "transport": "tcp", "layout": layout_dict(LAYOUT),
+                             "model": IDENTITY.to_json()})
     framed.recv_header()  # ACCEPT
     framed.send_json(OFFER, Offer("dead", list(range(16)), 3).to_json())
     sock.sendall(b"\x06\x00\x00\x00\x00\x00\x00\x10\x00" + b"x" * 100)  # half a DATA frame
@@ -119,14 +135,14 @@ def test_unreachable_decode_worker():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    sender = KVSender(make_cache(), "tcp", timeout=2)
+    sender = KVSender(make_cache(), "tcp", identity=IDENTITY, timeout=2)
     with pytest.raises(KVTransferError, match="cannot connect"):
         sender.push(f"127.0.0.1:{port}", Offer("t", [1], 2), [0])
 
 
 def test_unknown_transport_fails_at_startup():
     with pytest.raises(ValueError, match="unknown KV transport"):
-        KVSender(make_cache(), "rdma")
+        KVSender(make_cache(), "rdma", identity=IDENTITY)
 
 
 @pytest.mark.parametrize("staged", ["sender", "receiver"])
@@ -143,7 +159,7 @@ def test_staged_and_zero_copy_paths_share_one_wire_order(receiver, monkeypatch, 
     staged_pool = source if staged == "sender" else receiving
     monkeypatch.setattr(staged_pool, "host_memory", lambda: None)
     src_ids = [5, 6, 7, 1, 30, 12, 13, 2]
-    KVSender(source, "tcp", timeout=5).push(f"127.0.0.1:{server.port}",
+    KVSender(source, "tcp", identity=IDENTITY, timeout=5).push(f"127.0.0.1:{server.port}",
                                             Offer("t", list(range(30)), 1), src_ids)
     assert torch.equal(receiving.read_blocks(hooks.reserved["t"]), source.read_blocks(src_ids))
 
@@ -154,7 +170,7 @@ def test_cancel_cuts_a_transfer_and_frees_the_reservation(receiver, monkeypatch)
     monkeypatch.setenv(TEST_DELAY_ENV, "1")  # stall after the reservation
     hooks = RecordingHooks()
     server = receiver(hooks)
-    sender = KVSender(make_cache(), "tcp", timeout=5)
+    sender = KVSender(make_cache(), "tcp", identity=IDENTITY, timeout=5)
     errors = []
 
     def push():

@@ -122,6 +122,8 @@ class WorkerSet:
             worker.load.running = int(payload.get("num_running", 0))
             worker.load.kv_usage = float(payload.get("kv_usage", 0.0))
             worker.load.max_num_seqs = int(payload.get("max_num_seqs", 0))
+            identity = payload.get("identity")
+            worker.load.identity = str(identity) if identity else None
 
 
 async def resolve_service(service: str) -> list[str]:

@@ -26,6 +26,10 @@ class RouterMetrics:
         self.prefill_retries = Counter("pdserve_router_prefill_retries",
                                        "Prefill attempts retried on another worker",
                                        registry=self.registry)
+        self.no_prefill_peer = Counter(
+            "pdserve_router_no_prefill_peer",
+            "Long prompts sent to decode without prefill: no ready prefill worker serves the "
+            "decode worker's model (its identity)", registry=self.registry)
 
     def observe_ttft(self, seconds: float) -> None:
         self.ttft.labels(ROLE, self.model).observe(seconds)

@@ -26,7 +26,13 @@ from aiohttp import web
 
 from pdserve.router.discovery import WorkerSet
 from pdserve.router.metrics import RouterMetrics, StreamTimer
-from pdserve.router.routing import RoutingPolicy, estimate_tokens, text_block_hashes
+from pdserve.router.routing import (
+    RoutingPolicy,
+    WorkerLoad,
+    estimate_tokens,
+    same_model,
+    text_block_hashes,
+)
 
 log = logging.getLogger(__name__)
 PRIORITY_HEADER = "x-pdserve-priority"
@@ -106,7 +112,16 @@ class Proxy:
     def _use_prefill(self, body: dict[str, Any], path: str, decode: str) -> bool:
         if not self.prefill.configured or self.decode.workers[decode].kv_address is None:
             return False
-        return estimate_tokens(prompt_text(body, path)) >= self.config.short_prompt_threshold
+        if estimate_tokens(prompt_text(body, path)) < self.config.short_prompt_threshold:
+            return False
+        if not self._prefill_peers(decode):
+            self.metrics.no_prefill_peer.inc()  # decode prefills it itself
+            return False
+        return True
+
+    def _prefill_peers(self, decode: str) -> dict[str, WorkerLoad]:
+        """The ready prefill workers of the decode worker's model."""
+        return same_model(self.prefill.healthy_loads(), self.decode.workers[decode].load.identity)
 
     async def _prefill(self, path: str, body: dict[str, Any], headers: dict[str, str],
                        hashes: list[int], decode: str) -> web.Response | None:
@@ -116,7 +131,7 @@ class Proxy:
         assert kv_target is not None
         tried: set[str] = set()
         for attempt in range(MAX_PREFILL_ATTEMPTS):
-            worker = self.prefill_policy.choose(self.prefill.healthy_loads(), hashes,
+            worker = self.prefill_policy.choose(self._prefill_peers(decode), hashes,
                                                 frozenset(tried))
             if worker is None:
                 break

@@ -37,11 +37,20 @@ class WorkerLoad:
     kv_usage: float = 0.0
     max_num_seqs: int = 0
     inflight: int = 0
+    identity: str | None = None  # the model identity's digest (from /load)
 
     @property
     def queue(self) -> int:
         # Requests sent since the last scrape are not in the scraped figures yet.
         return self.waiting + self.inflight
+
+
+def same_model(loads: dict[str, WorkerLoad], identity: str | None) -> dict[str, WorkerLoad]:
+    """The workers whose KV another worker of model `identity` can use: equal digests only, so
+    during a rolling update old prefill pairs with old decode and new with new."""
+    if identity is None:
+        return {}
+    return {address: load for address, load in loads.items() if load.identity == identity}
 
 
 def estimate_tokens(text: str) -> int:

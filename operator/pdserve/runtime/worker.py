@@ -10,7 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from pdserve.runtime.checkpoints.generation import read_generation_defaults
-from pdserve.runtime.devices.resolve import torch_threads
+from pdserve.runtime.checkpoints.identity import model_identity
+from pdserve.runtime.devices.resolve import dtype_name, torch_threads
 from pdserve.runtime.engine.async_engine import AsyncEngine
 from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine
 from pdserve.runtime.serving.server import WorkerState, create_app, serve
@@ -38,6 +39,9 @@ async def load_engine(state: WorkerState) -> None:
         log.warning("generation_config.json sets %s, which pdserve's sampler does not apply",
                     ", ".join(state.generation_defaults.not_applied))
     state.max_model_len = engine.max_model_len
+    state.model_identity = model_identity(engine.model_path, dtype_name(engine.dtype),
+                                          engine.config.block_size)
+    log.info("model identity %s (%s)", state.model_identity.digest, state.model_identity)
     state.engine = AsyncEngine(engine)
     state.engine.start()
 

@@ -140,7 +140,8 @@ async def start_receiver(app: web.Application, state: WorkerState) -> None:
     transfers = DecodeTransfers(state.engine, state.metrics, settings["kv_timeout"],
                                 asyncio.get_running_loop())
     server = KVReceiverServer(state.engine.engine.kv_pool, transfers, settings["host"],
-                              settings["kv_port"], timeout=settings["kv_timeout"])
+                              settings["kv_port"], identity=state.model_identity,
+                              timeout=settings["kv_timeout"])
     server.start()
     app[TRANSFERS].append(transfers)
     app[RECEIVER].append(server)

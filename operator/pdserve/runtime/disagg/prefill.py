@@ -93,6 +93,7 @@ async def push(sender: KVSender, state: WorkerState, request_id: str, offer: Off
 async def start_sender(app: web.Application, state: WorkerState) -> None:
     settings: dict[str, Any] = state.settings
     app[SENDER].append(KVSender(state.engine.engine.kv_pool, settings["kv_transport"],
+                                identity=state.model_identity,
                                 timeout=settings["kv_timeout"]))
 
 

@@ -1,7 +1,9 @@
 """`GET /load` on prefill and decode workers: what the router routes by, as one small JSON.
 
 {"ready", "role", "kv_port" (decode: where prefill workers push KV; null elsewhere),
- "num_waiting", "num_running", "kv_usage", "num_free_blocks", "num_blocks", "max_num_seqs"}
+ "identity" (the model identity's digest: the router pairs prefill and decode workers whose
+ digests are equal), "num_waiting", "num_running", "kv_usage", "num_free_blocks",
+ "num_blocks", "max_num_seqs"}
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ async def load_handler(request: web.Request) -> web.Response:
     body: dict[str, object] = {"ready": ready, "role": state.role, "kv_port": kv_port or None}
     if state.loaded:
         stats = state.engine.stats
-        body.update(num_waiting=stats.num_waiting, num_running=stats.num_running,
+        body.update(identity=state.model_identity.digest, num_waiting=stats.num_waiting,
+                    num_running=stats.num_running,
                     kv_usage=stats.kv_usage, num_free_blocks=stats.num_free_blocks,
                     num_blocks=stats.num_blocks,
                     max_num_seqs=state.engine.engine.config.max_num_seqs)

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from pdserve.runtime.checkpoints.generation import GenerationDefaults
+from pdserve.runtime.checkpoints.identity import ModelIdentity
 from pdserve.runtime.engine.async_engine import AsyncEngine, EngineDeadError
 from pdserve.runtime.serving.metrics import WorkerMetrics
 from pdserve.runtime.serving.openai_protocol import RequestError, error_body
@@ -35,8 +36,8 @@ class WorkerState:
     """Everything the handlers share; one per worker process.
 
     The HTTP server starts before the model is loaded (so liveness holds during a long load);
-    `engine`, `tokenizer`, `generation_defaults` and `max_model_len` are set by the loader, then
-    `loaded` turns true.
+    `engine`, `tokenizer`, `generation_defaults`, `max_model_len` and `model_identity` are set
+    by the loader, then `loaded` turns true.
     """
 
     served_model_name: str
@@ -46,6 +47,7 @@ class WorkerState:
     tokenizer: Any = field(init=False)
     generation_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     max_model_len: int = field(init=False)
+    model_identity: ModelIdentity = field(init=False)  # what KV peers must share
     metrics: WorkerMetrics = field(init=False)
     # Run after the engine is up and before /ready turns 200 (e.g. a role's KV listener).
     on_loaded: list[Callable[[WorkerState], Awaitable[None]]] = field(default_factory=list)

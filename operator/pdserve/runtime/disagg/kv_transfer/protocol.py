@@ -4,8 +4,8 @@ Every frame is a 9-byte header (kind: u8, payload length: u64, network order) an
 JSON for control messages, raw tensor bytes for DATA. One connection carries one handshake and
 then any number of transfers, one at a time:
 
-    prefill -> decode   HELLO  {version, transport, layout}
-    decode  -> prefill  ACCEPT {layout}
+    prefill -> decode   HELLO  {version, transport, layout, model}
+    decode  -> prefill  ACCEPT {layout, model}
     per transfer:
     prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token, params, priority,
                                first_logprobs}
@@ -13,7 +13,8 @@ then any number of transfers, one at a time:
     prefill -> decode   DATA... (tcp only)  DONE {bytes}
     decode  -> prefill  ACK    {}
 
-Either side may answer ERROR {message} instead; a mismatched layout is refused at HELLO.
+Either side may answer ERROR {message} instead; a mismatched layout or model (the identity of
+checkpoints/identity.py: weights, tokenizer, dtype, block size) is refused at HELLO.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Any
+
+from pdserve.runtime.checkpoints.identity import ModelIdentity
+from pdserve.runtime.checkpoints.identity import differences as identity_differences
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!BQ")
@@ -41,6 +45,11 @@ class KVTransferError(RuntimeError):
 
 class LayoutMismatchError(KVTransferError):
     """The two KV pools differ in layout, dtype or block size: their blocks are not exchangeable."""
+
+
+class ModelMismatchError(KVTransferError):
+    """The two workers serve different models (weights, tokenizer, dtype or block size): KV of
+    one is garbage to the other, even where the layouts agree."""
 
 
 @dataclass
@@ -79,6 +88,18 @@ def layout_dict(layout: Any) -> dict[str, Any]:
     for name in LAYOUT_FIELDS[:-1]:
         out[name] = int(out[name])
     return out
+
+
+def check_model(local: ModelIdentity, remote: Any, local_role: str) -> None:
+    """Refuse a peer of another model (`remote`: the identity JSON it sent; `local_role`:
+    prefill or decode, to name the sides in the message)."""
+    peer_role = "prefill" if local_role == "decode" else "decode"
+    differences = identity_differences(local, ModelIdentity.from_json(remote),
+                                       (local_role, peer_role))
+    if differences:
+        raise ModelMismatchError("model mismatch between prefill and decode workers ("
+                                 + "; ".join(differences) + "): they serve different models, "
+                                 "e.g. old and new pods of a rolling update")
 
 
 def check_layout(local: dict[str, Any], remote: dict[str, Any]) -> None:
@@ -140,7 +161,11 @@ class FramedSocket:
         payload = self.recv_payload(length)
         if kind == ERROR:
             message = json.loads(payload).get("message", "unknown error")
-            error = LayoutMismatchError if "layout mismatch" in message else KVTransferError
+            error: type[KVTransferError] = KVTransferError
+            if "layout mismatch" in message:
+                error = LayoutMismatchError
+            elif "model mismatch" in message:
+                error = ModelMismatchError
             raise error(f"peer refused: {message}")
         if kind != expect:
             raise KVTransferError(f"expected {KIND_NAMES[expect]}, got {KIND_NAMES[kind]}")

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Protocol
 
+from pdserve.runtime.checkpoints.identity import ModelIdentity
 from pdserve.runtime.disagg.kv_transfer.protocol import (
     ACCEPT,
     ACK,
@@ -28,6 +29,7 @@ from pdserve.runtime.disagg.kv_transfer.protocol import (
     KVTransferError,
     Offer,
     check_layout,
+    check_model,
     layout_dict,
 )
 from pdserve.runtime.disagg.kv_transfer.transport import KVPool, Transport, make_transport
@@ -49,12 +51,13 @@ class ReceiverHooks(Protocol):
 
 
 class KVReceiverServer:
-    def __init__(self, pool: KVPool, hooks: ReceiverHooks, host: str, port: int,
-                 timeout: float = 30.0) -> None:
+    def __init__(self, pool: KVPool, hooks: ReceiverHooks, host: str, port: int, *,
+                 identity: ModelIdentity, timeout: float = 30.0) -> None:
         self.pool = pool
         self.hooks = hooks
         self.timeout = timeout
         self.layout = layout_dict(pool.layout)
+        self.identity = identity
         self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
         self.port = self._listener.getsockname()[1]
         self._thread = threading.Thread(target=self._accept_loop, name="pdserve-kv-accept",
@@ -98,6 +101,7 @@ class KVReceiverServer:
                 raise KVTransferError(f"protocol version {hello.get('version')} is not "
                                       f"{PROTOCOL_VERSION}")
             check_layout(self.layout, hello.get("layout", {}))
+            check_model(self.identity, hello.get("model"), "decode")
             transport = make_transport(str(hello.get("transport")))
             problem = transport.unusable_with(self.pool)
             if problem:
@@ -105,7 +109,7 @@ class KVReceiverServer:
         except (KVTransferError, ValueError) as exc:
             framed.send_error(str(exc))
             raise KVTransferError(str(exc)) from exc
-        framed.send_json(ACCEPT, {"layout": self.layout})
+        framed.send_json(ACCEPT, {"layout": self.layout, "model": self.identity.to_json()})
         transport.on_accept(framed, self.pool)
         return transport
 

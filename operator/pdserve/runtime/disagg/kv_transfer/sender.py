@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from pdserve.runtime.checkpoints.identity import ModelIdentity
 from pdserve.runtime.disagg.kv_transfer.protocol import (
     ACCEPT,
     ACK,
@@ -27,6 +28,7 @@ from pdserve.runtime.disagg.kv_transfer.protocol import (
     KVTransferError,
     Offer,
     check_layout,
+    check_model,
     layout_dict,
 )
 from pdserve.runtime.disagg.kv_transfer.transport import KVPool, Transport, make_transport
@@ -52,9 +54,11 @@ class _Connection:
 
 
 class KVSender:
-    def __init__(self, pool: KVPool, transport: str = "tcp", timeout: float = 30.0) -> None:
+    def __init__(self, pool: KVPool, transport: str = "tcp", *, identity: ModelIdentity,
+                 timeout: float = 30.0) -> None:
         make_transport(transport)  # unknown names fail here, at startup
         self.pool = pool
+        self.identity = identity
         self.transport = transport
         self.timeout = timeout
         self._idle: dict[str, list[_Connection]] = {}
@@ -156,9 +160,10 @@ class KVSender:
         try:
             local = layout_dict(self.pool.layout)
             framed.send_json(HELLO, {"version": PROTOCOL_VERSION, "transport": self.transport,
-                                     "layout": local})
+                                     "layout": local, "model": self.identity.to_json()})
             accept = framed.recv_json(ACCEPT)
             check_layout(local, accept.get("layout", {}))
+            check_model(self.identity, accept.get("model"), "prefill")
             transport.on_accepted(framed, self.pool)
         except (OSError, KVTransferError):
             framed.close()

@@ -1,0 +1,84 @@
+"""Only workers of one model exchange KV, with real processes and two tiny checkpoints of the
+same shape (one KV layout) but different weights, as during a rolling update from one model to
+the next: the router pairs prefill only with decode workers of its model (the identity digest
+of `/load`), so a request served by the other model's decode worker is prefilled there; every
+answer is one model's own greedy output, never a mix; a push across models is refused at the
+handshake, naming what differs, before any block is written."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from test_disagg_e2e import prompt
+
+from e2e.local_processes import http_get, metric, router, running, wait_for_tiers, worker
+from pdserve.runtime.checkpoints.builtin import init_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    old = str(init_model(models / "old", tie_word_embeddings=False))
+    new = str(init_model(models / "new", tie_word_embeddings=True))
+    logs = tmp_path_factory.mktemp("logs")
+    prefill_old = worker("prefill", old, logs)
+    decode_old, decode_new = worker("decode", old, logs), worker("decode", new, logs)
+    with running(prefill_old, decode_old, decode_new):
+        gateway = router([prefill_old], [decode_old, decode_new], logs,
+                         "--short-prompt-threshold", "0", "--routing-policy", "round-robin")
+        with running(gateway):
+            wait_for_tiers(gateway)
+            yield {"prefill": prefill_old, "old": decode_old, "new": decode_new,
+                   "router": gateway}
+
+
+def _load(process) -> dict:
+    return json.loads(http_get(process.url + "/load")[1])
+
+
+async def _complete(session, url, text, headers=None):
+    body = {"model": "tiny", "prompt": text, "max_tokens": 8, "temperature": 0}
+    async with session.post(url + "/v1/completions", json=body, headers=headers or {}) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_answers_are_one_models_own_and_never_a_mix(stack):
+    assert _load(stack["prefill"])["identity"] == _load(stack["old"])["identity"]
+    assert _load(stack["old"])["identity"] != _load(stack["new"])["identity"]
+    prompts = [prompt(i) for i in range(24)]
+    async with aiohttp.ClientSession() as session:
+        # Asked directly, a decode worker prefills itself: each model's reference output.
+        references = {}
+        for name in ("old", "new"):
+            answers = await asyncio.gather(*(_complete(session, stack[name].url, p)
+                                             for p in prompts))
+            references[name] = [body["choices"][0]["text"] for _, body in answers]
+        assert references["old"] != references["new"]
+        pushed = metric(stack["prefill"].url, "pdserve_kv_transfer_bytes_total")
+        answers = await asyncio.gather(*(_complete(session, stack["router"].url, p)
+                                         for p in prompts))
+    assert all(status == 200 for status, _ in answers), answers
+    for i, (_, body) in enumerate(answers):
+        assert body["choices"][0]["text"] in (references["old"][i], references["new"][i]), i
+    # Round-robin sends half to each decode worker: the old half through the prefill tier,
+    # the new half straight to decode (no prefill worker of its model).
+    assert metric(stack["prefill"].url, "pdserve_kv_transfer_bytes_total") > pushed
+    assert metric(stack["router"].url, "pdserve_router_no_prefill_peer_total") >= 1
+    assert metric(stack["new"].url, "pdserve_kv_transfer_failures_total") == 0
+
+
+async def test_a_push_to_another_models_decode_worker_is_refused(stack):
+    target = f"127.0.0.1:{_load(stack['new'])['kv_port']}"
+    async with aiohttp.ClientSession() as session:
+        status, body = await _complete(session, stack["prefill"].url, prompt(40), {
+            "x-pdserve-transfer-id": "cross-model", "x-pdserve-kv-target": target})
+    assert status == 502
+    assert "model mismatch" in body["error"]["message"]
+    assert "weights: decode" in body["error"]["message"]
+    stats = json.loads(http_get(stack["new"].url + "/debug/engine")[1])
+    assert stats["num_free_blocks"] == stats["num_blocks"]  # nothing reserved or written
