@@ -44,6 +44,21 @@ def _follower_node(model_dir, rendezvous: str, log_path) -> subprocess.Popen[byt
         start_new_session=True)
 
 
+def _two_nodes(model_dir, tmp_path) -> tuple[WorkerProcess, subprocess.Popen[bytes]]:
+    """Node 1, then node 0 (engine + HTTP) once it answers /ready: one TP=2 replica."""
+    rendezvous = f"127.0.0.1:{free_port()}"
+    follower = _follower_node(model_dir, rendezvous, tmp_path / "node1.log")
+    leader = WorkerProcess(model_dir, *_replica_args(0, rendezvous),
+                           log_path=tmp_path / "node0.log")
+    try:
+        leader.wait_ready(timeout=180)
+    except BaseException:
+        leader.stop()
+        _kill_node(follower)
+        raise
+    return leader, follower
+
+
 def _kill_node(node: subprocess.Popen[bytes]) -> None:
     """As a pod dies: every process of the node at once."""
     with contextlib.suppress(ProcessLookupError):
@@ -72,12 +87,8 @@ def test_a_replica_over_two_nodes_answers_as_one_worker_and_stops_cleanly(model_
         expected = _ask(single)
     finally:
         single.stop()
-    rendezvous = f"127.0.0.1:{free_port()}"
-    follower = _follower_node(model_dir, rendezvous, tmp_path / "node1.log")
-    leader = WorkerProcess(model_dir, *_replica_args(0, rendezvous),
-                           log_path=tmp_path / "node0.log")
+    leader, follower = _two_nodes(model_dir, tmp_path)
     try:
-        leader.wait_ready(timeout=180)
         assert _ask(leader) == expected
         assert follower.poll() is None
     finally:
@@ -92,12 +103,8 @@ def test_a_replica_over_two_nodes_answers_as_one_worker_and_stops_cleanly(model_
 
 @pytest.mark.timeout(300)
 def test_losing_a_follower_node_makes_the_leader_unhealthy(model_dir, tmp_path):
-    rendezvous = f"127.0.0.1:{free_port()}"
-    follower = _follower_node(model_dir, rendezvous, tmp_path / "node1.log")
-    leader = WorkerProcess(model_dir, *_replica_args(0, rendezvous),
-                           log_path=tmp_path / "node0.log")
+    leader, follower = _two_nodes(model_dir, tmp_path)
     try:
-        leader.wait_ready(timeout=180)
         assert _health(leader) == 200
         _kill_node(follower)
         client = openai.OpenAI(base_url=leader.base_url + "/v1", api_key="unused",
