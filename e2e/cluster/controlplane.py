@@ -257,10 +257,7 @@ def _up_node(state: ClusterState, api_port: int, api: _Api, start: Any, say: Any
     processes.wait_for(lambda: node.containerd_ready(bins, paths), NODE_START_TIMEOUT_S,
                        "containerd", state.pids, logs)
     node.import_pause_image(bins, paths)
-    kubectl = [state.kubectl, f"--kubeconfig={state.kubeconfig}"]
-    subprocess.run([*kubectl, "apply", "--server-side", "--field-manager=pdserve-e2e", "-f", "-"],
-                   input=yaml.safe_dump_all(node_configs.dns_objects()), text=True,
-                   capture_output=True, check=True, timeout=60)
+    _apply(state, node_configs.dns_objects())
     for name in ("kubelet", "kube-proxy", "coredns"):
         start(name, args=args)
     processes.wait_for(lambda: _nodes_ready(api, {node_identity.NODE_NAME}),
@@ -273,24 +270,36 @@ def _up_node(state: ClusterState, api_port: int, api: _Api, start: Any, say: Any
 def _up_lws(state: ClusterState, ports: dict[str, int], api: _Api, start: Any) -> None:
     """The LeaderWorkerSet API: its CRD, its webhooks, then its controller; returns once the
     webhooks answer."""
-    kubectl = [state.kubectl, f"--kubeconfig={state.kubeconfig}"]
-    objects = [yaml.safe_load(lws.crd_path().read_text()),
-               *lws.webhook_objects(Path(state.state_dir) / "pki" / "ca.crt",
-                                    ports["lws-webhook"])]
-    subprocess.run([*kubectl, "apply", "--server-side", "--field-manager=pdserve-e2e", "-f", "-"],
-                   input=yaml.safe_dump_all(objects), text=True, capture_output=True,
-                   check=True, timeout=60)
-    # The controller watches the kind from its start: the CRD must be served first.
-    subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/leaderworkersets.leaderworkerset.x-k8s.io"],
-                   text=True, capture_output=True, check=True, timeout=90)
-    start(lws.BINARY)
+    _apply(state, [yaml.safe_load(lws.crd_path().read_text()),
+                   *lws.webhook_objects(Path(state.state_dir) / "pki" / "ca.crt",
+                                        ports["lws-webhook"])])
     logs = Path(state.state_dir) / "logs"
+    # The controller watches the kind from its start: the CRD must be served first.
+    processes.wait_for(lambda: _crd_established(api, lws.CRD_NAME), START_TIMEOUT_S,
+                       f"CRD {lws.CRD_NAME} Established", state.pids, logs)
+    start(lws.BINARY)
     processes.wait_for(lambda: _http_ok(f"http://127.0.0.1:{ports['lws-health']}/readyz"),
                        START_TIMEOUT_S, "the LeaderWorkerSet controller /readyz", state.pids,
                        logs)
     processes.wait_for(lambda: _port_open(ports["lws-webhook"]), START_TIMEOUT_S,
                        "the LeaderWorkerSet webhooks", state.pids, logs)
+
+
+def _apply(state: ClusterState, objects: list[dict[str, Any]]) -> None:
+    """Server-side apply as the e2e tooling; a refusal raises with kubectl's own message."""
+    done = subprocess.run(
+        [state.kubectl, f"--kubeconfig={state.kubeconfig}", "apply", "--server-side",
+         "--field-manager=pdserve-e2e", "-f", "-"],
+        input=yaml.safe_dump_all(objects), text=True, capture_output=True, timeout=60)
+    if done.returncode != 0:
+        raise processes.ProcessError(
+            f"kubectl apply failed ({done.returncode}): {done.stderr.strip()}")
+
+
+def _crd_established(api: _Api, name: str) -> bool:
+    crd = api.json(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+    conditions = (crd or {}).get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
 def _port_open(port: int) -> bool:

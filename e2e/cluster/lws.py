@@ -15,6 +15,7 @@ import yaml
 from e2e.cluster.versions import component, module_files_dir
 
 BINARY = "lws-controller"
+CRD_NAME = "leaderworkersets.leaderworkerset.x-k8s.io"
 CRD_FILE = "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
 # The pod webhooks see only pods of a LeaderWorkerSet (as in the release's manifests).
 _LWS_PODS = {"matchExpressions": [{"key": "leaderworkerset.sigs.k8s.io/name",
