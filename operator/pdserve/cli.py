@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "router": ("pdserve.router.cli", "run the OpenAI-compatible router"),
     "operator": ("pdserve.controller.cli", "run the LLMService operator (kopf)"),
     "crds": ("pdserve.api.cli", "write the CRD YAML generated from the API models"),
+    "plan": ("pdserve.planning.cli",
+             "choose accelerators, chips per pod and the P/D split for a workload, with cost"),
 }
 
 

@@ -1,7 +1,10 @@
 """Accelerator kinds and the scheduling facts behind them: the one table in code.
 
 The controller turns an accelerator kind into a resource request, node selector and tolerations;
-the planner reads the performance figures (public vendor numbers, dense bf16, see FACTS.md).
+the planner and `pdserve plan` read the performance figures and prices. Sources: the vendors'
+data sheets (dense figures, no sparsity), cloud list prices (on-demand, USD, us-central1, late
+2026: assumptions that a `pdserve plan --catalog` file replaces), and for `cpu` the project's
+own 2-core build machines (bench/results/runtime.md).
 """
 
 from __future__ import annotations
@@ -41,14 +44,21 @@ class AcceleratorFacts:
     tolerations: tuple[Toleration, ...]
     device: Literal["cuda", "cpu", "xla"]
     peak_bf16_flops: float
+    # None: no fp8 matmul units (pdserve plan then offers the kind for bf16 only).
+    peak_fp8_flops: float | None
     memory_bandwidth_bytes_per_s: float
     memory_bytes: float
+    # Chips of one node (one TPU host): the most a single-node pod can hold.
+    chips_per_node: int
     # Chip-to-chip bandwidth within a node, one direction (NVLink, PCIe, TPU ICI): what a
     # tensor-parallel all-reduce moves over.
     link_bytes_per_s: float
-    # Network between nodes per chip, one direction (its share of the node's NICs): what a
-    # replica spanning nodes (accelerator.nodes > 1) all-reduces over. None: not served.
-    scale_out_bytes_per_s: float | None
+    # Network between nodes per chip, one direction (its share of the node's NICs): what the
+    # KV handoff between pods and a replica spanning nodes (accelerator.nodes > 1) move over.
+    network_bytes_per_s: float
+    # Whether one replica may span nodes (TPU: single-host slices only).
+    spans_nodes: bool
+    price_per_chip_hour: float
     topologies: dict[str, int] = field(default_factory=dict)
     # The worker image's variant for this family (its tag + suffix: the TPU image holds
     # torch_xla, see the Dockerfile) and the environment its runtime needs.
@@ -63,53 +73,62 @@ _GB = 1e9
 
 
 def _gpu(
-    kind: str, gke_label: str, flops: float, bandwidth: float, memory: float, link: float,
-    scale_out: float,
+    kind: str, gke_label: str, flops: float, fp8: float | None, bandwidth: float,
+    memory: float, link: float, network: float, price: float,
 ) -> AcceleratorFacts:
     return AcceleratorFacts(
         kind=kind, family="gpu", resource_name=GPU_RESOURCE,
         node_labels={GKE_ACCELERATOR_LABEL: gke_label}, tolerations=(_GPU_TOLERATION,),
         device="cuda", peak_bf16_flops=flops * _TERA,
+        peak_fp8_flops=None if fp8 is None else fp8 * _TERA,
         memory_bandwidth_bytes_per_s=bandwidth * _TERA, memory_bytes=memory * _GB,
-        link_bytes_per_s=link * _GB, scale_out_bytes_per_s=scale_out * _GB,
+        chips_per_node=8, link_bytes_per_s=link * _GB, network_bytes_per_s=network * _GB,
+        spans_nodes=True, price_per_chip_hour=price,
     )
 
 
 def _tpu(
     kind: str, gke_label: str, flops: float, bandwidth: float, memory: float, link: float,
+    network: float, price: float,
 ) -> AcceleratorFacts:
     # torch_xla on PJRT's TPU backend, which finds the host's chips itself (a single-host
     # slice needs no worker ids or hostnames); compiled graphs persist on the cache volume.
     return AcceleratorFacts(
         kind=kind, family="tpu", resource_name=TPU_RESOURCE,
         node_labels={GKE_TPU_ACCELERATOR_LABEL: gke_label}, tolerations=(_TPU_TOLERATION,),
-        device="xla", peak_bf16_flops=flops * _TERA,
+        device="xla", peak_bf16_flops=flops * _TERA, peak_fp8_flops=None,
         memory_bandwidth_bytes_per_s=bandwidth * _TERA, memory_bytes=memory * _GB,
-        link_bytes_per_s=link * _GB, scale_out_bytes_per_s=None,  # single-host slices only
+        chips_per_node=max(TPU_SINGLE_HOST_TOPOLOGIES.values()), link_bytes_per_s=link * _GB,
+        network_bytes_per_s=network * _GB, spans_nodes=False, price_per_chip_hour=price,
         topologies=dict(TPU_SINGLE_HOST_TOPOLOGIES),
         image_tag_suffix="-tpu",
         worker_env={"PJRT_DEVICE": "TPU", "PDSERVE_XLA_CACHE_DIR": "/cache/xla"},
     )
 
 
-# Figures per device (per chip for TPUs): bf16 dense peak TFLOP/s, memory TB/s, memory GB,
-# chip-to-chip link GB/s one way (NVLink 4: 900 bidirectional -> 450; NVLink 3: 600 -> 300;
-# L4: PCIe Gen4 x16, 32; TPU ICI per chip: v5e 1,600 Gbit/s -> 200, v6e 3,584 -> 448);
-# between nodes, GB/s per GPU one way: H100/H200 one 400 Gbit/s NIC per GPU -> 50, A100 one
-# 200 Gbit/s NIC per GPU -> 25, L4 a 100 Gbit/s node NIC shared by 8 GPUs -> 1.5.
+# Figures per device (per chip for TPUs): bf16 and fp8 dense peak TFLOP/s, memory TB/s,
+# memory GB, chip-to-chip link GB/s one way (NVLink 4: 900 bidirectional -> 450; NVLink 3:
+# 600 -> 300; L4: PCIe Gen4 x16, 32; TPU ICI per chip: v5e 1,600 Gbit/s -> 200, v6e 3,584 ->
+# 448); network GB/s per chip one way: H100/H200 one 400 Gbit/s NIC per GPU -> 50, A100 one
+# 200 Gbit/s NIC per GPU -> 25, L4 a 100 Gbit/s node NIC shared by 8 GPUs -> 1.5, TPU hosts
+# 200 (v5e) / 400 (v6e) Gbit/s shared by 8 chips -> 3.1 / 6.25 (assumed); list price per
+# chip-hour, USD: GCP a3-highgpu (H100) 88/8 -> 11.0, H200 assumed 13.0, a2-ultragpu-1g (A100
+# 80 GB) 5.07, g2-standard-8 (L4) 0.85, TPU v5e 1.20 and v6e 2.70 per chip, a 2-vCPU node 0.07.
 ACCELERATORS: dict[str, AcceleratorFacts] = {
-    "nvidia-h100": _gpu("nvidia-h100", "nvidia-h100-80gb", 989, 3.35, 80, 450, 50),
-    "nvidia-h200": _gpu("nvidia-h200", "nvidia-h200-141gb", 989, 4.8, 141, 450, 50),
-    "nvidia-a100": _gpu("nvidia-a100", "nvidia-a100-80gb", 312, 2.0, 80, 300, 25),
-    "nvidia-l4": _gpu("nvidia-l4", "nvidia-l4", 121, 0.3, 24, 32, 1.5),
-    "tpu-v5e": _tpu("tpu-v5e", "tpu-v5-lite-podslice", 197, 0.819, 16, 200),
-    "tpu-v6e": _tpu("tpu-v6e", "tpu-v6e-slice", 918, 1.64, 32, 448),
-    # Measured on the project's 2-core build machines (FACTS.md): fp32 matmul ~200 GFLOP/s.
+    "nvidia-h100": _gpu("nvidia-h100", "nvidia-h100-80gb", 989, 1979, 3.35, 80, 450, 50, 11.0),
+    "nvidia-h200": _gpu("nvidia-h200", "nvidia-h200-141gb", 989, 1979, 4.8, 141, 450, 50, 13.0),
+    "nvidia-a100": _gpu("nvidia-a100", "nvidia-a100-80gb", 312, None, 2.0, 80, 300, 25, 5.07),
+    "nvidia-l4": _gpu("nvidia-l4", "nvidia-l4", 121, 242, 0.3, 24, 32, 1.5, 0.85),
+    "tpu-v5e": _tpu("tpu-v5e", "tpu-v5-lite-podslice", 197, 0.819, 16, 200, 3.1, 1.20),
+    "tpu-v6e": _tpu("tpu-v6e", "tpu-v6e-slice", 918, 1.64, 32, 448, 6.25, 2.70),
+    # The project's 2-core build machines: fp32 matmul ~200 GFLOP/s (bench/results/runtime.md),
+    # memory streaming ~20 GB/s, Python loopback TCP ~4 GB/s between processes.
     "cpu": AcceleratorFacts(
         kind="cpu", family="cpu", resource_name=None, node_labels={}, tolerations=(),
-        device="cpu", peak_bf16_flops=0.2 * _TERA, memory_bandwidth_bytes_per_s=0.02 * _TERA,
-        memory_bytes=16 * _GB, link_bytes_per_s=4 * _GB,  # loopback TCP (FACTS.md)
-        scale_out_bytes_per_s=1.25 * _GB,  # 10 Gbit/s Ethernet
+        device="cpu", peak_bf16_flops=0.2 * _TERA, peak_fp8_flops=None,
+        memory_bandwidth_bytes_per_s=0.02 * _TERA, memory_bytes=16 * _GB, chips_per_node=1,
+        link_bytes_per_s=4 * _GB, network_bytes_per_s=1.25 * _GB,  # 10 Gbit/s Ethernet
+        spans_nodes=True, price_per_chip_hour=0.07,
     ),
 }
 

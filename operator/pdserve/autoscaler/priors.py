@@ -34,9 +34,9 @@ CPU_PRIOR = CapacityPrior(prefill_tokens_per_second=2000.0, decode_tokens_per_se
 def _link(facts: AcceleratorFacts, nodes: int) -> float:
     if nodes == 1:
         return facts.link_bytes_per_s
-    if facts.scale_out_bytes_per_s is None:
+    if not facts.spans_nodes:
         raise ValueError(f"{facts.kind} replicas do not span nodes")
-    return min(facts.link_bytes_per_s, facts.scale_out_bytes_per_s)
+    return min(facts.link_bytes_per_s, facts.network_bytes_per_s)
 
 
 def _all_reduces(facts: AcceleratorFacts, chips: int, tokens: int, nodes: int = 1) -> float:

@@ -1,0 +1,116 @@
+"""`pdserve plan`: which accelerators, how many chips a pod, which prefill:decode split, and
+what it costs, for a model and a workload at a rate and latency targets."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from pdserve.planning.catalog import load_catalog
+from pdserve.planning.output import Plan, Ranked, render
+from pdserve.planning.search import (
+    Targets,
+    best_floor,
+    candidates,
+    goodput,
+    pod_shapes,
+    resize,
+)
+from pdserve.planning.shapes import PlanInputError, resolve_shape
+from pdserve.planning.workload import BUILTIN_WORKLOADS, load_workload
+
+SHOWN_CANDIDATES = 8
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise PlanInputError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pdserve plan", description=__doc__)
+    p.add_argument("--model", required=True,
+                   help="a Hugging Face model directory (its config.json) or a known shape name")
+    p.add_argument("--dtype", choices=("bfloat16", "float8"), default="bfloat16")
+    p.add_argument("--workload", required=True,
+                   help=f"{'|'.join(BUILTIN_WORKLOADS)} or a YAML/JSON workload file")
+    p.add_argument("--rate", type=float, required=True, help="requests per second")
+    p.add_argument("--ttft-ms", type=float, required=True, help="time-to-first-token target")
+    p.add_argument("--tpot-ms", type=float, required=True, help="time-per-output-token target")
+    p.add_argument("--attainment", type=float, default=0.9,
+                   help="share of requests that must meet both targets (default 0.9)")
+    p.add_argument("--catalog", type=Path, help="YAML/JSON accelerator catalogue file")
+    p.add_argument("--growth", default="1,2,5",
+                   help="rate multiples for the growth table (default 1,2,5)")
+    p.add_argument("--max-cost-per-hour", type=float, help="only candidates at most this")
+    p.add_argument("--disaggregation", choices=("auto", "disaggregated", "aggregated"),
+                   default="auto", help="consider P/D, aggregated or both (default)")
+    p.add_argument("--output", choices=("table", "json", "yaml"), default="table")
+    p.add_argument("--name", default=None,
+                   help="the LLMService's name for --output yaml (default: the workload's)")
+    return p
+
+
+def _positive(value: float, flag: str) -> float:
+    if not value > 0 or value != value or value == float("inf"):
+        raise PlanInputError(f"{flag} must be a positive number, not {value}")
+    return value
+
+
+def _growth(text: str) -> list[float]:
+    try:
+        multiples = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise PlanInputError(f"--growth: expected numbers separated by commas, not {text!r}"
+                             ) from None
+    for multiple in multiples:
+        _positive(multiple, "--growth")
+    return multiples
+
+
+def _name(given: str | None, workload: str) -> str:
+    name = given or re.sub(r"[^a-z0-9-]+", "-", workload.lower()).strip("-")[:63] or "llm"
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
+        raise PlanInputError(f"--name {name!r} is not a DNS label (lower case, digits, '-')")
+    return name
+
+
+def plan(argv: list[str]) -> tuple[Plan, str, str]:
+    args = _parser().parse_args(argv)
+    rate = _positive(args.rate, "--rate")
+    targets = Targets(_positive(args.ttft_ms, "--ttft-ms") / 1e3,
+                      _positive(args.tpot_ms, "--tpot-ms") / 1e3, args.attainment)
+    if not 0 < args.attainment < 1:
+        raise PlanInputError(f"--attainment must be in (0, 1), not {args.attainment}")
+    if args.max_cost_per_hour is not None:
+        _positive(args.max_cost_per_hour, "--max-cost-per-hour")
+    multiples = _growth(args.growth)
+    shape = resolve_shape(args.model)
+    workload = load_workload(args.workload)
+    catalog = load_catalog(args.catalog)
+    shapes = pod_shapes(catalog, shape, args.dtype, workload)
+    found = candidates(shapes, workload, rate, targets, args.disaggregation,
+                       args.max_cost_per_hour)
+    if not found:
+        budget = (f" within ${args.max_cost_per_hour:g}/hour"
+                  if args.max_cost_per_hour is not None else "")
+        raise PlanInputError(f"no configuration meets the targets{budget}: "
+                             f"{best_floor(shapes, workload, rate, targets)}")
+    ranked = [Ranked(c, goodput(c, workload, targets)) for c in found[:SHOWN_CANDIDATES]]
+    growth = [(m, resize(found[0], workload, rate * m, targets)) for m in multiples]
+    name = _name(args.name, Path(args.workload).stem)
+    return (Plan(shape, args.dtype, workload, rate, targets, ranked, growth), args.output,
+            name)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        result, output, name = plan(argv)
+        text = render(result, output, name)
+    except PlanInputError as bad:
+        print(f"pdserve plan: {bad}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
