@@ -25,6 +25,9 @@ GKE_TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
 # pdserve runs one pod per TPU host, so only single-host slice shapes are served; the pod asks
 # for every chip of the slice.
 TPU_SINGLE_HOST_TOPOLOGIES: dict[str, int] = {"1x1": 1, "2x2": 4, "2x4": 8}
+# The chips one XLA replica computes on today (the runtime refuses more, rather than leave
+# reserved chips idle): what `pdserve plan` offers on TPU.
+XLA_MAX_CHIPS_PER_REPLICA = 1
 
 
 @dataclass(frozen=True)

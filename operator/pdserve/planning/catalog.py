@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pdserve.api.accelerators import ACCELERATORS, AcceleratorFacts
+from pdserve.api.accelerators import ACCELERATORS, XLA_MAX_CHIPS_PER_REPLICA, AcceleratorFacts
 from pdserve.planning.shapes import PlanInputError
 
 _TERA = 1e12
@@ -60,8 +60,10 @@ class Accelerator(BaseModel):
 
 
 def _from_facts(facts: AcceleratorFacts) -> Accelerator:
-    if facts.topologies:
-        counts = tuple(sorted(set(facts.topologies.values())))
+    if facts.device == "xla":
+        # Only what the runtime serves (a catalogue file may offer more, for what-ifs).
+        counts = tuple(sorted(c for c in set(facts.topologies.values())
+                              if c <= XLA_MAX_CHIPS_PER_REPLICA))
     elif facts.family == "cpu":
         counts = (1,)
     else:

@@ -98,7 +98,7 @@ def plan(argv: list[str]) -> tuple[Plan, str, str]:
                   if args.max_cost_per_hour is not None else "")
         raise PlanInputError(f"no configuration meets the targets{budget}: "
                              f"{best_floor(shapes, workload, rate, targets)}")
-    ranked = [Ranked(c, goodput(c, workload, targets)) for c in found[:SHOWN_CANDIDATES]]
+    ranked = [Ranked(c, goodput(c.deployment, workload, targets)) for c in found[:SHOWN_CANDIDATES]]
     growth = [(m, resize(found[0], workload, rate * m, targets)) for m in multiples]
     name = _name(args.name, Path(args.workload).stem)
     return (Plan(shape, args.dtype, workload, rate, targets, ranked, growth), args.output,

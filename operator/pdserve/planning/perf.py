@@ -2,15 +2,18 @@
 times with calibrated efficiencies. `pdserve plan`, the planner's capacity priors and the
 simulator (bench/sim) all use this one model.
 
-prefill(tokens)  = overhead + (linear + attention FLOPs) / (chips x peak x MFU) + all-reduces
-decode step(B)   = overhead + (weights + KV read) / (chips x bandwidth x efficiency)
+prefill(tokens)  = overhead + (linear + attention FLOPs) / (chips x peak x MFU)
+                   + tokens x per-token cost + all-reduces
+decode step(B)   = overhead + roofline(memory: (weights + KV read) / (chips x bandwidth x
+                   efficiency), compute: B tokens' FLOPs / (chips x peak x MFU))
                    + B x per-sequence cost + all-reduces
+roofline         = max(memory, compute) where they overlap (GPU, TPU), else their sum (CPU)
 all-reduce       = 2 per layer over the hidden states, ring over the chips' link
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from pdserve.planning.calibration import CALIBRATION, Calibration
 from pdserve.planning.catalog import Accelerator
@@ -69,22 +72,26 @@ class ReplicaPerf:
 
     def prefill_seconds(self, new_tokens: float, attention_pairs: float) -> float:
         """`attention_pairs` = sum over prompts of (new tokens x their context length)."""
+        c = self.calibration
         flops = (self.shape.linear_flops_per_token() * new_tokens
                  + self.shape.attention_flops_per_pair() * attention_pairs)
-        rate = self.peak_flops * self.chips * self.calibration.prefill_mfu
-        return (self.calibration.prefill_overhead_seconds + flops / rate
-                + self.all_reduce_seconds(new_tokens))
+        return (c.prefill_overhead_seconds + flops / self._flop_rate()
+                + c.prefill_per_token_seconds * new_tokens + self.all_reduce_seconds(new_tokens))
 
     def decode_step_seconds(self, batch: float, context_tokens: float) -> float:
         """One step of `batch` sequences reading `context_tokens` tokens of KV in all."""
+        c = self.calibration
         read = self.weight_bytes + self.kv_bytes_per_token * context_tokens
-        bandwidth = self.bandwidth * self.chips * self.calibration.bandwidth_efficiency
-        return (self.calibration.decode_overhead_seconds + read / bandwidth
-                + self.calibration.decode_per_sequence_seconds * batch
+        memory = read / (self.bandwidth * self.chips * c.bandwidth_efficiency)
+        flops = (self.shape.decode_flops_per_token() * batch
+                 + self.shape.attention_flops_per_pair() * context_tokens)
+        compute = flops / self._flop_rate()
+        core = max(memory, compute) if c.overlap else memory + compute
+        return (c.decode_overhead_seconds + core + c.decode_per_sequence_seconds * batch
                 + self.all_reduce_seconds(batch))
 
-    def fits(self) -> bool:
-        return self.kv_capacity_tokens() > 0
+    def _flop_rate(self) -> float:
+        return self.peak_flops * self.chips * self.calibration.prefill_mfu
 
     def kv_capacity_tokens(self) -> int:
         free = self.memory * self.chips * MEMORY_UTILIZATION - self.weight_bytes
@@ -92,13 +99,6 @@ class ReplicaPerf:
 
     def kv_transfer_seconds(self, tokens: float) -> float:
         return tokens * self.kv_bytes_per_token / self.kv_link_bandwidth
-
-    def scaled(self, factor: float) -> ReplicaPerf:
-        """The same hardware running `factor` times faster (for capacity-error experiments)."""
-        c = self.calibration
-        return replace(self, calibration=replace(
-            c, prefill_mfu=c.prefill_mfu * factor,
-            bandwidth_efficiency=c.bandwidth_efficiency * factor))
 
 
 def replica_perf(accelerator: Accelerator, shape: ModelShape, dtype: str,

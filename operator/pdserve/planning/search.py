@@ -209,10 +209,10 @@ def resize(candidate: Candidate, workload: Workload, rate: float,
         sized, workload, rate, targets.ttft_seconds, targets.tpot_seconds))
 
 
-def goodput(candidate: Candidate, workload: Workload, targets: Targets) -> float:
+def goodput(deployment: Deployment, workload: Workload, targets: Targets) -> float:
     """The highest rate (requests/s) at which the deployment still meets the targets."""
     def meets(rate: float) -> bool:
-        return _meets(candidate.deployment, workload, rate, targets)
+        return _meets(deployment, workload, rate, targets)
 
     low, high = 0.0, 0.125
     while meets(high):

@@ -52,7 +52,12 @@ class ModelShape:
         return float(2 * self.layers * self.kv_heads * self.head_dim * DTYPE_BYTES[dtype])
 
     def linear_flops_per_token(self) -> float:
-        """Matmul FLOPs of one token through every layer and the LM head."""
+        """Matmul FLOPs of one token through every layer (the LM head runs only for the one
+        token a prompt samples: not counted)."""
+        return 2.0 * self.non_embedding_params
+
+    def decode_flops_per_token(self) -> float:
+        """Matmul FLOPs of one decoded token: every layer and the LM head."""
         return 2.0 * (self.non_embedding_params + self.vocab * self.hidden)
 
     def attention_flops_per_pair(self) -> float:

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pdserve.api.accelerators import XLA_MAX_CHIPS_PER_REPLICA
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "xla")
 NVIDIA_FILE = re.compile(r"nvidia\d+")
 TPU_FILES = (("", re.compile(r"accel\d+")), ("vfio", re.compile(r"\d+")))
@@ -72,9 +74,10 @@ def _xla(requested: str, host: HostDevices, devices: int) -> str:
         raise DeviceError(f"--device {requested}: {found}torch_xla is not installed in this "
                           "image (the TPU image has it: pdserve[tpu]); it will not fall back "
                           "to the host CPU")
-    if devices != 1:
+    if devices > XLA_MAX_CHIPS_PER_REPLICA:
         raise DeviceError(f"tensor parallel size {devices} on XLA is not supported yet: an XLA "
-                          "replica runs on one chip (accelerator.count 1)")
+                          f"replica runs on {XLA_MAX_CHIPS_PER_REPLICA} chip (accelerator.count "
+                          f"{XLA_MAX_CHIPS_PER_REPLICA})")
     if host.tpu_files and len(host.tpu_files) != devices:
         raise DeviceError(f"this container holds {len(host.tpu_files)} TPU chip(s) "
                           f"({_listing(host.tpu_files)}) and the replica uses {devices}: they "
