@@ -7,8 +7,16 @@ import pytest
 
 from pdserve.api import LLMServiceSpec
 from pdserve.api.accelerators import ACCELERATORS
-from pdserve.autoscaler.priors import CPU_PRIOR, capacity_prior, tensor_parallel_efficiency
+from pdserve.autoscaler.priors import (
+    CPU_PRIOR,
+    DECODE_BATCH,
+    REFERENCE_SHAPE,
+    capacity_prior,
+    tensor_parallel_efficiency,
+)
 from pdserve.controller.planner_inputs import planner_config
+from pdserve.planning.catalog import default_catalog
+from pdserve.planning.perf import replica_perf
 
 KINDS = sorted(kind for kind, facts in ACCELERATORS.items() if facts.family != "cpu")
 
@@ -29,9 +37,11 @@ def test_a_tensor_parallel_pod_is_less_than_n_pods_and_more_than_one(kind):
 
 
 def test_a_slower_link_costs_more_efficiency():
-    nvlink, pcie = (tensor_parallel_efficiency(kind, 4)[0] for kind in ("nvidia-h100",
-                                                                          "nvidia-l4"))
-    assert pcie < nvlink  # L4s talk over PCIe
+    h100 = default_catalog()["nvidia-h100"]
+    over_pcie = h100.model_copy(update={"link_gb_per_s": 32.0})
+    nvlink, pcie = (replica_perf(kind, REFERENCE_SHAPE, "bfloat16", 4).decode_step_seconds(
+        DECODE_BATCH, DECODE_BATCH * 1500) for kind in (h100, over_pcie))
+    assert nvlink < pcie
 
 
 def test_cpu_pods_keep_the_measured_prior():

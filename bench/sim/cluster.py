@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bench.sim.observer import Observer, ObserverConfig
-from bench.sim.perf import PerfModel
 from bench.sim.pods import DecodePod, Pod, PrefillPod
 from bench.sim.traces import Request, Trace
 from pdserve.autoscaler import Replicas, RoleReplicas
 from pdserve.autoscaler.deletion_cost import deletion_costs
+from pdserve.planning.perf import ReplicaPerf
 
 ROLES = ("prefill", "decode")
 
@@ -31,7 +31,7 @@ class Policy(Protocol):
 
 @dataclass(frozen=True)
 class SimConfig:
-    perf: PerfModel
+    perf: ReplicaPerf
     budget: int
     ttft_target: float
     itl_target: float

@@ -11,8 +11,8 @@ import heapq
 import math
 from collections import deque
 
-from bench.sim.perf import PerfModel
 from bench.sim.traces import Request
+from pdserve.planning.perf import ReplicaPerf
 
 
 class Pod:
@@ -41,7 +41,7 @@ class Pod:
 
 
 class PrefillPod(Pod):
-    def __init__(self, pod_id: int, created: float, perf: PerfModel) -> None:
+    def __init__(self, pod_id: int, created: float, perf: ReplicaPerf) -> None:
         super().__init__(pod_id, "prefill", created, perf.accelerators_per_replica)
         self.perf = perf
         self.queue: deque[Request] = deque()
@@ -90,7 +90,7 @@ class PrefillPod(Pod):
 
 
 class DecodePod(Pod):
-    def __init__(self, pod_id: int, created: float, perf: PerfModel) -> None:
+    def __init__(self, pod_id: int, created: float, perf: ReplicaPerf) -> None:
         super().__init__(pod_id, "decode", created, perf.accelerators_per_replica)
         self.perf = perf
         self.kv_capacity = perf.kv_capacity_tokens()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.sim.perf import PROFILES, PerfModel
+from bench.sim.perf import PROFILES
 from bench.sim.traces import Trace, build_trace, mix_curve, piecewise
 from pdserve.autoscaler import CapacityPrior, PlannerConfig, RoleBounds
+from pdserve.planning.perf import ReplicaPerf
 
 # Chosen with `python bench/simulate.py --tune` on the tuning traces, then frozen.
 FROZEN_SETTINGS = {
@@ -26,7 +27,7 @@ PRIOR_CONTEXT_TOKENS = 1500
 
 @dataclass(frozen=True)
 class Deployment:
-    perf: PerfModel
+    perf: ReplicaPerf
     budget: int
     ttft_target: float
     itl_target: float
@@ -48,7 +49,7 @@ DEPLOYMENTS = {
 }
 
 
-def capacity_prior(perf: PerfModel, ttft_target: float, itl_target: float) -> CapacityPrior:
+def capacity_prior(perf: ReplicaPerf, ttft_target: float, itl_target: float) -> CapacityPrior:
     """Per-replica capacity from the performance model: full prefill batches, and the largest
     decode batch whose step stays within 85% of the inter-token target."""
     tokens = perf.max_batched_tokens

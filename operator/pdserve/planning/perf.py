@@ -102,10 +102,11 @@ class ReplicaPerf:
 
 
 def replica_perf(accelerator: Accelerator, shape: ModelShape, dtype: str,
-                 chips: int) -> ReplicaPerf:
-    """The model of a pod of `chips` chips of `accelerator` serving `shape` in `dtype` (engine
-    limits at their defaults: `dataclasses.replace` sets others); ValueError when the kind has
-    no matmul units for the dtype."""
+                 chips: int, nodes: int = 1) -> ReplicaPerf:
+    """The model of a replica of `chips` chips of `accelerator` (over `nodes` nodes: its ring
+    all-reduces cross the slower network) serving `shape` in `dtype` (engine limits at their
+    defaults: `dataclasses.replace` sets others); ValueError when the kind has no matmul units
+    for the dtype."""
     dtype = compute_dtype(accelerator, dtype)
     flops = accelerator.flops(dtype) if dtype != "float32" else accelerator.bf16_tflops * 1e12
     if flops is None:
@@ -113,6 +114,7 @@ def replica_perf(accelerator: Accelerator, shape: ModelShape, dtype: str,
     return ReplicaPerf(
         name=f"{accelerator.kind}x{chips}", shape=shape, dtype=dtype, chips=chips,
         peak_flops=flops, bandwidth=accelerator.bandwidth, memory=accelerator.memory,
-        link=accelerator.link, calibration=CALIBRATION[accelerator.family],
+        link=accelerator.link if nodes == 1 else min(accelerator.link, accelerator.network),
+        calibration=CALIBRATION[accelerator.family],
         # Each rank sends its shard of the KV over its own share of the network.
         kv_link_bandwidth=min(KV_TRANSPORT_BYTES_PER_S, accelerator.network * chips))
