@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -93,3 +95,23 @@ def test_every_planner_query_returns_data_for_a_serving_llmservice(
         left = missing()
     assert not left, f"planner queries with no data for a serving LLMService: {left}"
     assert load.sent > 0 and load.failed == 0
+
+
+@pytest.mark.timeout(180)
+def test_plan_reads_the_served_workload_from_prometheus(
+        real_release: str, chat_service: str, cluster_prometheus: ClusterPrometheus,
+        load: Load) -> None:
+    """`pdserve plan --from-prometheus` on the real scrape: summaries at ~1 req/s with answers
+    of at most 4 tokens come back as that workload, and a plan for it."""
+    command = [sys.executable, "-m", "pdserve", "plan", "--model", "qwen3-0.6b",
+               "--ttft-ms", "2000", "--tpot-ms", "100", "--output", "json",
+               "--from-prometheus", cluster_prometheus.server.url,
+               "--llmservice", f"{real_release}/{chat_service}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    observed = plan["observed"]
+    assert 0.2 <= observed["rate_rps"] <= 3.0, observed
+    assert 0 < observed["mean_output_tokens"] <= 4.5, observed
+    assert observed["mean_input_tokens"] > 100, observed
+    assert plan["candidates"] and plan["rate_rps"] == observed["rate_rps"]

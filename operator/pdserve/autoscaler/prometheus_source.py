@@ -65,6 +65,9 @@ def queries(sel: Selector) -> dict[str, str]:
         "prefill_cache_hit_rate": rate("pdserve_prefix_cache_hits_total", "prefill"),
         "prefill_request_rate": rate("pdserve_time_to_first_token_seconds_count", "prefill"),
         "decode_generation_rate": rate("pdserve_generation_tokens_total", "decode"),
+        # Every request reaches decode: its prompt tokens over its requests are the mean prompt.
+        "decode_prompt_rate": rate("pdserve_prompt_tokens_total", "decode"),
+        "worker_cache_hit_rate": rate("pdserve_prefix_cache_hits_total", None),
         "decode_request_rate": rate("pdserve_e2e_request_latency_seconds_count", "decode"),
         "arrival_rate": rate("pdserve_router_requests_total", None),
         "peak_arrival_rate": (
@@ -121,9 +124,14 @@ class PrometheusSource:
         except Exception as exc:  # the client raises many kinds; all mean "no answer"
             raise PrometheusUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
+    def values(self, sel: Selector) -> dict[str, float]:
+        """Every input by name (NaN where there is no data); raises PrometheusUnavailable when
+        Prometheus does not answer."""
+        return {name: self._run(promql) for name, promql in queries(sel).items()}
+
     def snapshot(self, sel: Selector, now: float) -> MetricsSnapshot:
         """Raises PrometheusUnavailable when Prometheus does not answer."""
-        v = {name: self._run(promql) for name, promql in queries(sel).items()}
+        v = self.values(sel)
         prefill = RoleMetrics(
             token_rate=_minus(v["prefill_prompt_rate"], v["prefill_cache_hit_rate"]),
             request_rate=v["prefill_request_rate"],

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from pdserve.planning.catalog import load_catalog
+from pdserve.planning.observed import Observed, observed_workload
 from pdserve.planning.output import Plan, Ranked, render
 from pdserve.planning.search import (
     Targets,
@@ -19,7 +20,7 @@ from pdserve.planning.search import (
     resize,
 )
 from pdserve.planning.shapes import PlanInputError, resolve_shape
-from pdserve.planning.workload import BUILTIN_WORKLOADS, load_workload
+from pdserve.planning.workload import BUILTIN_WORKLOADS, Workload, load_workload
 
 SHOWN_CANDIDATES = 8
 
@@ -34,9 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="a Hugging Face model directory (its config.json) or a known shape name")
     p.add_argument("--dtype", choices=("bfloat16", "float8"), default="bfloat16")
-    p.add_argument("--workload", required=True,
+    p.add_argument("--workload",
                    help=f"{'|'.join(BUILTIN_WORKLOADS)} or a YAML/JSON workload file")
-    p.add_argument("--rate", type=float, required=True, help="requests per second")
+    p.add_argument("--rate", type=float,
+                   help="requests per second (with --from-prometheus: the observed rate)")
+    p.add_argument("--from-prometheus", metavar="URL",
+                   help="plan for the workload an LLMService serves, as this Prometheus saw it "
+                   "(the planner's inputs over the last 2 minutes)")
+    p.add_argument("--llmservice", metavar="NAMESPACE/NAME",
+                   help="the LLMService whose workload --from-prometheus reads")
     p.add_argument("--ttft-ms", type=float, required=True, help="time-to-first-token target")
     p.add_argument("--tpot-ms", type=float, required=True, help="time-per-output-token target")
     p.add_argument("--attainment", type=float, default=0.9,
@@ -77,9 +84,39 @@ def _name(given: str | None, workload: str) -> str:
     return name
 
 
+def _observed(url: str, service: str | None) -> Observed:
+    # The planner's own queries and client: one table of PromQL (the command, above both).
+    from pdserve.autoscaler.prometheus_source import (
+        PrometheusSource,
+        PrometheusUnavailable,
+        Selector,
+    )
+
+    namespace, _, name = (service or "").partition("/")
+    if not namespace or not name or "/" in name:
+        raise PlanInputError("--from-prometheus needs --llmservice NAMESPACE/NAME")
+    try:
+        values = PrometheusSource(url).values(Selector(namespace, name))
+    except PrometheusUnavailable as down:
+        raise PlanInputError(f"cannot read Prometheus at {url}: {down}") from None
+    return observed_workload(values, f"{namespace}/{name}")
+
+
+def _workload(args: argparse.Namespace) -> tuple[Workload, float, Observed | None]:
+    if args.from_prometheus is not None:
+        if args.workload is not None:
+            raise PlanInputError("give --workload or --from-prometheus, not both")
+        observed = _observed(args.from_prometheus, args.llmservice)
+        rate = observed.rate if args.rate is None else _positive(args.rate, "--rate")
+        return observed.workload, rate, observed
+    if args.workload is None or args.rate is None:
+        raise PlanInputError("give --workload and --rate (or --from-prometheus)")
+    rate = _positive(args.rate, "--rate")
+    return load_workload(args.workload), rate, None
+
+
 def plan(argv: list[str]) -> tuple[Plan, str, str]:
     args = _parser().parse_args(argv)
-    rate = _positive(args.rate, "--rate")
     targets = Targets(_positive(args.ttft_ms, "--ttft-ms") / 1e3,
                       _positive(args.tpot_ms, "--tpot-ms") / 1e3, args.attainment)
     if not 0 < args.attainment < 1:
@@ -88,8 +125,8 @@ def plan(argv: list[str]) -> tuple[Plan, str, str]:
         _positive(args.max_cost_per_hour, "--max-cost-per-hour")
     multiples = _growth(args.growth)
     shape = resolve_shape(args.model)
-    workload = load_workload(args.workload)
     catalog = load_catalog(args.catalog)
+    workload, rate, observed = _workload(args)
     shapes = pod_shapes(catalog, shape, args.dtype, workload)
     found = candidates(shapes, workload, rate, targets, args.disaggregation,
                        args.max_cost_per_hour)
@@ -100,9 +137,11 @@ def plan(argv: list[str]) -> tuple[Plan, str, str]:
                              f"{best_floor(shapes, workload, rate, targets)}")
     ranked = [Ranked(c, goodput(c.deployment, workload, targets)) for c in found[:SHOWN_CANDIDATES]]
     growth = [(m, resize(found[0], workload, rate * m, targets)) for m in multiples]
-    name = _name(args.name, Path(args.workload).stem)
-    return (Plan(shape, args.dtype, workload, rate, targets, ranked, growth), args.output,
-            name)
+    default_name = (args.llmservice or "").partition("/")[2] if observed else Path(
+        args.workload).stem
+    name = _name(args.name, default_name)
+    return (Plan(shape, args.dtype, workload, rate, targets, ranked, growth, observed),
+            args.output, name)
 
 
 def main(argv: list[str]) -> int:

@@ -2,6 +2,8 @@
 
 JSON schema (`schema: pdserve.dev/plan/v1`):
   model, dtype, workload, rate_rps, targets {ttft_ms, tpot_ms, attainment},
+  observed (--from-prometheus, else null) {rate_rps, mean_input_tokens, mean_output_tokens,
+            prefix_hit, burst_factor},
   candidates: [{rank, disaggregated, short_prompt_threshold,
                 prefill {accelerator, count, replicas}, decode {accelerator, count, replicas},
                 predicted {ttft_p50_ms, ttft_p90_ms, tpot_p50_ms, tpot_p90_ms, goodput_rps,
@@ -25,6 +27,7 @@ from pydantic import ValidationError
 
 from pdserve.api.accelerators import ACCELERATORS, TPU_SINGLE_HOST_TOPOLOGIES
 from pdserve.api.resource import API_VERSION, KIND, LLMService
+from pdserve.planning.observed import Observed
 from pdserve.planning.search import Candidate, Targets
 from pdserve.planning.shapes import ModelShape, PlanInputError
 from pdserve.planning.workload import Workload
@@ -47,6 +50,7 @@ class Plan:
     targets: Targets
     ranked: list[Ranked]
     growth: list[tuple[float, Candidate | None]]
+    observed: Observed | None = None
 
 
 def _role(candidate: Candidate, role: str) -> dict[str, Any]:
@@ -92,8 +96,14 @@ def to_json(plan: Plan) -> dict[str, Any]:
                   if c is not None else {"prefill": None, "decode": None, "chips": None,
                                          "cost_per_hour": None})}
               for multiple, c in plan.growth]
+    observed = None if plan.observed is None else {
+        "rate_rps": round(plan.observed.rate, 4),
+        "mean_input_tokens": round(plan.observed.mean_input_tokens, 1),
+        "mean_output_tokens": round(plan.observed.mean_output_tokens, 1),
+        "prefix_hit": round(plan.workload.prefix_hit, 3),
+        "burst_factor": round(plan.workload.arrival_scv, 2)}
     return {"schema": SCHEMA, "model": plan.shape.name, "dtype": plan.dtype,
-            "workload": plan.workload.name, "rate_rps": plan.rate,
+            "workload": plan.workload.name, "observed": observed, "rate_rps": plan.rate,
             "targets": {"ttft_ms": plan.targets.ttft_seconds * 1e3,
                         "tpot_ms": plan.targets.tpot_seconds * 1e3,
                         "attainment": plan.targets.attainment},
@@ -109,7 +119,13 @@ def to_table(plan: Plan) -> str:
     t = plan.targets
     lines = [f"pdserve plan: {plan.shape.name} ({plan.dtype}), workload {plan.workload.name} at "
              f"{plan.rate:g} req/s; targets TTFT {t.ttft_seconds * 1e3:g} ms and TPOT "
-             f"{t.tpot_seconds * 1e3:g} ms for {t.attainment:.0%} of requests", ""]
+             f"{t.tpot_seconds * 1e3:g} ms for {t.attainment:.0%} of requests"]
+    if data["observed"] is not None:
+        o = data["observed"]
+        lines.append(f"observed: {o['rate_rps']:g} req/s (peak x{o['burst_factor']:g}), "
+                     f"{o['mean_input_tokens']:g} prompt tokens ({o['prefix_hit']:.0%} from the "
+                     f"prefix cache), {o['mean_output_tokens']:g} generated, a request")
+    lines.append("")
     header = ("#", "mode", "prefill pods", "decode pods", "TTFT p50/p90 ms", "TPOT p50/p90 ms",
               "goodput req/s", "$/hour", "$/M out tok", "binds")
     rows = [header]
