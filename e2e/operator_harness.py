@@ -24,7 +24,7 @@ import yaml
 from kubernetes import client, config
 
 from e2e.cluster.session import Cluster
-from pdserve.api.resource import GROUP, PLURAL, VERSION
+from pdserve.api.resource import CRD_NAME, GROUP, PLURAL, VERSION
 from pdserve.api.spec import LLMServiceSpec
 from pdserve.controller.context import Owner
 from pdserve.controller.names import children_selector
@@ -318,8 +318,7 @@ def install_manifests(cluster: Cluster) -> None:
     """`kubectl apply --server-side` of install.yaml, then its in-cluster operator scaled to 0:
     KWOK nodes run no containers, so the operator runs as a local process instead."""
     cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/llmservices.pdserve.dev",
-                    "--timeout=60s", timeout=90)
+    cluster.wait_crd_established(CRD_NAME)
     # kubectl's discovery cache was written by the apply, before the CRD existed; `explain` and
     # friends trust it: api-resources fetches discovery afresh and rewrites the cache.
     cluster.kubectl("api-resources", f"--api-group={GROUP}")

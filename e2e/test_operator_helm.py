@@ -25,13 +25,14 @@ from e2e.operator_harness import (
     wait_until,
 )
 from pdserve.api.accelerators import accelerator_facts
+from pdserve.api.resource import CRD_NAME
 from pdserve.controller.names import LABEL_ROLE, LABEL_SERVICE
 
 pytestmark = [pytest.mark.e2e]
 
 RELEASE = "pdserve-helm"
 OPERATOR = f"{RELEASE}-operator"
-CRD = "llmservices.pdserve.dev"
+CRD = CRD_NAME
 STORY = ROOT / "manifests" / "samples" / "story-generation-gpu.yaml"
 CONVERGE_S = 150
 
@@ -107,9 +108,7 @@ def test_helm_install_creates_the_release(cluster: Cluster, release: tuple[str, 
     kinds = {doc["kind"] for doc in yaml.safe_load_all(manifest) if doc}
     assert "CustomResourceDefinition" not in kinds
     assert {"Deployment", "ServiceAccount", "Role", "RoleBinding", "ClusterRole"} <= kinds
-    cluster.kubectl(
-        "wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s", timeout=90
-    )
+    cluster.wait_crd_established(CRD)
 
 
 @pytest.mark.timeout(120)

@@ -297,8 +297,10 @@ def _apply(state: ClusterState, objects: list[dict[str, Any]]) -> None:
 
 
 def _crd_established(api: _Api, name: str) -> bool:
+    """Whether the CRD is served. Right after its creation its status holds `conditions:
+    null` (which `kubectl wait` fails on at once, rather than waiting)."""
     crd = api.json(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-    conditions = (crd or {}).get("status", {}).get("conditions", [])
+    conditions = ((crd or {}).get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -95,6 +96,21 @@ class Cluster:
     def get(self, *args: str) -> Any:
         """`kubectl get ... -o json`, parsed."""
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def wait_crd_established(self, name: str, timeout_s: float = 120.0) -> None:
+        """Until the CRD is served. Not `kubectl wait`: right after its creation a CRD's status
+        holds `conditions: null`, which kubectl wait fails on at once instead of waiting."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            crd = self.get("crd", name)
+            conditions = (crd.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Established" and c.get("status") == "True"
+                   for c in conditions):
+                return
+            if time.monotonic() > deadline:
+                raise KubectlError(f"CRD {name} not Established after {timeout_s:.0f}s: "
+                                   f"{conditions}")
+            time.sleep(0.5)
 
     def apply(self, objects: list[dict[str, Any]], *args: str) -> str:
         manifest = yaml.safe_dump_all(objects, sort_keys=False)

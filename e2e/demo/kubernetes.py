@@ -32,6 +32,7 @@ from e2e.operator_harness import (
     wait_until,
 )
 from e2e.real_node import Placement
+from pdserve.api.resource import CRD_NAME
 from pdserve.controller.names import LABEL_ROLE, LABEL_SERVICE
 
 NAMESPACE = "pdserve-demo"
@@ -90,8 +91,7 @@ def install(cluster: Cluster) -> None:
     """install.yaml as a user applies it, then its operator placed on the real node (what a
     kustomize patch would do) and waited for."""
     show(cluster, "apply", "--server-side", "-f", os.path.relpath(INSTALL_YAML))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/llmservices.pdserve.dev",
-                    "--timeout=60s", timeout=90)
+    cluster.wait_crd_established(CRD_NAME)
     patch = {"spec": {"replicas": 1, "template": {"spec": Placement.real_node().apply({})}}}
     show(cluster, "-n", SYSTEM_NAMESPACE, "patch", f"deployment/{OPERATOR}", "--type=merge",
          "-p", json.dumps(patch))
