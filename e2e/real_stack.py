@@ -39,13 +39,20 @@ def helm_ok(cluster: Cluster, *args: str) -> str:
     return done.stdout
 
 
+RECOMMENDATION_INTERVAL_S = 20
+
+
 @contextlib.contextmanager
 def release(cluster: Cluster, placement: Placement, workdir: Path) -> Iterator[str]:
     """`helm install` of the chart (namespaced RBAC), its operator running as the
     Deployment's pod; yields the release's namespace and uninstalls it afterwards."""
     namespace = f"pdserve-real-{uuid.uuid4().hex[:6]}"
     values = workdir / "values.yaml"
-    values.write_text(yaml.safe_dump({"rbac": {"namespaced": True}, **placement.helm_values()}))
+    chart_values = placement.helm_values()
+    # status.recommendation every RECOMMENDATION_INTERVAL_S, not every 10 minutes.
+    chart_values["operator"]["extraArgs"] = [
+        f"--recommendation-interval={RECOMMENDATION_INTERVAL_S}"]
+    values.write_text(yaml.safe_dump({"rbac": {"namespaced": True}, **chart_values}))
     helm_ok(cluster, "install", RELEASE, str(CHART), "-n", namespace, "--create-namespace",
             "-f", str(values), "--wait", "--timeout", "300s")
     try:

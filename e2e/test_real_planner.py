@@ -20,6 +20,7 @@ from e2e.grafana_dashboard import concrete, panel_queries
 from e2e.operator_harness import Api, wait_until
 from e2e.real_node import Placement
 from e2e.real_stack import (
+    RECOMMENDATION_INTERVAL_S,
     ClusterPrometheus,
     apply_and_wait_ready,
     cpu_service_spec,
@@ -83,6 +84,9 @@ def test_planner_scales_real_decode_pods_and_they_drain(
                 time.monotonic() < deadline):
             time.sleep(5)
         assert empty == [], f"dashboard panels with no data under load: {empty}"
+        recommendation = wait_until(lambda: _recommendation(api, real_release),
+                                    3 * RECOMMENDATION_INTERVAL_S + 60,
+                                    "status.recommendation for the story load")
         grown = _decode_replicas(api, real_release)
 
         load.switch("stories", rate=0.2)
@@ -96,3 +100,15 @@ def test_planner_scales_real_decode_pods_and_they_drain(
     assert failed == 0, f"{failed} of {answered} requests failed while decode scaled"
     status = api.llmservice(real_release, NAME)
     assert status is not None and status["status"]["autoscaling"]["lastDecisionTime"]
+    # The operator's advice on the workload it served under load, from the same inputs.
+    observed = recommendation["observed"]
+    assert observed["rateRps"] > 0 and observed["meanOutputTokens"] > 10, recommendation
+    assert recommendation["decode"]["replicas"] >= 1 and recommendation["costPerHour"] > 0
+    assert recommendation["currentCostPerHour"] > 0 and "/hour" in recommendation["message"]
+
+
+def _recommendation(api: Api, namespace: str) -> dict[str, Any] | None:
+    """status.recommendation once it plans for observed traffic."""
+    service = api.llmservice(namespace, NAME) or {}
+    found: dict[str, Any] | None = (service.get("status") or {}).get("recommendation")
+    return found if found and found.get("observed") else None

@@ -64,6 +64,54 @@ class AutoscalingStatus(ApiModel):
     )
 
 
+class RolePlan(ApiModel):
+    """One role of a recommended configuration."""
+
+    accelerator: str = Field(max_length=63, description="Accelerator kind of each pod.")
+    count: int = Field(ge=1, le=64, description="Chips of each pod (tensor parallel).")
+    replicas: int = Field(ge=0, le=100_000, description="Pods (0: aggregated, no prefill).")
+
+
+class ObservedWorkload(ApiModel):
+    """The workload the recommendation plans for, as Prometheus saw it."""
+
+    rate_rps: float = Field(ge=0, description="Requests per second arriving at the router.")
+    mean_input_tokens: float = Field(ge=0, description="Mean prompt tokens of a request.")
+    mean_output_tokens: float = Field(ge=0, description="Mean generated tokens of a request.")
+    prefix_hit: float = Field(ge=0, le=1, description="Share of prompt tokens found cached.")
+
+
+class RecommendationStatus(ApiModel):
+    """`pdserve plan` on the served workload at the LLMService's targets. Advice only: the
+    operator never changes the spec."""
+
+    computed_time: str | None = Field(
+        default=None, description="When it was computed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    prefill: RolePlan | None = Field(default=None, description="The recommended prefill pool.")
+    decode: RolePlan | None = Field(default=None, description="The recommended decode pool.")
+    disaggregated: bool | None = Field(default=None, description="Prefill/decode or one pool.")
+    short_prompt_threshold: int | None = Field(
+        default=None, ge=0, description="router.shortPromptThreshold of the recommendation.",
+    )
+    cost_per_hour: float | None = Field(
+        default=None, ge=0, description="Its projected cost per hour (catalogue list prices).",
+    )
+    current_cost_per_hour: float | None = Field(
+        default=None, ge=0, description="What the current pods cost per hour, at those prices.",
+    )
+    saving: float | None = Field(
+        default=None, description="Share of the current cost it saves (negative: it costs "
+        "more, as when the current pods cannot meet the targets).",
+    )
+    observed: ObservedWorkload | None = Field(
+        default=None, description="The workload planned for.",
+    )
+    message: str = Field(default="", max_length=4096,
+                         description="The recommendation in words, or why there is none.")
+
+
 class LLMServiceStatus(ApiModel):
     """What the operator observed."""
 
@@ -84,4 +132,8 @@ class LLMServiceStatus(ApiModel):
     )
     autoscaling: AutoscalingStatus | None = Field(
         default=None, description="The planner's last decision.",
+    )
+    recommendation: RecommendationStatus | None = Field(
+        default=None, description="The cheapest configuration meeting the targets for the "
+        "served workload (autoscaling LLMServices only).",
     )

@@ -70,7 +70,7 @@ def autoscale(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None
         return  # the operator has not created them yet
     replicas = replicas_from_cluster(workloads, kube.pods(namespace, name), LABEL_ROLE, moment)
     url = parsed.autoscaling.prometheus_url or ""
-    source = _source(memo, url)
+    source = prometheus_source(memo, url)
     selector = Selector(namespace, name, max(MIN_RATE_WINDOW_SECONDS,
                                              4 * parsed.autoscaling.interval_seconds))
     detail = ""
@@ -91,7 +91,9 @@ def autoscale(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None
     _export(namespace, name, decision)
 
 
-def _source(memo: Any, url: str) -> PrometheusSource:
+def prometheus_source(memo: Any, url: str) -> PrometheusSource:
+    """The object's Prometheus client, kept in its memo (shared by the planner and the
+    recommendation)."""
     cached = memo.get("planner_source")
     if cached is None or cached[0] != url:
         cached = (url, PrometheusSource(url))

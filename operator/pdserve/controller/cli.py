@@ -12,6 +12,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from pdserve.controller.kube import Kube
+from pdserve.planning.recommend import DEFAULT_INTERVAL_SECONDS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
                         metavar="PORT", help="serve GET /healthz on this port (0: off)")
     parser.add_argument("--metrics-port", type=int, default=8081, metavar="PORT",
                         help="serve Prometheus /metrics on this port (0: off)")
+    parser.add_argument("--recommendation-interval", type=float,
+                        default=DEFAULT_INTERVAL_SECONDS, metavar="SECONDS",
+                        help="how often status.recommendation is planned for each autoscaling "
+                        f"LLMService (default {DEFAULT_INTERVAL_SECONDS:g})")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser
@@ -62,6 +67,10 @@ def main(argv: list[str]) -> int:
         if not 0 <= port <= 65535:
             print(f"pdserve operator: port {port} out of range", file=sys.stderr)
             return 2
+    if not args.recommendation_interval >= 1:
+        print("pdserve operator: --recommendation-interval must be at least 1 second",
+              file=sys.stderr)
+        return 2
     if args.kubeconfig and not os.path.isfile(args.kubeconfig):
         print(f"pdserve operator: no kubeconfig at {args.kubeconfig}", file=sys.stderr)
         return 2
@@ -75,7 +84,8 @@ def main(argv: list[str]) -> int:
         # path was fixed at import; this one reads $KUBECONFIG, set above, when it logs in.
         kopf.on.login()(kopf.login_with_kubeconfig)
     import pdserve.controller.autoscaling  # registers the planner's kopf timer
-    import pdserve.controller.handlers  # noqa: F401  (registers the kopf handlers)
+    import pdserve.controller.handlers
+    import pdserve.controller.recommendation  # noqa: F401  (registers its kopf timer)
     if args.metrics_port:
         start_http_server(args.metrics_port)
     kopf.run(
@@ -83,6 +93,7 @@ def main(argv: list[str]) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness}/healthz" if args.liveness else None,
-        memo=kopf.Memo(kube=Kube(_api_client())),
+        memo=kopf.Memo(kube=Kube(_api_client()),
+                       recommendation_interval_seconds=args.recommendation_interval),
     )
     return 0

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pdserve.runtime.checkpoints.presets import PRESETS, VOCAB_SIZE
+
 PlanDtype = Literal["bfloat16", "float8"]
 # float32: what the runtime computes in on CPU pools.
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float8": 1}
@@ -120,3 +122,18 @@ def resolve_shape(model: str) -> ModelShape:
     if not isinstance(raw, dict):
         raise PlanInputError(f"{config}: not a JSON object")
     return shape_from_config(raw, str(Path(model).resolve()))
+
+
+def builtin_shape(preset: str) -> ModelShape:
+    """The shape of a built-in model (`builtin: tiny`), as the runtime generates it (Llama,
+    untied embeddings)."""
+    raw: dict[str, Any] = {"vocab_size": VOCAB_SIZE, "tie_word_embeddings": False,
+                           **PRESETS[preset]}
+    return shape_from_config(raw, f"builtin:{preset}")
+
+
+def shape_of_uri(uri: str) -> ModelShape | None:
+    """The known shape an `hf://ORG/NAME` source names, if any."""
+    repo = uri.removeprefix("hf://").strip("/").lower()
+    return next((s for s in KNOWN_SHAPES.values()
+                 if s.hf_repo is not None and s.hf_repo.lower() == repo), None)

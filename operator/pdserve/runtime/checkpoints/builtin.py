@@ -19,24 +19,12 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
+from pdserve.runtime.checkpoints.presets import PRESETS, VOCAB_SIZE
 from pdserve.runtime.checkpoints.tokenizer_training import train_tokenizer_json
 from pdserve.runtime.checkpoints.weights import save_weights
 
 BUILTIN_PREFIX = "builtin:"
 FAMILIES = ("llama", "qwen2", "qwen3")
-PRESETS: dict[str, dict[str, int]] = {
-    # Fast on a 2-core CPU: tests and the demo.
-    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048),
-    # ~56M parameters, Llama-shaped: the benchmark model.
-    "small": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
-                  num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=4096),
-    # Qwen3-0.6B's shape (random weights) for GPU benchmarks; ids past the tokenizer go unused.
-    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                       num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                       vocab_size=151936, max_position_embeddings=40960),
-}  # fmt: skip
-VOCAB_SIZE = 4096
 SEED = 1234
 INIT_STD = 0.02
 _FORMAT_VERSION = 2  # bump when the generated files change, so cached builtins regenerate
