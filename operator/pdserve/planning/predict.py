@@ -187,10 +187,15 @@ def predict(deployment: Deployment, workload: Workload, rate: float, ttft_target
         assert prefill_perf is not None
         services = [(r.weight, prefill_perf.prefill_seconds(
             r.uncached, r.uncached * (r.tokens - r.uncached / 2))) for r in remote]
+        # The pool's work per prompt: a busy pool batches prompts up to its token budget, so
+        # one step's overhead is shared by the prompts it holds.
+        overhead = prefill_perf.calibration.prefill_overhead_seconds
+        work = [(r.weight, _marginal_prefill(prefill_perf, r) + overhead * min(
+            1.0, r.uncached / prefill_perf.max_batched_tokens)) for r in remote]
         remote_weight = sum(w for w, _ in services)
-        queues.append(_queue(rate * remote_weight, [(w / remote_weight, s) for w, s in services],
+        queues.append(_queue(rate * remote_weight, [(w / remote_weight, s) for w, s in work],
                              deployment.prefill_replicas, workload))
-        usage["prefill compute"] = max(prefill_share, rate * sum(w * s for w, s in services)
+        usage["prefill compute"] = max(prefill_share, rate * sum(w * s for w, s in work)
                                        / deployment.prefill_replicas)
         if prefill_perf.kv_capacity_tokens() < workload.input_tokens.maximum:
             usage["KV memory"] = INFEASIBLE_USAGE
