@@ -105,13 +105,19 @@ def test_plan_reads_the_served_workload_from_prometheus(
     of at most 4 tokens come back as that workload, and a plan for it."""
     command = [sys.executable, "-m", "pdserve", "plan", "--model", "qwen3-0.6b",
                "--ttft-ms", "2000", "--tpot-ms", "100", "--output", "json",
-               "--from-prometheus", cluster_prometheus.server.url,
+               "--from-prometheus", cluster_prometheus.server.url, "--window-seconds", "30",
                "--llmservice", f"{real_release}/{chat_service}"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    plan = json.loads(done.stdout)
+
+    def planned() -> dict[str, Any] | None:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode in (0, 2), done.stderr
+        found: dict[str, Any] = json.loads(done.stdout) if done.returncode == 0 else {}
+        # Until the 30 s window holds the load (it starts with this module).
+        return found if found and found["observed"]["rate_rps"] >= 0.5 else None
+
+    plan = wait_until(planned, 120, "a plan for the observed summaries")
     observed = plan["observed"]
-    assert 0.2 <= observed["rate_rps"] <= 3.0, observed
+    assert observed["rate_rps"] <= 3.0, observed
     assert 0 < observed["mean_output_tokens"] <= 4.5, observed
     assert observed["mean_input_tokens"] > 100, observed
     assert plan["candidates"] and plan["rate_rps"] == observed["rate_rps"]

@@ -23,6 +23,7 @@ from pdserve.planning.shapes import PlanInputError, resolve_shape
 from pdserve.planning.workload import BUILTIN_WORKLOADS, Workload, load_workload
 
 SHOWN_CANDIDATES = 8
+DEFAULT_WINDOW_SECONDS = 120
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,9 +42,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="requests per second (with --from-prometheus: the observed rate)")
     p.add_argument("--from-prometheus", metavar="URL",
                    help="plan for the workload an LLMService serves, as this Prometheus saw it "
-                   "(the planner's inputs over the last 2 minutes)")
+                   "(the planner's inputs over --window-seconds)")
     p.add_argument("--llmservice", metavar="NAMESPACE/NAME",
                    help="the LLMService whose workload --from-prometheus reads")
+    p.add_argument("--window-seconds", type=int, default=DEFAULT_WINDOW_SECONDS,
+                   help="the rate window --from-prometheus reads "
+                   f"(default {DEFAULT_WINDOW_SECONDS})")
     p.add_argument("--ttft-ms", type=float, required=True, help="time-to-first-token target")
     p.add_argument("--tpot-ms", type=float, required=True, help="time-per-output-token target")
     p.add_argument("--attainment", type=float, default=0.9,
@@ -84,7 +88,7 @@ def _name(given: str | None, workload: str) -> str:
     return name
 
 
-def _observed(url: str, service: str | None) -> Observed:
+def _observed(url: str, service: str | None, window_seconds: int) -> Observed:
     # The planner's own queries and client: one table of PromQL (the command, above both).
     from pdserve.autoscaler.prometheus_source import (
         PrometheusSource,
@@ -96,7 +100,7 @@ def _observed(url: str, service: str | None) -> Observed:
     if not namespace or not name or "/" in name:
         raise PlanInputError("--from-prometheus needs --llmservice NAMESPACE/NAME")
     try:
-        values = PrometheusSource(url).values(Selector(namespace, name))
+        values = PrometheusSource(url).values(Selector(namespace, name, window_seconds))
     except PrometheusUnavailable as down:
         raise PlanInputError(f"cannot read Prometheus at {url}: {down}") from None
     return observed_workload(values, f"{namespace}/{name}")
@@ -106,7 +110,9 @@ def _workload(args: argparse.Namespace) -> tuple[Workload, float, Observed | Non
     if args.from_prometheus is not None:
         if args.workload is not None:
             raise PlanInputError("give --workload or --from-prometheus, not both")
-        observed = _observed(args.from_prometheus, args.llmservice)
+        if not 10 <= args.window_seconds <= 86400:
+            raise PlanInputError("--window-seconds must be between 10 and 86400")
+        observed = _observed(args.from_prometheus, args.llmservice, args.window_seconds)
         rate = observed.rate if args.rate is None else _positive(args.rate, "--rate")
         return observed.workload, rate, observed
     if args.workload is None or args.rate is None:
