@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.bench_plan_calibration [--write bench/results/plan.md]
 
 Measured, for the `tiny` and `small` built-in presets (float32, prefix caching off):
-  prefill tokens/s of one prompt of 128, 512 and 1,024 tokens (the median of 3 runs);
+  prefill tokens/s of one prompt of 128, 512 and 1,024 tokens (the median of 15 runs);
   decode step time at batch 1, 4, 16 and 32 (64-token prompts, the median of the pure decode
   steps). The model is `pdserve.planning.perf` with the CPU row of its calibration table; the
   benchmark also prints the least-squares fit of that row to these points, which is how the
@@ -39,6 +39,7 @@ PREFILL_LENGTHS = (128, 512, 1024)
 DECODE_BATCHES = (1, 4, 16, 32)
 DECODE_PROMPT, DECODE_OUTPUT = 64, 48
 ERROR_LIMIT = 0.25
+ROUNDS = 3
 
 
 def _engine(path: Path) -> LLMEngine:
@@ -52,9 +53,9 @@ def _prompt(rng: random.Random, length: int) -> list[int]:
 
 
 def measure_prefill(engine: LLMEngine, length: int, rng: random.Random) -> float:
-    """Seconds from adding one prompt to its first token (median of 3)."""
+    """Seconds from adding one prompt to its first token (median of 15)."""
     times = []
-    for run in range(4):
+    for run in range(16):
         engine.add_request(f"p{length}-{run}", _prompt(rng, length),
                            SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True))
         start = time.perf_counter()
@@ -102,9 +103,10 @@ def _lstsq(rows: list[list[float]], measured: list[float]) -> list[float]:
 
 
 def _fit(rows: list[dict[str, float | str]]) -> dict[str, float]:
-    """The CPU row fitted to the points: prefill t = o + FLOPs / (peak x mfu) + tokens x c;
-    decode t = o + bytes / (bandwidth x efficiency) + FLOPs / (peak x mfu) + B x c, with the
-    prefill's mfu."""
+    """The CPU row fitted to the points. Prefill, linear: t = o + FLOPs / (peak x mfu) +
+    tokens x c. Decode, t = o + max(bytes / (bandwidth x efficiency), FLOPs / (peak x
+    decode mfu)) + B x c: a grid over efficiency and decode mfu, least squares for o and c,
+    keeping the smallest worst relative error."""
     prefill = [r for r in rows if r["kind"] == "prefill"]
     decode = [r for r in rows if r["kind"] == "decode"]
     cpu = default_catalog()["cpu"]
@@ -112,18 +114,37 @@ def _fit(rows: list[dict[str, float | str]]) -> dict[str, float]:
     overhead_p, per_flop, per_token = _lstsq(
         [[1.0, float(r["flops"]) / peak, float(r["tokens"])] for r in prefill],
         [float(r["measured"]) for r in prefill])
-    mfu = 1 / per_flop
-    compute = [float(r["flops"]) / (peak * mfu) for r in decode]
-    overhead_d, per_byte, per_seq = _lstsq(
-        [[1.0, float(r["bytes"]) / cpu.bandwidth, float(r["tokens"])] for r in decode],
-        [float(r["measured"]) - c for r, c in zip(decode, compute, strict=True)])
-    return {"prefill_mfu": mfu, "bandwidth_efficiency": 1 / per_byte,
-            "prefill_overhead_seconds": overhead_p, "decode_overhead_seconds": overhead_d,
-            "decode_per_sequence_seconds": per_seq, "prefill_per_token_seconds": per_token}
+    measured = [float(r["measured"]) for r in decode]
+    best: tuple[float, dict[str, float]] | None = None
+    for e in (x / 100 for x in range(30, 201, 2)):
+        for m in (x / 100 for x in range(10, 101, 2)):
+            core = [max(float(r["bytes"]) / (cpu.bandwidth * e), float(r["flops"]) / (peak * m))
+                    for r in decode]
+            overhead_d, per_seq = _lstsq([[1.0, float(r["tokens"])] for r in decode],
+                                         [t - c for t, c in zip(measured, core, strict=True)])
+            worst = max(abs((overhead_d + c + per_seq * float(r["tokens"])) / t - 1)
+                        for r, c, t in zip(decode, core, measured, strict=True))
+            if best is None or worst < best[0]:
+                best = (worst, {"decode_mfu": m, "bandwidth_efficiency": e,
+                                "decode_overhead_seconds": overhead_d,
+                                "decode_per_sequence_seconds": per_seq})
+    assert best is not None
+    return {"prefill_mfu": 1 / per_flop, **best[1], "prefill_overhead_seconds": overhead_p,
+            "prefill_per_token_seconds": per_token}
 
 
 def calibration_rows() -> list[dict[str, float | str]]:
-    rng = random.Random(0)
+    """Every point measured in ROUNDS rounds (the machine's speed drifts by tens of percent
+    between minutes here: each point keeps its median round)."""
+    rounds = [_one_round(seed) for seed in range(ROUNDS)]
+    rows = rounds[0]
+    for index, row in enumerate(rows):
+        row["measured"] = statistics.median(float(r[index]["measured"]) for r in rounds)
+    return rows
+
+
+def _one_round(seed: int) -> list[dict[str, float | str]]:
+    rng = random.Random(seed)
     rows: list[dict[str, float | str]] = []
     for preset in PRESETS:
         path = resolve_model_path(f"builtin:{preset}")
@@ -137,6 +158,7 @@ def calibration_rows() -> list[dict[str, float | str]]:
                 "predicted": perf.prefill_seconds(length, pairs),
                 "flops": (shape.linear_flops_per_token() * length
                           + shape.attention_flops_per_pair() * pairs), "bytes": 0.0})
+        measure_decode(engine, max(DECODE_BATCHES), rng)  # warms the decode path up
         for batch in DECODE_BATCHES:
             context = _context(batch)
             rows.append({

@@ -4,10 +4,9 @@ simulator (bench/sim) all use this one model.
 
 prefill(tokens)  = overhead + (linear + attention FLOPs) / (chips x peak x MFU)
                    + tokens x per-token cost + all-reduces
-decode step(B)   = overhead + roofline(memory: (weights + KV read) / (chips x bandwidth x
-                   efficiency), compute: B tokens' FLOPs / (chips x peak x MFU))
+decode step(B)   = overhead + max(memory: (weights + KV read) / (chips x bandwidth x
+                   efficiency), compute: B tokens' FLOPs / (chips x peak x decode MFU))
                    + B x per-sequence cost + all-reduces
-roofline         = max(memory, compute) where they overlap (GPU, TPU), else their sum (CPU)
 all-reduce       = 2 per layer over the hidden states, ring over the chips' link
 """
 
@@ -75,7 +74,7 @@ class ReplicaPerf:
         c = self.calibration
         flops = (self.shape.linear_flops_per_token() * new_tokens
                  + self.shape.attention_flops_per_pair() * attention_pairs)
-        return (c.prefill_overhead_seconds + flops / self._flop_rate()
+        return (c.prefill_overhead_seconds + flops / self._flop_rate(c.prefill_mfu)
                 + c.prefill_per_token_seconds * new_tokens + self.all_reduce_seconds(new_tokens))
 
     def decode_step_seconds(self, batch: float, context_tokens: float) -> float:
@@ -85,13 +84,13 @@ class ReplicaPerf:
         memory = read / (self.bandwidth * self.chips * c.bandwidth_efficiency)
         flops = (self.shape.decode_flops_per_token() * batch
                  + self.shape.attention_flops_per_pair() * context_tokens)
-        compute = flops / self._flop_rate()
-        core = max(memory, compute) if c.overlap else memory + compute
-        return (c.decode_overhead_seconds + core + c.decode_per_sequence_seconds * batch
+        compute = flops / self._flop_rate(c.decode_mfu)
+        return (c.decode_overhead_seconds + max(memory, compute)
+                + c.decode_per_sequence_seconds * batch
                 + self.all_reduce_seconds(batch))
 
-    def _flop_rate(self) -> float:
-        return self.peak_flops * self.chips * self.calibration.prefill_mfu
+    def _flop_rate(self, mfu: float) -> float:
+        return self.peak_flops * self.chips * mfu
 
     def kv_capacity_tokens(self) -> int:
         free = self.memory * self.chips * MEMORY_UTILIZATION - self.weight_bytes
