@@ -318,10 +318,9 @@ def install_manifests(cluster: Cluster) -> None:
     """`kubectl apply --server-side` of install.yaml, then its in-cluster operator scaled to 0:
     KWOK nodes run no containers, so the operator runs as a local process instead."""
     cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
+    # Also until discovery serves it: kubectl's discovery cache was written by the apply,
+    # before the CRD existed, and `explain` and friends trust that cache.
     cluster.wait_crd_established(CRD_NAME)
-    # kubectl's discovery cache was written by the apply, before the CRD existed; `explain` and
-    # friends trust it: api-resources fetches discovery afresh and rewrites the cache.
-    cluster.kubectl("api-resources", f"--api-group={GROUP}")
     cluster.kubectl("-n", SYSTEM_NAMESPACE, "scale", f"deployment/{OPERATOR}", "--replicas=0")
 
 

@@ -205,7 +205,11 @@ def test_worker_pods_land_on_the_pool_their_sample_names(
             assert len(pods) == service["spec"][role]["replicas"]
             for pod in pods:
                 node = pod["spec"].get("nodeName")
-                assert node, f"{pod['metadata']['name']} is not scheduled"
+                # What a replaced or pending pod says (seen once in CI, not reproduced).
+                assert node, (f"{pod['metadata']['name']} is not scheduled (created "
+                              f"{pod['metadata'].get('creationTimestamp')}, owner "
+                              f"{pod['metadata'].get('ownerReferences', [{}])[0].get('name')}, "
+                              f"status {pod.get('status')})")
                 assert node_matches(
                     nodes[node], accelerator["kind"], accelerator.get("topology")
                 ), (name, role, node, nodes[node])

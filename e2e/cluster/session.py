@@ -98,17 +98,26 @@ class Cluster:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
     def wait_crd_established(self, name: str, timeout_s: float = 120.0) -> None:
-        """Until the CRD is served. Not `kubectl wait`: right after its creation a CRD's status
-        holds `conditions: null`, which kubectl wait fails on at once instead of waiting."""
+        """Until the CRD is Established, its resource in discovery (`api-resources` also
+        refreshes kubectl's discovery cache) and its schema in OpenAPI v3. Not `kubectl
+        wait`: right after its creation a CRD's status holds `conditions: null`, which kubectl
+        wait fails on at once instead of waiting."""
         deadline = time.monotonic() + timeout_s
+        group = name.split(".", 1)[1]
         while True:
             crd = self.get("crd", name)
             conditions = (crd.get("status") or {}).get("conditions") or []
-            if any(c.get("type") == "Established" and c.get("status") == "True"
-                   for c in conditions):
-                return
+            established = any(c.get("type") == "Established" and c.get("status") == "True"
+                              for c in conditions)
+            if established and name in self.kubectl(
+                    "api-resources", f"--api-group={group}", "-o", "name").stdout.split():
+                # `explain` reads the OpenAPI v3 document, published a moment later.
+                paths = json.loads(self.kubectl("get", "--raw", "/openapi/v3").stdout)["paths"]
+                served = [v["name"] for v in crd["spec"]["versions"] if v.get("served")]
+                if all(f"apis/{group}/{version}" in paths for version in served):
+                    return
             if time.monotonic() > deadline:
-                raise KubectlError(f"CRD {name} not Established after {timeout_s:.0f}s: "
+                raise KubectlError(f"CRD {name} not served after {timeout_s:.0f}s: "
                                    f"{conditions}")
             time.sleep(0.5)
 
