@@ -40,29 +40,38 @@ TICK_SECONDS = 5.0
 MIN_RATE_WINDOW_SECONDS = 60
 
 
-def _enabled(spec: Mapping[str, Any], **_: Any) -> bool:
+def autoscaling_enabled(spec: Mapping[str, Any], **_: Any) -> bool:
     return bool((spec.get("autoscaling") or {}).get("enabled"))
 
 
-def _now() -> tuple[float, datetime, str]:
+def now() -> tuple[float, datetime, str]:
     moment = datetime.now(UTC)
     return time.time(), moment, moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, when=_enabled, id="autoscaling")
+def live_spec(body: kopf.Body, spec: kopf.Spec, namespace: str | None) -> LLMServiceSpec | None:
+    """The parsed spec of a namespaced LLMService not being deleted; None otherwise (an invalid
+    spec: the reconcile handler reports InvalidSpec)."""
+    if namespace is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    try:
+        return LLMServiceSpec.model_validate(dict(spec))
+    except ValidationError:
+        return None
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, when=autoscaling_enabled,
+            id="autoscaling")
 def autoscale(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None,
               memo: Any, **_: Any) -> None:
-    if namespace is None or body.get("metadata", {}).get("deletionTimestamp"):
+    parsed = live_spec(body, spec, namespace)
+    if parsed is None or namespace is None:
         return
-    try:
-        parsed = LLMServiceSpec.model_validate(dict(spec))
-    except ValidationError:
-        return  # the reconcile handler reports InvalidSpec
-    now, moment, stamp = _now()
+    clock, moment, stamp = now()
     last = memo.get("planner_last_run")
-    if last is not None and now - last < parsed.autoscaling.interval_seconds:
+    if last is not None and clock - last < parsed.autoscaling.interval_seconds:
         return
-    memo["planner_last_run"] = now
+    memo["planner_last_run"] = clock
     kube: Kube = memo.kube
     kinds = workload_kinds(parsed)
     workloads = by_role(kube.workloads(namespace, name), kinds)
@@ -77,12 +86,12 @@ def autoscale(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None
     # Exported at 0 from the first run, so that rate() and increase() of it are 0, not empty.
     errors = metrics.PROMETHEUS_ERRORS.labels(namespace, name)
     try:
-        snapshot = source.snapshot(selector, now)
+        snapshot = source.snapshot(selector, clock)
     except PrometheusUnavailable as exc:
         snapshot, detail = None, f"{url}: {exc}"[:512]
         errors.inc()
     state = memo.get("planner_state") or PlannerState()
-    decision = plan(snapshot, replicas, planner_config(parsed), state, now)
+    decision = plan(snapshot, replicas, planner_config(parsed), state, clock)
     memo["planner_state"] = decision.state
     _record(kube, body, decision, detail, stamp)
     if decision.changes(replicas):

@@ -5,22 +5,21 @@ user's (or Argo CD's), never changed here."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from pdserve.api.resource import GROUP, PLURAL, VERSION
-from pdserve.api.spec import LLMServiceSpec
 from pdserve.api.status import ObservedWorkload, RecommendationStatus, RolePlan
 from pdserve.autoscaler.prometheus_source import PrometheusUnavailable, Selector
 from pdserve.controller.autoscaling import (
     MIN_RATE_WINDOW_SECONDS,
     PLANNER_FIELD_MANAGER,
     TICK_SECONDS,
+    autoscaling_enabled,
+    live_spec,
+    now,
     prometheus_source,
 )
 from pdserve.controller.kube import Kube
@@ -34,10 +33,6 @@ from pdserve.planning.recommend import (
 from pdserve.planning.shapes import PlanInputError
 
 CHEAPER_REASON = "CheaperConfiguration"
-
-
-def _enabled(spec: Mapping[str, Any], **_: Any) -> bool:
-    return bool((spec.get("autoscaling") or {}).get("enabled"))
 
 
 def _role_plan(recommendation: Recommendation, role: str) -> RolePlan:
@@ -90,22 +85,19 @@ def _current_replicas(body: Mapping[str, Any]) -> dict[str, int]:
             for role in WORKER_ROLES}
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, when=_enabled, id="recommendation")
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, when=autoscaling_enabled,
+            id="recommendation")
 def recommend_configuration(body: kopf.Body, spec: kopf.Spec, name: str,
                             namespace: str | None, memo: Any, **_: Any) -> None:
-    if namespace is None or body.get("metadata", {}).get("deletionTimestamp"):
+    parsed = live_spec(body, spec, namespace)
+    if parsed is None or namespace is None:
         return
-    try:
-        parsed = LLMServiceSpec.model_validate(dict(spec))
-    except ValidationError:
-        return  # the reconcile handler reports InvalidSpec
-    now = time.time()
+    clock, _when, stamp = now()
     interval = float(memo.get("recommendation_interval_seconds") or DEFAULT_INTERVAL_SECONDS)
     last = memo.get("recommendation_last_run")
-    if last is not None and now - last < interval:
+    if last is not None and clock - last < interval:
         return
-    memo["recommendation_last_run"] = now
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    memo["recommendation_last_run"] = clock
     url = parsed.autoscaling.prometheus_url or ""
     selector = Selector(namespace, name, max(MIN_RATE_WINDOW_SECONDS,
                                              4 * parsed.autoscaling.interval_seconds))

@@ -109,7 +109,7 @@ def size_aggregated(shape: PodShape, workload: Workload, rate: float,
     return None if replicas is None else Deployment(None, 0, shape.perf, replicas)
 
 
-def short_prompt_threshold(prefill: PodShape, decode: PodShape) -> int:
+def short_prompt_threshold(decode: PodShape) -> int:
     """Prompts a decode step absorbs at no more than one step's cost: those whose prefill on
     the decode pod takes less than that pod's step at batch 1 (rounded down to 64 tokens)."""
     perf = decode.perf
@@ -118,10 +118,10 @@ def short_prompt_threshold(prefill: PodShape, decode: PodShape) -> int:
     return int(step / per_token) // 64 * 64
 
 
-def _thresholds(prefill: PodShape, decode: PodShape, workload: Workload) -> list[int]:
+def _thresholds(decode: PodShape, workload: Workload) -> list[int]:
     """0, and the absorbed-prompt threshold where some prompts fall under it."""
     shortest = min(tokens for tokens, _ in workload.input_tokens.points)
-    threshold = short_prompt_threshold(prefill, decode)
+    threshold = short_prompt_threshold(decode)
     return [0, threshold] if threshold > shortest else [0]
 
 
@@ -175,7 +175,7 @@ def candidates(shapes: list[PodShape], workload: Workload, rate: float, targets:
     if mode in ("auto", "disaggregated"):
         for prefill in shapes:
             for decode in shapes:
-                for threshold in _thresholds(prefill, decode, workload):
+                for threshold in _thresholds(decode, workload):
                     deployment = size_disaggregated(prefill, decode, threshold, workload, rate,
                                                     targets, budget)
                     if deployment is not None:
