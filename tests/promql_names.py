@@ -109,6 +109,7 @@ def names(expr: str) -> Names:
 
 class _EngineStats(SimpleNamespace):
     num_waiting = num_running = num_free_blocks = num_blocks = prefix_queries = prefix_hits = 0
+    kv_tokens_pruned = kv_bytes_saved = 0
     kv_usage = 0.0
 
 

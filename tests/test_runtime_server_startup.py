@@ -27,6 +27,8 @@ class Stats:
     prefix_hits: int = 0
     num_free_blocks: int = 8
     num_blocks: int = 8
+    kv_tokens_pruned: int = 0
+    kv_bytes_saved: int = 0
 
 
 class IdleEngine:

@@ -33,6 +33,7 @@ from pdserve.router.routing import (
     same_model,
     text_block_hashes,
 )
+from pdserve.runtime.compression.config import OPT_OUT_HEADER as KV_COMPRESSION_HEADER
 
 log = logging.getLogger(__name__)
 PRIORITY_HEADER = "x-pdserve-priority"
@@ -86,6 +87,8 @@ class Proxy:
         started = time.perf_counter()
         hashes = text_block_hashes(prompt_text(body, path))
         headers = {PRIORITY_HEADER: str(priority)}
+        if KV_COMPRESSION_HEADER in request.headers:  # the per-request opt-out, to both tiers
+            headers[KV_COMPRESSION_HEADER] = request.headers[KV_COMPRESSION_HEADER]
         tried: set[str] = set()
         while True:
             decode = self.decode_policy.choose(self.decode.healthy_loads(), hashes,

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pdserve.runtime.compression.config import METHODS as KV_COMPRESSION_METHODS
+from pdserve.runtime.compression.config import KVCompression
 from pdserve.runtime.devices.probe import DEVICE_CHOICES, DeviceError, choose_device, probe
 from pdserve.runtime.disagg.kv_transfer.transport import TRANSPORTS
 
@@ -33,7 +35,9 @@ DEFAULTS: dict[str, Any] = {
     "num_kv_blocks": None, "enable_prefix_caching": None, "kv_transport": "tcp",
     "kv_timeout": 30.0, "kv_fallback": "recompute", "drain_timeout": 30.0, "log_level": "info",
     "threads": None, "tensor_parallel_size": 1, "num_nodes": 1, "node_rank": 0,
-    "rendezvous": None,
+    "rendezvous": None, "kv_compression_method": "none", "kv_compression_ratio": None,
+    "kv_compression_budget_tokens": None, "kv_compression_window_tokens": None,
+    "kv_compression_sink_tokens": None,
 }
 
 
@@ -90,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--kv-transport", choices=TRANSPORTS, help="default: tcp")
     add("--kv-timeout", type=_positive_float, help="seconds to wait for KV (default: 30)")
     add("--kv-fallback", choices=["recompute", "fail"], help="when KV does not arrive")
+    add("--kv-compression-method", choices=KV_COMPRESSION_METHODS,
+        help="prune KV: snapkv after a prompt's prefill, streaming (sinks + recent window) as a "
+        "sequence grows (default: none; a request opts out with header "
+        "x-pdserve-kv-compression: none)")
+    add("--kv-compression-ratio", type=_positive_float,
+        help="snapkv: fraction of a prompt's KV to keep, in (0, 1)")
+    add("--kv-compression-budget-tokens", type=_positive_int,
+        help="snapkv: prompt tokens to keep (instead of a ratio)")
+    add("--kv-compression-window-tokens", type=_positive_int,
+        help="snapkv: observation window (default 32); streaming: recent window (default 1024)")
+    add("--kv-compression-sink-tokens", type=int,
+        help="streaming: leading tokens always kept (default 4)")
     add("--drain-timeout", type=_positive_float,
         help="on SIGTERM, seconds to let in-flight requests finish (default: 30)")
     add("--threads", type=_positive_int,
@@ -142,7 +158,18 @@ def parse_settings(argv: list[str]) -> dict[str, Any]:
         raise WorkerSetupError("--model is required (a model directory or builtin:tiny)")
     settings["served_model_name"] = settings["served_model_name"] or settings["model"]
     _check_replica_layout(settings)
+    try:
+        kv_compression(settings).validate()
+    except ValueError as exc:
+        raise WorkerSetupError(str(exc)) from None
     return settings
+
+
+def kv_compression(settings: dict[str, Any]) -> KVCompression:
+    return KVCompression(settings["kv_compression_method"], settings["kv_compression_ratio"],
+                         settings["kv_compression_budget_tokens"],
+                         settings["kv_compression_window_tokens"],
+                         settings["kv_compression_sink_tokens"])
 
 
 def _check_replica_layout(settings: dict[str, Any]) -> None:

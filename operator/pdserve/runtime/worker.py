@@ -11,6 +11,7 @@ from aiohttp import web
 
 from pdserve.runtime.checkpoints.generation import read_generation_defaults
 from pdserve.runtime.checkpoints.identity import model_identity
+from pdserve.runtime.cli import DEFAULTS, kv_compression
 from pdserve.runtime.devices.resolve import dtype_name, torch_threads
 from pdserve.runtime.engine.async_engine import AsyncEngine
 from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine
@@ -26,7 +27,8 @@ ENGINE_SETTINGS = ("model", "device", "dtype", "block_size", "num_kv_blocks", "m
 
 def engine_config(settings: dict[str, Any]) -> EngineConfig:
     return EngineConfig(**{name: settings[name] for name in ENGINE_SETTINGS
-                           if settings.get(name) is not None})
+                           if settings.get(name) is not None},
+                        kv_compression=kv_compression({**DEFAULTS, **settings}))
 
 
 async def load_engine(state: WorkerState) -> None:

@@ -77,7 +77,8 @@ class DecodeTransfers:
         try:
             reservation = await self.engine.call(lambda e: e.admit_with_kv(
                 request_id, offer.prompt_token_ids, offer.first_token, params,
-                priority=offer.priority, timeout=self.timeout))
+                priority=offer.priority, timeout=self.timeout,
+                num_kv_tokens=offer.num_kv_tokens))
         except ValueError as exc:
             raise KVTransferError(f"decode worker cannot take the request: {exc}") from None
         if reservation is None:
@@ -93,6 +94,8 @@ class DecodeTransfers:
             return
         self.metrics.kv_transfer_bytes.inc(nbytes)
         self.metrics.kv_transfer_seconds.observe(seconds)
+        if transfer.offer.num_kv_tokens is not None:
+            self.metrics.kv_compressed_handoffs.inc()
         transfer.ready = True
         transfer.done.set()
 

@@ -57,9 +57,10 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
                                           f"({first.finish_reason if first else 'no output'})")
     first_logprobs = asdict(first.logprobs[-1]) if first.logprobs else None
     try:
+        num_kv = await engine.call(lambda e: e.prefilled_kv_tokens(request_id))
         await push(request.app[SENDER][0], state, request_id, Offer(
             transfer_id, prompt_ids, first.token_ids[-1], asdict(params), priority,
-            first_logprobs), target)
+            first_logprobs, num_kv if num_kv < len(prompt_ids) else None), target)
     finally:
         await engine.call(lambda e: e.release(request_id))
     return FinishedStream(first)
@@ -85,6 +86,8 @@ async def push(sender: KVSender, state: WorkerState, request_id: str, offer: Off
             from None
     state.metrics.kv_transfer_bytes.inc(result.bytes)
     state.metrics.kv_transfer_seconds.observe(result.seconds)
+    if offer.num_kv_tokens is not None:
+        state.metrics.kv_compressed_handoffs.inc()
     log.debug("pushed %s: %d of %d blocks, %d bytes in %.3fs", request_id,
               result.num_blocks - result.num_cached_blocks, result.num_blocks, result.bytes,
               result.seconds)

@@ -26,6 +26,11 @@ blocks and allocates the rest for KV arriving from a prefill worker; the returne
 `complete_reservation(request_id)` marks the prompt computed; `cancel_reservation` and
 `expire_reservations(now)` free reservations whose transfer failed or never finished.
 `block_hashes(token_ids)` and `match_prefix(hashes)` are the pure hash/lookup helpers.
+
+KV compression (a sequence's slots hold fewer tokens than it computed, see Sequence):
+`compact(seq, num_kept)` gives the kept KV its blocks, `drop_blocks(seq, indices)` evicts
+whole blocks (streaming), and a compressed prompt's reservation takes no cached prefix. Blocks
+of a sequence with dropped tokens are never registered: the prefix cache holds exact KV only.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class KVReservation:
     seq: Sequence
     deadline: float
     num_cached_blocks: int  # leading blocks of seq.block_table already cached here
+    num_kv_tokens: int  # prompt tokens whose KV arrives (fewer than the prompt: compressed)
 
     @property
     def missing_block_ids(self) -> list[int]:
@@ -156,7 +162,10 @@ class BlockManager:
         # blocks that end before it also means a step never writes into a shared block.
         if not self.enable_prefix_caching:
             return []
-        return seq.block_hashes[: self._hash_full_blocks(seq, seq.num_tokens - 1)]
+        limit = seq.num_tokens - 1
+        if seq.snapkv_pending:  # SnapKV scores the window's queries: they must be computed
+            limit = min(limit, seq.num_prompt_tokens - seq.kv_compression.window)
+        return seq.block_hashes[: self._hash_full_blocks(seq, max(0, limit))]
 
     def num_matched_tokens(self, seq: Sequence) -> int:
         """Tokens `allocate(seq)` would take from the prefix cache."""
@@ -198,7 +207,7 @@ class BlockManager:
 
     def ensure_slots(self, seq: Sequence, num_tokens: int) -> bool:
         """Grow the table to hold `num_tokens` more tokens after the computed ones."""
-        needed = self.num_blocks_for(seq.num_computed_tokens + num_tokens) - len(seq.block_table)
+        needed = self.num_blocks_for(seq.num_kv_tokens + num_tokens) - len(seq.block_table)
         if needed <= 0:
             return True
         if needed > self.num_free_blocks:
@@ -208,7 +217,7 @@ class BlockManager:
 
     def commit_computed(self, seq: Sequence) -> None:
         """Register the blocks that became full of computed tokens in the prefix cache."""
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or seq.num_dropped_tokens:
             return
         num_full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_size
         if num_full <= seq.num_committed_blocks:
@@ -227,21 +236,69 @@ class BlockManager:
         seq.block_table = []
         seq.num_committed_blocks = 0
         seq.num_computed_tokens = 0
+        seq.num_dropped_tokens = 0
+
+    # ---- KV compression ---------------------------------------------------------------------
+
+    def compact(self, seq: Sequence, num_kept: int) -> list[int] | None:
+        """Blocks for the `num_kept` tokens compression keeps of the sequence's computed ones,
+        the rest of its table released; None (nothing changed) when they do not fit now.
+
+        The caller reads the kept KV out of the old table first, then writes it into the
+        returned one. Blocks only this sequence holds and nobody can look up are reused; its
+        blocks in the prefix cache stay there, exact, unless there is no other room."""
+        needed = self.num_blocks_for(num_kept)
+        own = [b for b in seq.block_table if self.blocks[b].ref_count == 1]
+        reusable = [b for b in own if self.blocks[b].hash is None]
+        registered = [b for b in own if self.blocks[b].hash is not None]
+        extra = needed - len(reusable)
+        if extra > len(self._free_uncached) + len(registered) + len(self._evictable):
+            return None
+        targets = reusable[:needed]
+        while len(targets) < needed and self._free_uncached:
+            targets.append(self._take_free_block())
+        for block_id in registered:
+            if len(targets) == needed:
+                break
+            self._unregister(block_id)
+            targets.append(block_id)
+        while len(targets) < needed:
+            targets.append(self._take_free_block())
+        kept = set(targets)
+        for block_id in reversed(seq.block_table):
+            if block_id not in kept:
+                self._release(block_id)
+        seq.block_table = targets
+        seq.num_dropped_tokens = seq.num_computed_tokens - num_kept
+        return targets
+
+    def drop_blocks(self, seq: Sequence, indices: list[int]) -> None:
+        """Evict whole blocks (`indices` into the table) from the middle of a sequence; the
+        tokens after them move up by as many slots."""
+        for index in sorted(indices, reverse=True):
+            self._release(seq.block_table.pop(index))
+        seq.num_dropped_tokens += len(indices) * self.block_size
+        seq.num_committed_blocks = min(seq.num_committed_blocks, len(seq.block_table))
 
     # ---- disaggregation: KV arriving from a prefill worker ------------------------------
 
-    def reserve(self, seq: Sequence, deadline: float) -> KVReservation | None:
+    def reserve(self, seq: Sequence, deadline: float,
+                num_kv_tokens: int | None = None) -> KVReservation | None:
         """Hold blocks for the prompt KV of `seq`; None when they do not fit right now.
 
-        Full prompt blocks already cached here are shared, not transferred again.
+        Full prompt blocks already cached here are shared, not transferred again; a compressed
+        prompt (`num_kv_tokens` below its length) shares none: its blocks are not a prefix.
         """
         if seq.request_id in self._reservations or seq.block_table:
             raise RuntimeError(f"request {seq.request_id} already holds KV blocks")
-        caching = self.enable_prefix_caching
+        num_kv = seq.num_prompt_tokens if num_kv_tokens is None else num_kv_tokens
+        if not 0 < num_kv <= seq.num_prompt_tokens:
+            raise ValueError(f"{num_kv} KV tokens for a prompt of {seq.num_prompt_tokens}")
+        caching = self.enable_prefix_caching and num_kv == seq.num_prompt_tokens
         num_full = self._hash_full_blocks(seq, seq.num_prompt_tokens) if caching else 0
         hashes = seq.block_hashes[:num_full]
         matched = self.match_prefix(hashes)
-        needed = self.num_blocks_for(seq.num_prompt_tokens) - len(matched)
+        needed = self.num_blocks_for(num_kv) - len(matched)
         if needed > self.num_free_blocks - self._num_evictable(matched):
             return None
         for block_id in matched:
@@ -252,7 +309,7 @@ class BlockManager:
         seq.num_cached_tokens = len(matched) * self.block_size
         self.prefix_queries += seq.num_prompt_tokens
         self.prefix_hits += seq.num_cached_tokens
-        reservation = KVReservation(seq, deadline, len(matched))
+        reservation = KVReservation(seq, deadline, len(matched), num_kv)
         self._reservations[seq.request_id] = reservation
         return reservation
 
@@ -261,6 +318,7 @@ class BlockManager:
         reservation = self._reservations.pop(request_id)
         seq = reservation.seq
         seq.num_computed_tokens = seq.num_prompt_tokens
+        seq.num_dropped_tokens = seq.num_prompt_tokens - reservation.num_kv_tokens
         self.commit_computed(seq)
         return seq
 
@@ -340,6 +398,12 @@ class BlockManager:
                 self._free_uncached.append(block_id)
             else:
                 self._evictable[block_id] = None
+
+    def _unregister(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        assert block.hash is not None
+        del self._cached[block.hash]
+        block.hash = None
 
     def _register(self, block_id: int, block_hash: int) -> None:
         block = self.blocks[block_id]

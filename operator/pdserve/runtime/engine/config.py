@@ -21,6 +21,7 @@ import torch
 from pdserve.runtime.checkpoints.builtin import resolve_model_path
 from pdserve.runtime.checkpoints.tokenizer import Tokenizer
 from pdserve.runtime.checkpoints.weights import iter_weights
+from pdserve.runtime.compression.config import NO_COMPRESSION, KVCompression
 from pdserve.runtime.devices.resolve import keep_cpu_memory_mapped, resolve_device, resolve_dtype
 from pdserve.runtime.engine.bucketed_runner import BucketedRunner
 from pdserve.runtime.engine.buckets import Buckets, CompiledDevice
@@ -52,6 +53,11 @@ class EngineConfig:
     # all joining rank 0 at `rendezvous` (HOST:PORT); one node joins on loopback.
     num_nodes: int = 1
     rendezvous: str | None = None
+    kv_compression: KVCompression = NO_COMPRESSION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.kv_compression, dict):  # from JSON (a tensor-parallel follower)
+            self.kv_compression = KVCompression(**self.kv_compression)
 
     @property
     def devices_per_node(self) -> int:
@@ -73,6 +79,10 @@ class EngineConfig:
                              f"into {self.num_nodes} nodes")
         if self.num_nodes > 1 and not self.rendezvous:
             raise ValueError("a replica over several nodes needs a rendezvous HOST:PORT")
+        self.kv_compression.validate()
+        if self.kv_compression.enabled and self.tensor_parallel_size > 1:
+            raise ValueError("KV compression is not supported with tensor_parallel_size > 1 yet"
+                             " (its kept positions are chosen per KV head across all ranks)")
 
 
 @dataclass

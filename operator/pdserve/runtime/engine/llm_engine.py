@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pdserve.runtime.compression.compressor import KVCompressor
 from pdserve.runtime.engine.block_manager import BlockManager, KVReservation
 from pdserve.runtime.engine.config import EngineConfig, build_components
 from pdserve.runtime.engine.detokenizer import IncrementalDetokenizer
 from pdserve.runtime.engine.errors import RunnerBrokenError
 from pdserve.runtime.engine.kv_cache import KVLayout
+from pdserve.runtime.engine.model_runner import ModelRunner
 from pdserve.runtime.engine.sampler import TokenLogprobs, sample, skip_sampled_token
 from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.engine.scheduler import Scheduler, SchedulerOutput
@@ -54,6 +56,8 @@ class EngineStats:
     prefix_hits: int
     num_free_blocks: int
     num_blocks: int
+    kv_tokens_pruned: int  # by KV compression, since start
+    kv_bytes_saved: int
 
 
 @dataclass
@@ -94,6 +98,12 @@ class LLMEngine:
             eos_token_ids=eos,
         )
         self._requests: dict[str, _Request] = {}
+        if config.kv_compression.enabled and not isinstance(self.runner, ModelRunner):
+            raise ValueError(f"KV compression is not supported on the {self.device.type} device"
+                             " yet (its bucketed runner has no compressed layout)")
+        layout = parts.kv_cache.layout
+        self.compressor = KVCompressor(parts.kv_cache, self.block_manager,
+                                       layout.bytes_per_block // layout.block_size)
 
     def close(self) -> None:
         """Release what the engine holds beyond memory (a tensor-parallel replica's ranks)."""
@@ -121,6 +131,8 @@ class LLMEngine:
                 f"is {self.max_model_len} tokens (including at least one generated token)"
             )
         seq = Sequence(request_id, list(prompt_token_ids), params=params, priority=priority)
+        if params.allow_kv_compression:
+            seq.kv_compression = self.config.kv_compression
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
@@ -143,6 +155,7 @@ class LLMEngine:
         """Stop a request wherever it is and free its KV blocks; False if it is unknown."""
         request = self._requests.pop(request_id, None)
         seq = self.scheduler.abort(request_id)
+        self.compressor.forget(request_id)
         return request is not None or seq is not None
 
     def has_unfinished(self) -> bool:
@@ -158,6 +171,8 @@ class LLMEngine:
             prefix_hits=bm.prefix_hits,
             num_free_blocks=bm.num_free_blocks,
             num_blocks=bm.num_blocks,
+            kv_tokens_pruned=self.compressor.tokens_pruned,
+            kv_bytes_saved=self.compressor.bytes_saved,
         )
 
     # ---- one step ---------------------------------------------------------------------------
@@ -167,6 +182,8 @@ class LLMEngine:
         outputs = [self._expired(seq) for seq in self.block_manager.expire_reservations(
             time.monotonic())]  # fmt: skip
         scheduled = self.scheduler.schedule()
+        for seq in scheduled.preempted:  # recomputed from scratch: its scores start over
+            self.compressor.forget(seq.request_id)
         try:
             sampled, logprobs = self._run(scheduled)
         except RunnerBrokenError:
@@ -176,6 +193,7 @@ class LLMEngine:
                           len(scheduled.scheduled))  # fmt: skip
             return outputs + self._fail(scheduled)
         finished = self.scheduler.postprocess(scheduled, sampled)
+        self.compressor.after_step(item.seq for item in scheduled.scheduled)
         for item in scheduled.scheduled:
             rid = item.seq.request_id
             if rid in sampled and rid in self._requests:
@@ -192,6 +210,8 @@ class LLMEngine:
         if not scheduled.scheduled:
             return {}, {}
         logits, chunks = self.runner.execute(scheduled.scheduled)
+        if isinstance(self.runner, ModelRunner):
+            self.compressor.observe(self.runner.score_windows)
         if not chunks:
             return {}, {}
         requests = [self._requests[c.seq.request_id] for c in chunks]
@@ -261,7 +281,16 @@ class LLMEngine:
         seq = self.scheduler.retained.get(request_id)
         if seq is None:
             raise KeyError(f"no prefilled KV is held for request {request_id!r}")
-        return seq.block_table[: self.block_manager.num_blocks_for(seq.num_prompt_tokens)]
+        return seq.block_table[: self.block_manager.num_blocks_for(self.prefilled_kv_tokens(
+            request_id))]
+
+    def prefilled_kv_tokens(self, request_id: str) -> int:
+        """Prompt tokens whose KV a finished prefill-only request holds (fewer than its prompt
+        when compressed)."""
+        seq = self.scheduler.retained.get(request_id)
+        if seq is None:
+            raise KeyError(f"no prefilled KV is held for request {request_id!r}")
+        return seq.num_prompt_tokens - seq.num_dropped_tokens
 
     def release(self, request_id: str) -> bool:
         """Unpin the KV blocks of a prefill-only request (after its transfer or on failure)."""
@@ -275,15 +304,19 @@ class LLMEngine:
         params: SamplingParams,
         priority: int = 0,
         timeout: float = 30.0,
+        num_kv_tokens: int | None = None,
     ) -> KVReservation | None:
         """Reserve blocks for a request whose prompt KV comes from elsewhere (None: no room now).
 
         `reservation.missing_block_ids` are the blocks to fill (the leading
         `num_cached_blocks` are already cached here). Then call `complete_kv`; the reservation
-        is freed if neither that nor `abort` happens within `timeout` seconds.
+        is freed if neither that nor `abort` happens within `timeout` seconds. A compressed
+        prompt's KV holds `num_kv_tokens` slots (None: the whole prompt).
         """
         request = self._new_request(request_id, prompt_token_ids, params, priority)
-        reservation = self.block_manager.reserve(request.seq, time.monotonic() + timeout)
+        request.seq.snapkv_done = True  # its prompt was prefilled elsewhere
+        reservation = self.block_manager.reserve(request.seq, time.monotonic() + timeout,
+                                                 num_kv_tokens)
         if reservation is None:
             return None
         request.pending.append(first_token)

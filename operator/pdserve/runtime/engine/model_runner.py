@@ -5,6 +5,9 @@ first, then prefill chunks), the attention metadata (padded block tables for the
 table for the CPU kernel, or groups of similar lengths for the SDPA path; context blocks for
 prefill chunks that continue a cached prefix), runs the model and returns logits only for the
 sequences whose chunk reached their last known token (the ones that need a sample).
+Positions drive RoPE; the cache is addressed by slot (position less the sequence's dropped
+tokens, which KV compression prunes). Chunks with SnapKV window rows score the prompt too:
+`score_windows` holds the last step's, by request id.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pdserve.runtime.models.attention import (
     GatherWorkspace,
     KernelDecodes,
     PrefillChunk,
+    ScoreWindow,
 )
 from pdserve.runtime.models.llama import CausalLM
 
@@ -50,6 +54,7 @@ class ModelRunner:
             model.config.head_dim
         kernel_fits = paged_decode.supports(heads, head_dim, block_size, dtype)
         self.decode_kernel = library.load() if device.type == "cpu" and kernel_fits else None
+        self.score_windows: dict[str, ScoreWindow] = {}
 
     def close(self) -> None:
         """Nothing to release: a single-process runner (see parallel/runner.py for others)."""
@@ -60,9 +65,9 @@ class ModelRunner:
     def _block_tables(self, decodes: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decodes sorted by context length -> their block tables [rows, blocks of the longest],
         padded with block 0, and context lengths [rows]."""
-        width = -(-(decodes[-1].start + 1) // self.block_size)
+        width = -(-(_slot(decodes[-1]) + 1) // self.block_size)
         flat = [b for c in decodes for b in (c.seq.block_table[:width] + [0] * width)[:width]]
-        lengths = self._tensor([c.start + 1 for c in decodes])
+        lengths = self._tensor([_slot(c) + 1 for c in decodes])
         return self._tensor(flat).view(-1, width), lengths
 
     def _decode_groups(self, decodes: list[ScheduledChunk]) -> list[DecodeGroup]:
@@ -83,21 +88,26 @@ class ModelRunner:
         return KernelDecodes(self.decode_kernel, *self._block_tables(decodes))
 
     def _prefill_chunk(self, c: ScheduledChunk, row: int) -> PrefillChunk:
-        if c.start == 0:
-            return PrefillChunk(row, row + c.num_new_tokens, 0, None, None)
-        end = c.start + c.num_new_tokens
+        window = _score_window(c)
+        if window is not None:
+            self.score_windows[c.seq.request_id] = window
+        start = _slot(c)
+        if start == 0:
+            return PrefillChunk(row, row + c.num_new_tokens, 0, None, None, window)
+        end = start + c.num_new_tokens
         blocks = self._tensor(c.seq.block_table[: -(-end // self.block_size)])
-        rows = torch.arange(c.start, end, device=self.device)[:, None]
+        rows = torch.arange(start, end, device=self.device)[:, None]
         mask = torch.arange(end, device=self.device)[None, :] <= rows
-        return PrefillChunk(row, row + c.num_new_tokens, c.start, blocks, mask)
+        return PrefillChunk(row, row + c.num_new_tokens, start, blocks, mask, window)
 
     def prepare(
         self, chunks: Seq[ScheduledChunk]
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int], list[ScheduledChunk]]:
         """Flat inputs, metadata, rows to sample and the chunks in row order (decodes first)."""
         bs = self.block_size
+        self.score_windows = {}
         decodes = sorted(
-            (c for c in chunks if c.num_new_tokens == 1 and c.needs_sample), key=lambda c: c.start
+            (c for c in chunks if c.num_new_tokens == 1 and c.needs_sample), key=_slot
         )
         prefills = [c for c in chunks if not (c.num_new_tokens == 1 and c.needs_sample)]
         ids: list[int] = []
@@ -106,7 +116,8 @@ class ModelRunner:
         for c in decodes:
             ids.append(c.seq.token_at(c.start))
             positions.append(c.start)
-            slots.append(c.seq.block_table[c.start // bs] * bs + c.start % bs)
+            slot = _slot(c)
+            slots.append(c.seq.block_table[slot // bs] * bs + slot % bs)
         prefill_chunks = []
         sample_rows = list(range(len(decodes)))
         for c in prefills:
@@ -114,9 +125,9 @@ class ModelRunner:
             row = len(ids)
             end = c.start + c.num_new_tokens
             ids.extend(c.seq.token_slice(c.start, end))
-            span = range(c.start, end)
-            positions.extend(span)
-            slots.extend(table[p // bs] * bs + p % bs for p in span)
+            positions.extend(range(c.start, end))
+            first = _slot(c)
+            slots.extend(table[s // bs] * bs + s % bs for s in range(first, first + end - c.start))
             prefill_chunks.append(self._prefill_chunk(c, row))
             if c.needs_sample:
                 sample_rows.append(row + c.num_new_tokens - 1)
@@ -146,3 +157,23 @@ class ModelRunner:
             return hidden.new_empty((0, self.model.config.vocab_size), dtype=torch.float32), []
         logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])
         return logits, ordered
+
+
+def _slot(c: ScheduledChunk) -> int:
+    """The cache slot of the chunk's first token."""
+    return c.start - c.seq.num_dropped_tokens
+
+
+def _score_window(c: ScheduledChunk) -> ScoreWindow | None:
+    """The chunk's rows in SnapKV's observation window, when its sequence will be compressed."""
+    seq = c.seq
+    if not seq.snapkv_pending:
+        return None
+    num_prompt = seq.num_prompt_tokens
+    if seq.kv_compression.snapkv_kept(num_prompt) >= num_prompt:
+        return None  # within budget: nothing will be pruned
+    num_candidates = num_prompt - seq.kv_compression.window
+    first, end = max(c.start, num_candidates), min(c.start + c.num_new_tokens, num_prompt)
+    if first >= end:
+        return None
+    return ScoreWindow(first - c.start, num_candidates)

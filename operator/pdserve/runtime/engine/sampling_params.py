@@ -14,6 +14,7 @@ class SamplingParams:
 
     `temperature == 0` means greedy. `top_k == 0` and `top_p == 1.0` switch those filters off.
     `logprobs` is the number of top alternatives to return per token (None: no logprobs).
+    `allow_kv_compression=False` opts the request out of the worker's KV compression.
     """
 
     max_tokens: int = 16
@@ -25,6 +26,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None
+    allow_kv_compression: bool = True
 
     @property
     def greedy(self) -> bool:

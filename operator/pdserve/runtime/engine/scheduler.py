@@ -292,7 +292,7 @@ class Scheduler:
             if victim is not seq:
                 self._evict(victim, plan)
                 continue
-            if bm.num_blocks_for(seq.num_computed_tokens + num_new) > bm.num_blocks:
+            if bm.num_blocks_for(seq.num_kv_tokens + num_new) > bm.num_blocks:
                 self.running.remove(seq)
                 self._finish(seq, "length")  # alone it would not fit: never preempt it forever
                 plan.output.finished.append(seq)

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+from pdserve.runtime.compression.config import NO_COMPRESSION, KVCompression
 from pdserve.runtime.engine.sampling_params import SamplingParams
 
 # Breaks ties between requests with equal priority and equal arrival time: first added wins.
@@ -29,6 +30,12 @@ class Sequence:
     appended, so it stays valid across preemption); the first `num_committed_blocks` blocks of
     `block_table` are known to the prefix cache.
     A preempted request keeps its output: its next prefill covers prompt + output so far.
+
+    KV compression (see compression/config.py) prunes tokens' KV: the first
+    `num_dropped_tokens` computed tokens hold no slot, so token position p lives in slot
+    p - num_dropped_tokens of `block_table` (positions still drive RoPE). A sequence with
+    dropped tokens never registers blocks in the prefix cache. SnapKV runs once per request:
+    after a recompute (preemption) the request stays uncompressed.
     """
 
     request_id: str
@@ -47,6 +54,9 @@ class Sequence:
     num_preemptions: int = 0
     # Prefill-only (disaggregated) requests keep their KV blocks after finishing until released.
     retain_kv_on_finish: bool = False
+    kv_compression: KVCompression = NO_COMPRESSION
+    num_dropped_tokens: int = 0
+    snapkv_done: bool = False
     order: int = field(default_factory=lambda: next(_admission_counter), init=False)
 
     @property
@@ -56,6 +66,15 @@ class Sequence:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_kv_tokens(self) -> int:
+        """Computed tokens whose KV is held (slots in use)."""
+        return self.num_computed_tokens - self.num_dropped_tokens
+
+    @property
+    def snapkv_pending(self) -> bool:
+        return self.kv_compression.method == "snapkv" and not self.snapkv_done
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -9,6 +9,11 @@ in for the query length (so grouped-query attention needs no K/V repetition). A 
 chunk with nothing cached before it attends causally over its own new K/V; one that continues a
 cached prefix (prefix cache or an earlier chunk) gathers its context blocks and uses a causal
 mask offset by the cached length.
+
+Cache addressing is by slot, not position: a sequence whose KV was compressed holds fewer
+slots than tokens (see engine/sequence.py), and the runner gives slots and context lengths.
+A prefill chunk holding prompt rows of SnapKV's observation window also scores the candidate
+positions with them (`ScoreWindow`), layer by layer.
 """
 
 from __future__ import annotations
@@ -19,7 +24,18 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from pdserve.runtime.compression.snapkv import window_scores
 from pdserve.runtime.devices.cpu_kernels.paged_decode import paged_decode
+
+
+@dataclass
+class ScoreWindow:
+    """Chunk rows [first_row, end) are SnapKV window queries; each layer appends the attention
+    they give the candidate slots [0, num_candidates), [Hkv, num_candidates] float32."""
+
+    first_row: int
+    num_candidates: int
+    scores: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -33,6 +49,7 @@ class PrefillChunk:
     # both None when nothing is cached before the chunk (plain causal attention).
     context_blocks: torch.Tensor | None
     mask: torch.Tensor | None
+    window: ScoreWindow | None = None
 
 
 @dataclass
@@ -134,4 +151,9 @@ def paged_attention(
             enable_gqa=True,
         )  # fmt: skip
         out[chunk.start : chunk.end] = op.transpose(0, 1)
+        if chunk.window is not None:
+            w = chunk.window
+            w.scores.append(window_scores(q[chunk.start + w.first_row : chunk.end], kp,
+                                          chunk.num_context + w.first_row, w.num_candidates,
+                                          scale))
     return out

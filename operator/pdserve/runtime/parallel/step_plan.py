@@ -1,8 +1,9 @@
 """One engine step as flat integers, so follower ranks run the same forward pass as rank 0.
 
-Per scheduled chunk: start, new tokens, whether it is sampled, its tokens [start, start + new),
-its block table. The followers rebuild the chunks and hand them to their own ModelRunner, which
-lays out inputs and attention metadata exactly as rank 0's does (pure Python, no torch).
+Per scheduled chunk: start, new tokens, whether it is sampled, its dropped tokens (KV
+compression), its tokens [start, start + new), its block table. The followers rebuild the
+chunks and hand them to their own ModelRunner, which lays out inputs and attention metadata
+exactly as rank 0's does (pure Python, no torch).
 A plan starting with a negative number is a command instead: [-1] stops the followers,
 [-2, blocks...] gathers those KV blocks' shards to rank 0, [-3, blocks...] scatters them from
 rank 0 (the KV handoff of a tensor-parallel replica, parallel/kv_shards.py)."""
@@ -25,6 +26,8 @@ class PlannedSeq:
     start: int
     tokens: list[int]  # the chunk's tokens, from `start`
     block_table: list[int]
+    num_dropped_tokens: int = 0
+    snapkv_pending = False  # rank 0 alone scores and compacts
 
     def token_at(self, position: int) -> int:
         return self.tokens[position - self.start]
@@ -46,7 +49,8 @@ def encode(chunks: Sequence[ScheduledChunk]) -> list[int]:
     plan = [len(chunks)]
     for c in chunks:
         table = list(c.seq.block_table)
-        plan += [c.start, c.num_new_tokens, int(c.needs_sample), len(table)]
+        plan += [c.start, c.num_new_tokens, int(c.needs_sample), c.seq.num_dropped_tokens,
+                 len(table)]
         plan += c.seq.token_slice(c.start, c.start + c.num_new_tokens)
         plan += table
     return plan
@@ -60,10 +64,11 @@ def decode(plan: list[int]) -> list[PlannedChunk]:
     """The chunks of an encoded step (not a command)."""
     chunks, at = [], 1
     for _ in range(plan[0]):
-        start, count, sampled, width = plan[at:at + 4]
-        at += 4
+        start, count, sampled, dropped, width = plan[at:at + 5]
+        at += 5
         tokens = plan[at:at + count]
         table = plan[at + count:at + count + width]
         at += count + width
-        chunks.append(PlannedChunk(PlannedSeq(start, tokens, table), start, count, bool(sampled)))
+        chunks.append(PlannedChunk(PlannedSeq(start, tokens, table, dropped), start, count,
+                                   bool(sampled)))
     return chunks

@@ -35,6 +35,8 @@ class EngineStatsLike(Protocol):
     prefix_hits: int
     num_free_blocks: int
     num_blocks: int
+    kv_tokens_pruned: int
+    kv_bytes_saved: int
 
 
 class StepOutputLike(Protocol):
@@ -67,6 +69,10 @@ class _EngineCollector(Collector):
              stats.prefix_queries),
             ("pdserve_prefix_cache_hits", "Prompt tokens served from the prefix cache",
              stats.prefix_hits),
+            ("pdserve_kv_compression_pruned_tokens", "Tokens whose KV compression pruned",
+             stats.kv_tokens_pruned),
+            ("pdserve_kv_compression_saved_bytes", "KV bytes freed by compression",
+             stats.kv_bytes_saved),
         ]
         for name, help_, value in counters:
             counter = CounterMetricFamily(name, help_, labels=LABELS)
@@ -104,6 +110,8 @@ class WorkerMetrics:
                                              KV_TRANSFER_BUCKETS)
         self.kv_transfer_failures = counter("pdserve_kv_transfer_failures",
                                             "KV transfers that failed")
+        self.kv_compressed_handoffs = counter("pdserve_kv_compressed_handoffs",
+                                              "KV transfers of compressed prompts")
         self.kv_transfer_fallbacks = counter("pdserve_kv_transfer_fallbacks",
                                              "Requests whose prompt KV was recomputed locally")
         self.registry.register(_EngineCollector(engine_stats, [role, model]))

@@ -14,7 +14,10 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pdserve.runtime.compression.config import OPT_OUT_HEADER as KV_COMPRESSION_HEADER
+
 PRIORITY_HEADER = "x-pdserve-priority"
+KV_COMPRESSION_CHOICES = ("auto", "none")  # the worker's compression, or none for this request
 
 
 class RequestError(Exception):
@@ -67,6 +70,7 @@ class SamplingFields(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     priority: int | None = None
+    kv_compression: Literal["auto", "none"] | None = None
 
     @field_validator("n")
     @classmethod
@@ -237,6 +241,18 @@ def parse_request(model: type[RequestT], raw: bytes) -> RequestT:
         param = ".".join(str(part) for part in first["loc"]) or None
         message = first["msg"].removeprefix("Value error, ")
         raise RequestError(f"{param}: {message}" if param else message, param=param) from None
+
+
+def allows_kv_compression(header: str | None, body_choice: str | None) -> bool:
+    """Whether the worker's KV compression applies to this request; the header wins."""
+    if header is None:
+        return body_choice != "none"
+    choice = header.strip().lower()
+    if choice not in KV_COMPRESSION_CHOICES:
+        raise RequestError(f"header {KV_COMPRESSION_HEADER} must be one of "
+                           f"{', '.join(KV_COMPRESSION_CHOICES)}, got {header!r}",
+                           param=KV_COMPRESSION_HEADER)
+    return choice != "none"
 
 
 def parse_priority(header: str | None, body_priority: int | None) -> int:

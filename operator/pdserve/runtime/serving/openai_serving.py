@@ -24,9 +24,11 @@ from pdserve.runtime.checkpoints.generation import GenerationDefaults
 from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.serving.metrics import RequestTracker
 from pdserve.runtime.serving.openai_protocol import (
+    KV_COMPRESSION_HEADER,
     PRIORITY_HEADER,
     RequestError,
     SamplingFields,
+    allows_kv_compression,
     parse_priority,
     parse_request,
 )
@@ -82,6 +84,8 @@ def endpoint_handler(endpoint: Endpoint, submit: SubmitFn) -> Handler:
                                         len(prompt_ids), state.max_model_len,
                                         endpoint.prompt_param)  # fmt: skip
         params = sampling_params(body, max_tokens, body.num_logprobs(), defaults)
+        params.allow_kv_compression = allows_kv_compression(
+            request.headers.get(KV_COMPRESSION_HEADER), body.kv_compression)
         priority = parse_priority(request.headers.get(PRIORITY_HEADER), body.priority)
         request_id = f"{endpoint.id_prefix}-{uuid.uuid4().hex}"
         generation = await start_generation(request, submit, request_id, prompt_ids, params,

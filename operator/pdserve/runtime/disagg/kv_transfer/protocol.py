@@ -4,17 +4,21 @@ Every frame is a 9-byte header (kind: u8, payload length: u64, network order) an
 JSON for control messages, raw tensor bytes for DATA. One connection carries one handshake and
 then any number of transfers, one at a time:
 
-    prefill -> decode   HELLO  {version, transport, layout, model}
-    decode  -> prefill  ACCEPT {layout, model}
+    prefill -> decode   HELLO  {version, transport, layout, model, features}
+    decode  -> prefill  ACCEPT {layout, model, features}
     per transfer:
     prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token, params, priority,
-                               first_logprobs}
+                               first_logprobs, num_kv_tokens}
     decode  -> prefill  NEED   {num_cached_blocks, block_ids}   (block_ids: where missing blocks go)
     prefill -> decode   DATA... (tcp only)  DONE {bytes}
     decode  -> prefill  ACK    {}
 
 Either side may answer ERROR {message} instead; a mismatched layout or model (the identity of
 checkpoints/identity.py: weights, tokenizer, dtype, block size) is refused at HELLO.
+
+A compressed prompt (KV compression) travels as `num_kv_tokens` slots, fewer than its tokens,
+packed from the first block; kept K carries its rotary position, so the slots are all the
+decode side needs. Only a peer whose `features` list `COMPRESSED_KV` is sent one.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ HELLO, ACCEPT, OFFER, NEED, DATA, DONE, ACK, ERROR = 1, 2, 4, 5, 6, 7, 8, 9
 KIND_NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", OFFER: "OFFER", NEED: "NEED", DATA: "DATA",
               DONE: "DONE", ACK: "ACK", ERROR: "ERROR"}
 LAYOUT_FIELDS = ("num_layers", "num_kv_heads", "head_dim", "block_size", "dtype")
+COMPRESSED_KV = "compressed-kv"
+FEATURES = [COMPRESSED_KV]
 
 
 class KVTransferError(RuntimeError):
@@ -62,11 +68,13 @@ class Offer:
     params: dict[str, Any] = field(default_factory=dict)  # SamplingParams fields
     priority: int = 0
     first_logprobs: dict[str, Any] | None = None  # the first token's, when logprobs were asked
+    num_kv_tokens: int | None = None  # slots of a compressed prompt's KV; None: every token
 
     def to_json(self) -> dict[str, Any]:
         return {"transfer_id": self.transfer_id, "prompt_token_ids": self.prompt_token_ids,
                 "first_token": self.first_token, "params": self.params,
-                "priority": self.priority, "first_logprobs": self.first_logprobs}
+                "priority": self.priority, "first_logprobs": self.first_logprobs,
+                "num_kv_tokens": self.num_kv_tokens}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Offer:
@@ -74,9 +82,13 @@ class Offer:
             params = obj.get("params", {})
             if not isinstance(params, dict):
                 raise TypeError("params must be an object")
-            return cls(str(obj["transfer_id"]), [int(t) for t in obj["prompt_token_ids"]],
-                       int(obj["first_token"]), params, int(obj.get("priority", 0)),
-                       obj.get("first_logprobs"))
+            prompt = [int(t) for t in obj["prompt_token_ids"]]
+            num_kv = obj.get("num_kv_tokens")
+            if num_kv is not None and not 0 < int(num_kv) <= len(prompt):
+                raise ValueError(f"num_kv_tokens {num_kv} for a prompt of {len(prompt)}")
+            return cls(str(obj["transfer_id"]), prompt, int(obj["first_token"]), params,
+                       int(obj.get("priority", 0)), obj.get("first_logprobs"),
+                       None if num_kv is None else int(num_kv))
         except (KeyError, TypeError, ValueError) as exc:
             raise KVTransferError(f"malformed OFFER: {exc!r}") from None
 

@@ -21,6 +21,7 @@ from pdserve.runtime.disagg.kv_transfer.protocol import (
     ACCEPT,
     ACK,
     DONE,
+    FEATURES,
     HELLO,
     NEED,
     OFFER,
@@ -109,7 +110,8 @@ class KVReceiverServer:
         except (KVTransferError, ValueError) as exc:
             framed.send_error(str(exc))
             raise KVTransferError(str(exc)) from exc
-        framed.send_json(ACCEPT, {"layout": self.layout, "model": self.identity.to_json()})
+        framed.send_json(ACCEPT, {"layout": self.layout, "model": self.identity.to_json(),
+                                  "features": FEATURES})
         transport.on_accept(framed, self.pool)
         return transport
 

@@ -19,7 +19,9 @@ from pdserve.runtime.checkpoints.identity import ModelIdentity
 from pdserve.runtime.disagg.kv_transfer.protocol import (
     ACCEPT,
     ACK,
+    COMPRESSED_KV,
     DONE,
+    FEATURES,
     HELLO,
     NEED,
     OFFER,
@@ -51,6 +53,7 @@ class PushResult:
 class _Connection:
     framed: FramedSocket
     transport: Transport
+    peer_features: frozenset[str]
 
 
 class KVSender:
@@ -125,6 +128,10 @@ class KVSender:
     def _transfer(self, conn: _Connection, offer: Offer, src_block_ids: list[int]) -> PushResult:
         start = time.perf_counter()
         framed = conn.framed
+        if offer.num_kv_tokens is not None and COMPRESSED_KV not in conn.peer_features:
+            raise KVTransferError("the decode worker cannot read compressed KV (an older "
+                                  "pdserve): run both tiers on one version, or turn KV "
+                                  "compression off on the prefill tier")
         framed.send_json(OFFER, offer.to_json())
         need = framed.recv_json(NEED)
         num_cached = int(need["num_cached_blocks"])
@@ -160,7 +167,8 @@ class KVSender:
         try:
             local = layout_dict(self.pool.layout)
             framed.send_json(HELLO, {"version": PROTOCOL_VERSION, "transport": self.transport,
-                                     "layout": local, "model": self.identity.to_json()})
+                                     "layout": local, "model": self.identity.to_json(),
+                                     "features": FEATURES})
             accept = framed.recv_json(ACCEPT)
             check_layout(local, accept.get("layout", {}))
             check_model(self.identity, accept.get("model"), "prefill")
@@ -168,7 +176,9 @@ class KVSender:
         except (OSError, KVTransferError):
             framed.close()
             raise
-        return _Connection(framed, transport)
+        features = accept.get("features", [])
+        return _Connection(framed, transport,
+                           frozenset(features) if isinstance(features, list) else frozenset())
 
 
 def _is_stale(exc: BaseException) -> bool:

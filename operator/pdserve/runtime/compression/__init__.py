@@ -1,0 +1,1 @@
+"""Opt-in KV compression: SnapKV prefill compression and streaming (sinks + window)."""
