@@ -94,6 +94,23 @@ INVALID_SPECS = {
         "chunkSize must not exceed maxNumBatchedTokens",
     ),
     "kv-port-clash": (invalid("kvTransfer", {"port": 8000}), "pick another KV port"),
+    "snapkv-without-budget": (
+        invalid("prefill.engine", {"kvCompression": {"method": "snapkv"}}),
+        "snapkv needs exactly one of ratio and budgetTokens",
+    ),
+    "snapkv-budget-inside-window": (
+        invalid("prefill.engine", {"kvCompression": {"method": "snapkv", "budgetTokens": 16,
+                                                     "windowTokens": 64}}),
+        "budgetTokens must exceed windowTokens",
+    ),
+    "streaming-with-ratio": (
+        invalid("decode.engine", {"kvCompression": {"method": "streaming", "ratio": 0.5}}),
+        "ratio and budgetTokens apply only to method snapkv",
+    ),
+    "compression-ratio-out-of-range": (
+        invalid("prefill.engine", {"kvCompression": {"method": "snapkv", "ratio": 1.5}}),
+        "spec.prefill.engine.kvCompression.ratio",
+    ),
     "cuda-ipc-is-no-transport": (
         invalid("kvTransfer", {"transport": "cuda-ipc"}),
         'Unsupported value: "cuda-ipc"',

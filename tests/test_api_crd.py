@@ -107,6 +107,9 @@ def test_cross_field_rules_are_present():
         "prometheusUrl is required": "$.spec.autoscaling",
         "workers' HTTP port": "$.spec.kvTransfer",
         "chunkSize must not exceed": "$.spec.prefill.engine",
+        "snapkv needs exactly one of ratio": "$.spec.decode.engine.kvCompression",
+        "budgetTokens must exceed windowTokens": "$.spec.prefill.engine.kvCompression",
+        "sinkTokens applies only to method streaming": "$.spec.prefill.engine.kvCompression",
         "not in resources.limits": "$.spec.router.resources",
         "a metrics peer needs": "$.spec.networkPolicy.metricsPeers[items]",
         "values must be non-empty for In":

@@ -70,6 +70,22 @@ INVALID = {
                                                          "maxNumBatchedTokens": 1024}}),
                                 "chunkSize must not exceed"),
     "bad profile": (_spec(profile="heavy"), "profile"),
+    "snapkv without a budget": (_spec(prefill={"engine": {"kvCompression": {
+        "method": "snapkv"}}}), "snapkv needs exactly one of ratio and budgetTokens"),
+    "snapkv ratio of one": (_spec(prefill={"engine": {"kvCompression": {
+        "method": "snapkv", "ratio": 1.0}}}), "less than 1"),
+    "budget inside the window": (_spec(prefill={"engine": {"kvCompression": {
+        "method": "snapkv", "budgetTokens": 16, "windowTokens": 64}}}),
+        "budgetTokens must exceed windowTokens"),
+    "ratio on streaming": (_spec(decode={"engine": {"kvCompression": {
+        "method": "streaming", "ratio": 0.5}}}), "apply only to method snapkv"),
+    "sinks on snapkv": (_spec(decode={"engine": {"kvCompression": {
+        "method": "snapkv", "ratio": 0.5, "sinkTokens": 4}}}),
+        "sinkTokens applies only to method streaming"),
+    "window with none": (_spec(decode={"engine": {"kvCompression": {"windowTokens": 8}}}),
+                         "windowTokens needs method snapkv or streaming"),
+    "unknown method": (_spec(decode={"engine": {"kvCompression": {"method": "h2o"}}}),
+                       "method"),
     "gpu in resources": (_spec(decode={"resources": {"limits": {"nvidia.com/gpu": 1}}}),
                          "not in resources.limits"),
     "metrics peer selecting nothing": (_spec(networkPolicy={"metricsPeers": [{}]}),

@@ -198,6 +198,27 @@ def test_engine_config_holds_only_flags_the_worker_knows():
     assert config["max_num_seqs"] == 128 and config["enable_prefix_caching"] is True
 
 
+def test_kv_compression_reaches_the_worker_as_its_flags(tmp_path):
+    from pdserve.runtime.cli import parse_settings
+
+    spec = {**CPU, "prefill": {"engine": {"kvCompression": {"method": "snapkv", "ratio": 0.5}}},
+            "decode": {"engine": {"kvCompression": {"method": "streaming",
+                                                     "windowTokens": 2048}}}}
+    data = _render(spec)[("ConfigMap", "chat-engine")]["data"]
+    plain = json.loads(_render(CPU)[("ConfigMap", "chat-engine")]["data"]["prefill.json"])
+    assert not any(key.startswith("kv_compression") for key in plain)
+    for role, expected in (("prefill", {"kv_compression_method": "snapkv",
+                                        "kv_compression_ratio": 0.5}),
+                           ("decode", {"kv_compression_method": "streaming",
+                                       "kv_compression_window_tokens": 2048})):
+        config = json.loads(data[f"{role}.json"])
+        assert {k: v for k, v in config.items() if k.startswith("kv_compression")} == expected
+        path = tmp_path / f"{role}.json"
+        path.write_text(data[f"{role}.json"])
+        settings = parse_settings(["--config", str(path), "--model", "builtin:tiny"])
+        assert {k: settings[k] for k in expected} == expected  # the worker reads it
+
+
 def test_config_change_rolls_the_pods():
     before = _render(CPU)[("Deployment", "chat-decode")]["spec"]["template"]
     changed = {**CPU, "decode": {"engine": {"maxNumSeqs": 7}}}

@@ -266,3 +266,35 @@ def test_no_block_leaks_over_1000_requests_with_compression_on():
         assert bm.num_free_blocks == bm.num_blocks
         assert e.stats().kv_tokens_pruned > 0
         assert not e.compressor._scores  # no request's scores outlive it
+
+
+# ---- interfaces ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--kv-compression-method", "snapkv"], "exactly one of ratio and budget_tokens"),
+    (["--kv-compression-method", "streaming", "--kv-compression-ratio", "0.5"], "takes no ratio"),
+    (["--kv-compression-method", "snapkv", "--kv-compression-ratio", "0.5",
+      "--kv-compression-sink-tokens", "4"], "takes no sink_tokens"),
+])
+def test_worker_flags_refuse_bad_combinations(argv, message):
+    from pdserve.runtime.cli import WorkerSetupError, parse_settings
+
+    with pytest.raises(WorkerSetupError, match=message):
+        parse_settings(["--model", "builtin:tiny", *argv])
+
+
+def test_a_request_opts_out_by_header_or_body():
+    from pdserve.runtime.serving.openai_protocol import RequestError, allows_kv_compression
+
+    assert allows_kv_compression(None, None) and allows_kv_compression(None, "auto")
+    assert not allows_kv_compression(None, "none")
+    assert not allows_kv_compression("none", "auto")  # the header wins
+    assert allows_kv_compression("auto", "none")
+    with pytest.raises(RequestError, match="must be one of auto, none"):
+        allows_kv_compression("off", None)
+
+
+def test_compression_is_refused_where_it_cannot_run():
+    with pytest.raises(ValueError, match="not supported with tensor_parallel_size > 1"):
+        EngineConfig(kv_compression=SNAPKV, tensor_parallel_size=2).validate()

@@ -41,7 +41,9 @@ class RecordingHooks:
         self.done = threading.Event()
 
     def reserve(self, offer):
-        num_blocks = -(-len(offer.prompt_token_ids) // LAYOUT.block_size)
+        num_kv = offer.num_kv_tokens or len(offer.prompt_token_ids)
+        self.offers = {**getattr(self, "offers", {}), offer.transfer_id: offer}
+        num_blocks = -(-num_kv // LAYOUT.block_size)
         if num_blocks > 30:
             raise KVTransferError("no free KV blocks for this prompt")
         ids = list(range(10, 10 + num_blocks - self.num_cached))
@@ -88,6 +90,41 @@ def test_missing_blocks_arrive_intact(receiver, num_cached):
     sender.push(f"127.0.0.1:{server.port}", Offer("t2", list(range(8)), 1), [0, 1])
     assert "t2" in hooks.completed and not hooks.failed
     sender.close()
+
+
+def test_a_compressed_prompt_travels_as_its_kept_slots(receiver):
+    hooks = RecordingHooks()
+    server = receiver(hooks)
+    source = make_cache(seed=2)
+    sender = KVSender(source, "tcp", identity=IDENTITY, timeout=5)
+    offer = Offer("c", list(range(40)), 7, num_kv_tokens=10)  # 40 tokens kept as 10 slots
+    result = sender.push(f"127.0.0.1:{server.port}", offer, [4, 9, 2])
+    assert hooks.offers["c"].num_kv_tokens == 10
+    assert result.bytes == 3 * LAYOUT.bytes_per_block  # 3 blocks, not the prompt's 10
+    assert torch.equal(server.pool.read_blocks(hooks.reserved["c"]), source.read_blocks([4, 9, 2]))
+    sender.close()
+
+
+def test_a_peer_that_cannot_read_compressed_kv_is_refused_it(receiver, monkeypatch):
+    from pdserve.runtime.disagg.kv_transfer import receiver as receiver_module
+
+    monkeypatch.setattr(receiver_module, "FEATURES", [])  # an older decode worker
+    hooks = RecordingHooks()
+    server = receiver(hooks)
+    sender = KVSender(make_cache(), "tcp", identity=IDENTITY, timeout=5)
+    with pytest.raises(KVTransferError, match="cannot read compressed KV"):
+        sender.push(f"127.0.0.1:{server.port}", Offer("c", list(range(40)), 7,
+                                                      num_kv_tokens=10), [0, 1, 2])
+    assert not hooks.reserved  # refused before the offer was sent
+    sender.push(f"127.0.0.1:{server.port}", Offer("u", list(range(8)), 1), [0, 1])
+    assert "u" in hooks.completed
+    sender.close()
+
+
+def test_an_offer_claiming_more_slots_than_tokens_is_malformed():
+    with pytest.raises(KVTransferError, match="malformed OFFER"):
+        Offer.from_json({"transfer_id": "x", "prompt_token_ids": [1, 2], "first_token": 3,
+                         "num_kv_tokens": 5})
 
 
 def test_layout_mismatch_is_a_clear_error(receiver):

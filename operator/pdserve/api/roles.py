@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from pdserve.api.accelerators import TPU_SINGLE_HOST_TOPOLOGIES, AcceleratorKind
 from pdserve.api.base import ApiModel, cel
+from pdserve.api.compression import KVCompressionSpec
 from pdserve.api.pods import PodOverrides
 
 TpuTopology = Literal["1x1", "2x2", "2x4"]
@@ -116,6 +117,9 @@ class EngineSpec(ApiModel):
     num_kv_blocks: int | None = Field(
         default=None, ge=1, le=10_000_000,
         description="KV cache blocks per worker; unset: sized by the runtime from free memory.",
+    )
+    kv_compression: KVCompressionSpec | None = Field(
+        default=None, description="Token pruning (KV compression); off when unset.",
     )
 
     @model_validator(mode="after")

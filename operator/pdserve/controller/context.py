@@ -81,6 +81,9 @@ def engine_config(spec: LLMServiceSpec, role: WorkerRole) -> dict[str, Any]:
         "kv_fallback": spec.kv_transfer.fallback,
         "drain_timeout": DRAIN_TIMEOUT_SECONDS,
     }
+    compression = getattr(spec, role).engine.kv_compression
+    if compression is not None:
+        config.update(compression.worker_settings())
     return {key: value for key, value in config.items() if value is not None}
 
 
