@@ -24,7 +24,7 @@ def test_serving_and_rebalancing_sections(tmp_path):
         with rebalance.prometheus(stack) as url:
             decisions = asyncio.run(rebalance.run(stack, 5.0, url))
     by_label = {r.label: r for r in results}
-    assert len(by_label) == 2 + 2 + serving.AGENT_TURNS
+    assert len(by_label) == 3 + 2 + serving.AGENT_TURNS
     for r in results:
         assert r.timed.ttft_s > 0 and r.timed.completion_tokens > 0
     for label in ("summary 1", "summary 2"):
@@ -32,6 +32,11 @@ def test_serving_and_rebalancing_sections(tmp_path):
         assert summary.timed.completion_tokens == serving.SUMMARY_TOKENS
         # every block of the long prompt travels (nothing cached yet on the decode side)
         assert summary.kv_bytes >= summary.timed.prompt_tokens // 16 * 16 * 512
+    compressed = by_label["summary 3, snapkv 50%"]
+    assert compressed.timed.completion_tokens == serving.SUMMARY_TOKENS
+    # about half the prompt's KV travels, in whole blocks
+    full = -(-compressed.timed.prompt_tokens // 16) * 16 * 512
+    assert 0.4 * full < compressed.kv_bytes < 0.6 * full
     for label in ("story 1", "story 2"):
         story = by_label[label]
         assert story.timed.completion_tokens == serving.STORY_TOKENS

@@ -298,3 +298,15 @@ def test_a_request_opts_out_by_header_or_body():
 def test_compression_is_refused_where_it_cannot_run():
     with pytest.raises(ValueError, match="not supported with tensor_parallel_size > 1"):
         EngineConfig(kv_compression=SNAPKV, tensor_parallel_size=2).validate()
+
+
+@pytest.mark.parametrize("compression", [SNAPKV, STREAMING], ids=["snapkv", "streaming"])
+def test_the_cpu_kernel_and_the_sdpa_path_read_the_same_kept_slots(compression):
+    batch = prompts(4, seed=13, low=100, high=240)
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    kernel = engine(compression)
+    assert kernel.runner.decode_kernel is not None, "this machine builds the CPU kernel"
+    sdpa = engine(compression)
+    sdpa.runner.decode_kernel = None  # decodes go through gather + SDPA, as on CUDA
+    assert generate(kernel, batch, params) == generate(sdpa, batch, params)
+    assert kernel.stats().kv_tokens_pruned == sdpa.stats().kv_tokens_pruned > 0

@@ -20,8 +20,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SNAPKV = ["--kv-compression-method", "snapkv", "--kv-compression-ratio", "0.5",
           "--kv-compression-window-tokens", "16"]
-WORDS = ("the dragon sat by the sea and watched ships sail past the old lighthouse while "
-         "children ran along the shore collecting shells and telling stories of pirates").split()
+STORY = ("the dragon sat by the sea and watched ships sail past the old lighthouse while "
+         "children ran along the shore collecting shells and telling stories of pirates")
+WORDS = STORY.split()
 
 
 @pytest.fixture(scope="module")

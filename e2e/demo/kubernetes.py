@@ -20,6 +20,7 @@ from e2e.cluster import controlplane
 from e2e.cluster.node import identity
 from e2e.cluster.session import Cluster, local_cluster
 from e2e.demo import report
+from e2e.demo.workloads import DEMO_KV_COMPRESSION
 from e2e.operator_harness import (
     INSTALL_YAML,
     OPERATOR,
@@ -117,6 +118,7 @@ def agentic_on_real_node(prefill: int, decode: int, short_prompt_threshold: int
             placed["replicas"] = replicas
         spec[role] = placed
     spec["router"]["shortPromptThreshold"] = short_prompt_threshold
+    spec["prefill"].setdefault("engine", {})["kvCompression"] = DEMO_KV_COMPRESSION.to_k8s()
     return manifest
 
 

@@ -10,7 +10,11 @@ from typing import Any
 
 import openai
 
+from pdserve.api.compression import KVCompressionSpec
+
 MODEL = "tiny"
+# The prefill tier's KV compression in the demo; requests opt out unless they ask for it.
+DEMO_KV_COMPRESSION = KVCompressionSpec(method="snapkv", ratio=0.5)
 TEXT = (
     "the quarterly report shows revenue growth across all regions while operating costs fell "
     "after the migration of services to the new cluster and the board approved a plan to hire "
@@ -64,13 +68,14 @@ class Timed:
     e2e_s: float
 
 
-def chat_body(messages: list[dict[str, str]], max_tokens: int, model: str = MODEL
-              ) -> dict[str, Any]:
+def chat_body(messages: list[dict[str, str]], max_tokens: int, model: str = MODEL,
+              kv_compression: str = "none") -> dict[str, Any]:
     # ignore_eos (a vLLM-style extension) keeps answer lengths fixed: the tiny model's random
-    # weights would otherwise stop at an arbitrary point.
+    # weights would otherwise stop at an arbitrary point. kv_compression "none" opts out of the
+    # workers' KV compression, "auto" takes it (the demo compresses one summary, side by side).
     return {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True},
-            "extra_body": {"ignore_eos": True}}
+            "extra_body": {"ignore_eos": True, "kv_compression": kv_compression}}
 
 
 def _timing(start: float, token_times: list[float], end: float, completion_tokens: int,
@@ -83,13 +88,14 @@ def _timing(start: float, token_times: list[float], end: float, completion_token
 
 
 async def timed_chat(client: openai.AsyncOpenAI, messages: list[dict[str, str]],
-                     max_tokens: int, model: str = MODEL) -> Timed:
+                     max_tokens: int, model: str = MODEL, kv_compression: str = "none"
+                     ) -> Timed:
     start = time.perf_counter()
     token_times: list[float] = []
     parts: list[str] = []
     usage = None
     async for chunk in await client.chat.completions.create(
-            **chat_body(messages, max_tokens, model)):
+            **chat_body(messages, max_tokens, model, kv_compression)):
         if chunk.usage is not None:
             usage = chunk.usage
         if chunk.choices and chunk.choices[0].delta.content:
