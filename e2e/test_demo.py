@@ -39,6 +39,13 @@ def test_demo_runs_end_to_end(cluster: Cluster) -> None:
     for role in ("prefill", "decode", "router"):
         assert re.search(rf"agentic-chat\s+{role}\s+1\s+cpu\s+{NODE_NAME}\s", out), role
     assert re.search(r"agent turn 5\s+\d+\s+24\s", out)
+    # One summary through the sample's snapkv prefill pods: about half the KV handed over.
+    assert re.search(r"summary 3, snapkv 50%\s+\d+\s+16\s", out)
+    handed = re.search(r"KV compression: .*?([\d.]+) KiB handed over\s+for (\d+) prompt tokens, "
+                       r"against ([\d.]+) KiB for summary 1's (\d+)", out, re.DOTALL)
+    assert handed, out[-3000:]
+    compressed, plain = float(handed[1]) / int(handed[2]), float(handed[3]) / int(handed[4])
+    assert 0.4 * plain < compressed < 0.65 * plain
     decisions = dict(re.findall(r"^\s+(summaries|stories)\s+(\d+\s+\d+)\s+[A-Z]", out,
                                 re.MULTILINE))
     summaries = [int(n) for n in decisions["summaries"].split()]

@@ -61,9 +61,9 @@ class RecordingHooks:
 
 @pytest.fixture
 def receiver():
-    def start(hooks, cache=None):
+    def start(hooks, cache=None, features=None):
         server = KVReceiverServer(cache or make_cache(seed=1), hooks, "127.0.0.1", 0,
-                                  identity=IDENTITY, timeout=5)
+                                  identity=IDENTITY, timeout=5, features=features)
         server.start()
         started.append(server)
         return server
@@ -105,12 +105,9 @@ def test_a_compressed_prompt_travels_as_its_kept_slots(receiver):
     sender.close()
 
 
-def test_a_peer_that_cannot_read_compressed_kv_is_refused_it(receiver, monkeypatch):
-    from pdserve.runtime.disagg.kv_transfer import receiver as receiver_module
-
-    monkeypatch.setattr(receiver_module, "FEATURES", [])  # an older decode worker
+def test_a_peer_that_cannot_read_compressed_kv_is_refused_it(receiver):
     hooks = RecordingHooks()
-    server = receiver(hooks)
+    server = receiver(hooks, features=[])  # an older decode worker, or an XLA one
     sender = KVSender(make_cache(), "tcp", identity=IDENTITY, timeout=5)
     with pytest.raises(KVTransferError, match="cannot read compressed KV"):
         sender.push(f"127.0.0.1:{server.port}", Offer("c", list(range(40)), 7,

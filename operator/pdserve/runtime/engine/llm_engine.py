@@ -98,7 +98,9 @@ class LLMEngine:
             eos_token_ids=eos,
         )
         self._requests: dict[str, _Request] = {}
-        if config.kv_compression.enabled and not isinstance(self.runner, ModelRunner):
+        # Compressed KV (fewer slots than tokens) is laid out by the eager runner only.
+        self.reads_compressed_kv = isinstance(self.runner, ModelRunner)
+        if config.kv_compression.enabled and not self.reads_compressed_kv:
             raise ValueError(f"KV compression is not supported on the {self.device.type} device"
                              " yet (its bucketed runner has no compressed layout)")
         layout = parts.kv_cache.layout
@@ -313,6 +315,8 @@ class LLMEngine:
         is freed if neither that nor `abort` happens within `timeout` seconds. A compressed
         prompt's KV holds `num_kv_tokens` slots (None: the whole prompt).
         """
+        if num_kv_tokens is not None and not self.reads_compressed_kv:
+            raise ValueError(f"compressed KV cannot be read on the {self.device.type} device")
         request = self._new_request(request_id, prompt_token_ids, params, priority)
         request.seq.snapkv_done = True  # its prompt was prefilled elsewhere
         reservation = self.block_manager.reserve(request.seq, time.monotonic() + timeout,

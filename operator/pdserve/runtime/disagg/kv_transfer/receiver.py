@@ -53,12 +53,14 @@ class ReceiverHooks(Protocol):
 
 class KVReceiverServer:
     def __init__(self, pool: KVPool, hooks: ReceiverHooks, host: str, port: int, *,
-                 identity: ModelIdentity, timeout: float = 30.0) -> None:
+                 identity: ModelIdentity, timeout: float = 30.0,
+                 features: list[str] | None = None) -> None:
         self.pool = pool
         self.hooks = hooks
         self.timeout = timeout
         self.layout = layout_dict(pool.layout)
         self.identity = identity
+        self.features = FEATURES if features is None else features  # what this side can read
         self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
         self.port = self._listener.getsockname()[1]
         self._thread = threading.Thread(target=self._accept_loop, name="pdserve-kv-accept",
@@ -111,7 +113,7 @@ class KVReceiverServer:
             framed.send_error(str(exc))
             raise KVTransferError(str(exc)) from exc
         framed.send_json(ACCEPT, {"layout": self.layout, "model": self.identity.to_json(),
-                                  "features": FEATURES})
+                                  "features": self.features})
         transport.on_accept(framed, self.pool)
         return transport
 
