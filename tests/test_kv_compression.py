@@ -310,3 +310,14 @@ def test_the_cpu_kernel_and_the_sdpa_path_read_the_same_kept_slots(compression):
     sdpa.runner.decode_kernel = None  # decodes go through gather + SDPA, as on CUDA
     assert generate(kernel, batch, params) == generate(sdpa, batch, params)
     assert kernel.stats().kv_tokens_pruned == sdpa.stats().kv_tokens_pruned > 0
+
+
+def test_the_recall_task_asks_for_what_followed_the_cue():
+    from bench.quality.recall import BOS, QUERY, VALUE_TOKENS, sample
+
+    task = sample(random.Random(3), passage_tokens=40)
+    assert task.prompt[0] == BOS and task.prompt[-2] == QUERY
+    passage = task.prompt[1:-2]
+    assert len(set(passage)) == 40  # distinct: the cue occurs once before the query
+    at = passage.index(task.prompt[-1])
+    assert task.values == passage[at + 1:at + 1 + VALUE_TOKENS]

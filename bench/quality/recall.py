@@ -1,15 +1,16 @@
-"""A model that has learned something, for measuring what KV compression costs: key-value recall.
+"""A model that has learned something, for measuring what KV compression costs: passage recall.
 
-The task: a context of key-value pairs with distractor tokens between them, then a query of
-`QUERY_KEYS` of its keys; the answer is each queried key and its value, in query order, then end
-of text. The first answer token (the first key, copied from the query) comes from the prefill's
-full attention; every value is decoded over the KV that compression kept. Each step is a copy
-of what follows an earlier occurrence of a token (an induction head's job), which a 2-layer
-model learns in minutes, and a query key's own attention already points at its pair: what
-SnapKV's observation window relies on. Random weights attend uniformly and say nothing about
-quality, so the project trains this model itself: deterministically (seeded, on the CPU, about
-ten minutes), cached like the built-in models, in Hugging Face layout (config.json,
-safetensors, a word-level tokenizer), so the runtime loads it like any checkpoint.
+The task: a context passage of distinct random tokens, then `QUERY` and one token of the
+passage (the cue); the answer is the `VALUE_TOKENS` tokens that followed the cue in the
+passage. Every other passage token is a distractor. The first answer token comes from the
+prefill's full attention; the others are decoded over the KV that compression kept. Each
+answer token copies what followed an earlier occurrence of the current token (an induction
+head's job, which a 2-layer model learns in a few minutes on a CPU), and the cue's own
+attention already points at the answer's first position: what SnapKV's observation window
+relies on. Random weights attend uniformly and say nothing about quality, so the project
+trains this model itself: deterministically (seeded, on the CPU), cached like the built-in
+models, in Hugging Face layout (config.json, safetensors, a word-level tokenizer), so the
+runtime loads it like any checkpoint.
 
     .venv/bin/python -m bench.quality.recall            # train (or find) it; print its path
 """
@@ -31,13 +32,11 @@ from pdserve.runtime.checkpoints.builtin import model_cache_dir
 
 log = logging.getLogger(__name__)
 
-EOS, BOS, QUERY, ANSWER = 0, 1, 2, 3
-NUM_FILLERS, NUM_KEYS, NUM_VALUES = 32, 64, 64
-FIRST_FILLER = 4
-FIRST_KEY = FIRST_FILLER + NUM_FILLERS
-FIRST_VALUE = FIRST_KEY + NUM_KEYS
-VOCAB_SIZE = FIRST_VALUE + NUM_VALUES
-QUERY_KEYS = 4
+EOS, BOS, QUERY = 0, 1, 2
+FIRST_TOKEN = 3
+NUM_TOKENS = 512  # passage tokens
+VOCAB_SIZE = FIRST_TOKEN + NUM_TOKENS
+VALUE_TOKENS = 4  # the answer's length
 
 
 @dataclass(frozen=True)
@@ -45,18 +44,17 @@ class Training:
     """Everything the trained weights depend on (its hash names the cached directory)."""
 
     seed: int = 0
-    steps: int = 3500
+    steps: int = 3000
     batch: int = 32
-    lr: float = 3e-3
-    min_pairs: int = 4
-    max_pairs: int = 28
-    max_fillers: int = 4  # distractors before each pair: 0..max_fillers
+    lr: float = 1e-3
+    min_passage: int = 16
+    max_passage: int = 64
     hidden: int = 128
     layers: int = 2
     heads: int = 4
-    kv_heads: int = 2
+    kv_heads: int = 4
     intermediate: int = 384
-    version: int = 3
+    version: int = 11
 
     def key(self) -> str:
         import hashlib
@@ -68,34 +66,25 @@ class Training:
 @dataclass
 class Sample:
     prompt: list[int]
-    answer: list[int]  # each queried key and its value, in query order, then EOS
+    answer: list[int]  # what followed the cue in the passage
 
     @property
     def values(self) -> list[int]:
-        return self.answer[1:-1:2]
+        return self.answer[:VALUE_TOKENS]
 
 
-def sample(rng: random.Random, num_pairs: int, max_fillers: int,
-           num_queries: int = QUERY_KEYS) -> Sample:
-    keys = rng.sample(range(FIRST_KEY, FIRST_KEY + NUM_KEYS), num_pairs)
-    values = [rng.randrange(FIRST_VALUE, FIRST_VALUE + NUM_VALUES) for _ in keys]
-    prompt = [BOS]
-    for key, value in zip(keys, values, strict=True):
-        prompt += [rng.randrange(FIRST_FILLER, FIRST_KEY) for _ in range(rng.randint(0,
-                                                                                  max_fillers))]
-        prompt += [key, value]
-    asked = rng.sample(range(num_pairs), num_queries)
-    prompt += [QUERY, *(keys[i] for i in asked), ANSWER]
-    answer = [token for i in asked for token in (keys[i], values[i])]
-    return Sample(prompt, [*answer, EOS])
+def sample(rng: random.Random, passage_tokens: int, answer_tokens: int = VALUE_TOKENS
+           ) -> Sample:
+    """A passage of distinct tokens, a cue from it, and what followed the cue (training asks
+    for long answers: more tokens to learn from; evaluation for `VALUE_TOKENS`)."""
+    passage = rng.sample(range(FIRST_TOKEN, VOCAB_SIZE), passage_tokens)
+    cue = rng.randrange(passage_tokens - VALUE_TOKENS)
+    answer = passage[cue + 1:cue + 1 + answer_tokens]
+    return Sample([BOS, *passage, QUERY, passage[cue]], answer)
 
 
 def token_names() -> list[str]:
-    names = ["<eos>", "<bos>", "Q", "A"]
-    names += [f"f{i}" for i in range(NUM_FILLERS)]
-    names += [f"k{i}" for i in range(NUM_KEYS)]
-    names += [f"v{i}" for i in range(NUM_VALUES)]
-    return names
+    return ["<eos>", "<bos>", "Q", *(f"t{i}" for i in range(NUM_TOKENS))]
 
 
 def _tokenizer_json() -> str:
@@ -122,17 +111,15 @@ def _hf_config(t: Training) -> dict[str, object]:
 def _batch(rng: random.Random, t: Training) -> tuple[torch.Tensor, torch.Tensor]:
     samples = []
     for _ in range(t.batch):
-        # Training asks for more pairs than the evaluation's four: more answer tokens to learn
-        # from in each sample, the same skill.
-        pairs = rng.randint(t.min_pairs, t.max_pairs)
-        samples.append(sample(rng, pairs, t.max_fillers, rng.randint(QUERY_KEYS, pairs)))
+        length = rng.randint(t.min_passage, t.max_passage)
+        samples.append(sample(rng, length, length))  # the answer runs to the passage's end
     width = max(len(s.prompt) + len(s.answer) for s in samples)
     ids = torch.full((t.batch, width), EOS, dtype=torch.long)
     labels = torch.full((t.batch, width), -100, dtype=torch.long)
     for row, s in enumerate(samples):
         seq = s.prompt + s.answer
         ids[row, :len(seq)] = torch.tensor(seq)
-        # Loss on the answer only: predicting it from the prompt is the whole task.
+        # Loss on the answer only: recalling it from the passage is the whole task.
         labels[row, len(s.prompt):len(seq)] = torch.tensor(s.answer)
     return ids, labels
 
@@ -145,8 +132,9 @@ def train(target: Path, t: Training) -> Path:
     rng = random.Random(t.seed)
     model = LlamaForCausalLM(LlamaConfig(**_hf_config(t)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, t.lr, total_steps=t.steps,
-                                                   pct_start=0.05)
+    # Warm up, hold, decay over the last fifth: a held rate lets induction heads form.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
+        1.0, (step + 1) / 100, 5 * (t.steps - step) / t.steps))
     started = time.perf_counter()
     for step in range(t.steps):
         ids, labels = _batch(rng, t)
