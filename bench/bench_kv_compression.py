@@ -11,7 +11,7 @@ bytes: prompt KV a prefill engine hands to decode (blocks x bytes per block) per
   on the `small` model with 1,000-token prompts.
 decode: the `small` model decoding 8 sequences with 1,500-token prompts: decode tokens/s and
   KV blocks per sequence, uncompressed vs snapkv 50% / 25% vs streaming (512-token window);
-  and one sequence generating 10x longer under streaming (its KV stays flat).
+  and two sequences generating 10x longer under streaming (their KV stays flat).
 """
 
 from __future__ import annotations
@@ -158,9 +158,9 @@ def decode() -> None:
         base_blocks = base_blocks or blocks
         print(f"| {name} | {rate:.0f} | {blocks:.1f} | {rate / base_rate:.2f}x speed, "
               f"{blocks / base_blocks:.2f}x KV |")
-    print("\nStreaming (256-token window) over a 10x longer generation, one sequence of 200 "
+    print("\nStreaming (256-token window) over a 10x longer generation, two sequences of 200 "
           "prompt tokens:")
-    print("| new tokens | peak KV blocks, none | peak KV blocks, streaming |")
+    print("| new tokens | peak KV blocks per sequence, none | same, streaming |")
     print("|---|---|---|")
     for max_tokens in (200, 2000):
         row = []

@@ -44,7 +44,7 @@ class Training:
     """Everything the trained weights depend on (its hash names the cached directory)."""
 
     seed: int = 0
-    steps: int = 3000
+    steps: int = 8000
     batch: int = 32
     lr: float = 1e-3
     min_passage: int = 16
