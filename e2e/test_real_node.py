@@ -96,11 +96,22 @@ def test_pods_reach_services_dns_and_the_api(cluster: Cluster, namespace: str,
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"},
                "spec": {"selector": {"app": "echo"}, "ports": [{"port": 80,
                                                                  "targetPort": "http"}]}}
+    # kube-proxy programs a new Service's rules a moment after its endpoint is Ready: the
+    # client retries a refused connection for a bounded while, as any client of a new Service.
     probe = f"""
-import json, socket, ssl, urllib.request
+import json, socket, ssl, time, urllib.request
+def retried(url):
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=5).status
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 print(json.dumps({{
     "dns": socket.gethostbyname("echo.{namespace}.svc.cluster.local"),
-    "service": urllib.request.urlopen("http://echo/", timeout=5).status,
+    "service": retried("http://echo/"),
     "api": json.load(urllib.request.urlopen(
         "https://kubernetes.default.svc/version", timeout=5,
         context=ssl.create_default_context(
