@@ -42,7 +42,7 @@ def test_demo_runs_end_to_end(cluster: Cluster) -> None:
     # One summary through the sample's snapkv prefill pods: about half the KV handed over.
     assert re.search(r"summary 3, snapkv 50%\s+\d+\s+16\s", out)
     handed = re.search(r"KV compression: .*?([\d.]+) KiB handed over\s+for (\d+) prompt tokens, "
-                       r"against ([\d.]+) KiB for summary 1's (\d+)", out, re.DOTALL)
+                       r"against ([\d.]+) KiB for summary 2's (\d+)", out, re.DOTALL)
     assert handed, out[-3000:]
     compressed, plain = float(handed[1]) / int(handed[2]), float(handed[3]) / int(handed[4])
     assert 0.4 * plain < compressed < 0.65 * plain
