@@ -7,12 +7,8 @@ import sys
 
 import pytest
 
-from pdserve.runtime.engine.block_manager import (
-    ROOT_HASH,
-    BlockManager,
-    compute_block_hashes,
-    hash_block,
-)
+from pdserve.runtime.engine.block_hashes import ROOT_HASH, compute_block_hashes, hash_block
+from pdserve.runtime.engine.block_manager import BlockManager
 from pdserve.runtime.engine.sequence import Sequence
 
 
@@ -46,7 +42,7 @@ def test_hashes_are_chained_full_block_only_and_stable_across_processes() -> Non
     # Same second block after a different first block: a different chain.
     assert compute_block_hashes([9, 1, 2, 3, 4, 5, 6, 7], 4)[1] != hashes[1]
     code = (
-        "from pdserve.runtime.engine.block_manager import compute_block_hashes as c; "
+        "from pdserve.runtime.engine.block_hashes import compute_block_hashes as c; "
         "print(c(list(range(10)), 4))"
     )
     other = subprocess.run(

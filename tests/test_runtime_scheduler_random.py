@@ -7,7 +7,8 @@ import random
 import pytest
 from runtime_fake_model import EOS, VOCAB, FakeModel, next_token
 
-from pdserve.runtime.engine.block_manager import BlockManager, compute_block_hashes
+from pdserve.runtime.engine.block_hashes import compute_block_hashes
+from pdserve.runtime.engine.block_manager import BlockManager
 from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.engine.scheduler import Scheduler
 from pdserve.runtime.engine.sequence import Sequence

@@ -29,8 +29,6 @@ class KVCompressor:
         self.bytes_per_token = bytes_per_token
         self._scores: dict[str, torch.Tensor] = {}  # request id -> [layers, Hkv, candidates]
         self.tokens_pruned = 0
-        self.sequences_compressed = 0
-        self.sequences_skipped = 0  # snapkv found no room for the kept blocks: left whole
 
     @property
     def bytes_saved(self) -> int:
@@ -69,13 +67,11 @@ class KVCompressor:
                            self.block_manager.block_size)
         table = self.block_manager.compact(seq, num_kept)
         if table is None:
-            self.sequences_skipped += 1
             log.warning("no free KV blocks to compact request %s: kept whole (%d tokens)",
                         seq.request_id, num_prompt)
             return
         self.kv_cache.write_blocks(table, data)
         self.tokens_pruned += num_prompt - num_kept
-        self.sequences_compressed += 1
 
     def _stream(self, seq: Sequence) -> None:
         bm = self.block_manager
@@ -83,7 +79,5 @@ class KVCompressor:
                                                        bm.block_size)
         if not evict:
             return
-        if seq.num_dropped_tokens == 0:
-            self.sequences_compressed += 1
         bm.drop_blocks(seq, evict)
         self.tokens_pruned += len(evict) * bm.block_size

@@ -5,10 +5,9 @@ The KV tensor is split into `num_blocks` blocks of `block_size` token slots; a s
 block ids a sequence uses; the engine owns the tensor.
 
 Prefix caching: once a block is FULL of computed tokens it is registered under a hash chained to
-its prefix, `hash_block(parent_hash, tokens)` (the first block's parent is `ROOT_HASH`), so equal
-prefixes give equal hash chains in every process (blake2b, not Python's salted `hash`). A later
-request whose prompt starts with the same tokens reuses those blocks (ref count + 1) instead of
-recomputing them. A registered block whose ref count drops to 0 stays cached and evictable; it is
+its prefix (`block_hashes.py`; the first block's parent is `ROOT_HASH`), so equal prefixes give
+equal hash chains in every process. A later request whose prompt starts with the same tokens
+reuses those blocks (ref count + 1) instead of recomputing them. A registered block whose ref count drops to 0 stays cached and evictable; it is
 evicted least recently freed first, and only when no never-cached free block is left.
 
 Lifecycle of a locally computed sequence (driven by the scheduler):
@@ -35,33 +34,13 @@ of a sequence with dropped tokens are never registered: the prefix cache holds e
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from collections.abc import Sequence as TokenSequence
 from dataclasses import dataclass
 
+from pdserve.runtime.engine.block_hashes import ROOT_HASH, compute_block_hashes, hash_block
 from pdserve.runtime.engine.sequence import Sequence
-
-ROOT_HASH = 0
-
-
-def hash_block(parent_hash: int, token_ids: TokenSequence[int]) -> int:
-    """Chained hash of one full block: identical in every process for the same prefix."""
-    data = struct.pack(f"<Q{len(token_ids)}q", parent_hash, *token_ids)
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-
-
-def compute_block_hashes(
-    token_ids: TokenSequence[int], block_size: int, parent_hash: int = ROOT_HASH
-) -> list[int]:
-    """Chained hashes of the full blocks of `token_ids` (a trailing partial block has none)."""
-    hashes = []
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        parent_hash = hash_block(parent_hash, token_ids[start : start + block_size])
-        hashes.append(parent_hash)
-    return hashes
 
 
 @dataclass
