@@ -7,8 +7,9 @@ block ids a sequence uses; the engine owns the tensor.
 Prefix caching: once a block is FULL of computed tokens it is registered under a hash chained to
 its prefix (`block_hashes.py`; the first block's parent is `ROOT_HASH`), so equal prefixes give
 equal hash chains in every process. A later request whose prompt starts with the same tokens
-reuses those blocks (ref count + 1) instead of recomputing them. A registered block whose ref count drops to 0 stays cached and evictable; it is
-evicted least recently freed first, and only when no never-cached free block is left.
+reuses those blocks (ref count + 1) instead of recomputing them. A registered block whose ref
+count drops to 0 stays cached and evictable; it is evicted least recently freed first, and only
+when no never-cached free block is left.
 
 Lifecycle of a locally computed sequence (driven by the scheduler):
   `num_matched_tokens(seq)` / `can_allocate(seq, n)`   peek, no side effects
