@@ -103,7 +103,7 @@ class LLMEngine:
         if config.kv_compression.enabled and not self.reads_compressed_kv:
             raise ValueError(f"KV compression is not supported on the {self.device.type} device"
                              " yet (its bucketed runner has no compressed layout)")
-        layout = parts.kv_cache.layout
+        layout = parts.kv_pool.layout  # every KV head: what a pruned token frees in the replica
         self.compressor = KVCompressor(parts.kv_cache, self.block_manager,
                                        layout.bytes_per_block // layout.block_size)
 
@@ -253,6 +253,7 @@ class LLMEngine:
     def _fail(self, scheduled: SchedulerOutput) -> list[StepOutput]:
         outputs = []
         for item in scheduled.scheduled:
+            self.compressor.forget(item.seq.request_id)
             seq = self.scheduler.finish(item.seq.request_id, "error")
             if seq is not None:
                 outputs.append(self._finished_output(seq))
