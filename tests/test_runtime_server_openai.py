@@ -192,7 +192,11 @@ def test_bad_completion_requests_are_400_with_an_openai_error(client, request_op
     ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]},
      "messages"),
     ({"messages": [{"role": "user", "content": "word " * 600}]}, "messages"),
-    ({"tool_choice": "required", "tools": [WEATHER_TOOL]}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "nope"}},
+      "tools": [WEATHER_TOOL]}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [WEATHER_TOOL, WEATHER_TOOL]}, "tools"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
     ({"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]},
      "messages"),

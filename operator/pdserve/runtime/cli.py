@@ -22,6 +22,8 @@ from pdserve.runtime.compression.config import METHODS as KV_COMPRESSION_METHODS
 from pdserve.runtime.compression.config import KVCompression
 from pdserve.runtime.devices.probe import DEVICE_CHOICES, DeviceError, choose_device, probe
 from pdserve.runtime.disagg.kv_transfer.transport import TRANSPORTS
+from pdserve.runtime.grammar.compiler import DEFAULT_COMPILE_TIMEOUT
+from pdserve.runtime.grammar.spec import DEFAULT_MAX_WHITESPACE
 
 ROLE_ROUTES = {
     "both": "pdserve.runtime.serving.openai_routes",
@@ -37,7 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "threads": None, "tensor_parallel_size": 1, "num_nodes": 1, "node_rank": 0,
     "rendezvous": None, "kv_compression_method": "none", "kv_compression_ratio": None,
     "kv_compression_budget_tokens": None, "kv_compression_window_tokens": None,
-    "kv_compression_sink_tokens": None,
+    "kv_compression_sink_tokens": None, "grammar_cache_mb": 256,
+    "grammar_compile_timeout": DEFAULT_COMPILE_TIMEOUT,
+    "grammar_max_whitespace": DEFAULT_MAX_WHITESPACE,
 }
 
 
@@ -106,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="snapkv: observation window (default 32); streaming: recent window (default 1024)")
     add("--kv-compression-sink-tokens", type=int,
         help="streaming: leading tokens always kept (default 4)")
+    add("--grammar-cache-mb", type=_positive_int,
+        help="memory for compiled grammars of tool calls and JSON schemas, reused across "
+        "requests (default: 256)")
+    add("--grammar-compile-timeout", type=_positive_float,
+        help="seconds a request's grammar may take to compile before it is refused with 400 "
+        "(default: 10)")
+    add("--grammar-max-whitespace", type=int,
+        help="consecutive whitespace characters constrained JSON may hold (default: 4)")
     add("--drain-timeout", type=_positive_float,
         help="on SIGTERM, seconds to let in-flight requests finish (default: 30)")
     add("--threads", type=_positive_int,
@@ -157,6 +169,9 @@ def parse_settings(argv: list[str]) -> dict[str, Any]:
     if not settings["model"]:
         raise WorkerSetupError("--model is required (a model directory or builtin:tiny)")
     settings["served_model_name"] = settings["served_model_name"] or settings["model"]
+    if settings["grammar_max_whitespace"] < 0:
+        raise WorkerSetupError("--grammar-max-whitespace must be 0 or more, got "
+                               f"{settings['grammar_max_whitespace']}")
     _check_replica_layout(settings)
     try:
         kv_compression(settings).validate()

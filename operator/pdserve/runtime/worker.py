@@ -28,7 +28,9 @@ ENGINE_SETTINGS = ("model", "device", "dtype", "block_size", "num_kv_blocks", "m
 def engine_config(settings: dict[str, Any]) -> EngineConfig:
     return EngineConfig(**{name: settings[name] for name in ENGINE_SETTINGS
                            if settings.get(name) is not None},
-                        kv_compression=kv_compression({**DEFAULTS, **settings}))
+                        kv_compression=kv_compression({**DEFAULTS, **settings}),
+                        grammar_cache_bytes=int({**DEFAULTS, **settings}["grammar_cache_mb"])
+                        << 20)
 
 
 async def load_engine(state: WorkerState) -> None:
@@ -36,6 +38,7 @@ async def load_engine(state: WorkerState) -> None:
     log.info("torch uses %d CPU thread(s)", torch_threads(state.settings.get("threads")))
     engine = await asyncio.to_thread(LLMEngine, engine_config(state.settings))
     state.tokenizer = engine.tokenizer
+    state.grammars = engine.grammars
     state.generation_defaults = read_generation_defaults(engine.model_path)
     if state.generation_defaults.not_applied:
         log.warning("generation_config.json sets %s, which pdserve's sampler does not apply",

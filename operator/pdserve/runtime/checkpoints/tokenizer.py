@@ -121,6 +121,11 @@ class Tokenizer:
         )
 
     @property
+    def backend(self) -> HFTokenizer:
+        """The `tokenizers` object itself (what grammar compilation reads the vocabulary from)."""
+        return self._tok
+
+    @property
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size(with_added_tokens=True))
 

@@ -21,6 +21,7 @@ from typing import Any
 from pdserve.runtime.disagg.kv_transfer import KVTransferError, Offer
 from pdserve.runtime.engine.async_engine import AsyncEngine
 from pdserve.runtime.engine.sampling_params import SamplingParams
+from pdserve.runtime.grammar.compiler import GrammarError
 from pdserve.runtime.serving.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,12 @@ class DecodeTransfers:
     # ---- receiver threads ----------------------------------------------------------------
 
     def reserve(self, offer: Offer) -> tuple[int, list[int]]:
+        grammar = offer.params.get("grammar")
+        if isinstance(grammar, str):  # compiled here, off the engine's thread (then cached)
+            try:
+                self.engine.engine.grammars.compile(grammar)
+            except GrammarError as exc:
+                raise KVTransferError(f"cannot compile the request's grammar: {exc}") from None
         future = asyncio.run_coroutine_threadsafe(self._reserve(offer), self.loop)
         try:
             return future.result(self.timeout)

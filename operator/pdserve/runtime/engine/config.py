@@ -54,6 +54,7 @@ class EngineConfig:
     num_nodes: int = 1
     rendezvous: str | None = None
     kv_compression: KVCompression = NO_COMPRESSION
+    grammar_cache_bytes: int = 256 << 20  # compiled grammars kept for reuse (xgrammar's cache)
 
     def __post_init__(self) -> None:
         if isinstance(self.kv_compression, dict):  # from JSON (a tensor-parallel follower)

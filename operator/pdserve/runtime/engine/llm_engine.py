@@ -29,6 +29,8 @@ from pdserve.runtime.engine.sampler import TokenLogprobs, sample, skip_sampled_t
 from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.engine.scheduler import Scheduler, SchedulerOutput
 from pdserve.runtime.engine.sequence import Sequence
+from pdserve.runtime.grammar.compiler import GrammarCompiler, GrammarState
+from pdserve.runtime.grammar.masks import apply_grammars
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class _Request:
     detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None
     pending: list[int] = field(default_factory=list)  # tokens to report with the next output
+    grammar: GrammarState | None = None  # where a constrained request is in its grammar
 
 
 class LLMEngine:
@@ -106,6 +109,8 @@ class LLMEngine:
         layout = parts.kv_pool.layout  # every KV head: what a pruned token frees in the replica
         self.compressor = KVCompressor(parts.kv_cache, self.block_manager,
                                        layout.bytes_per_block // layout.block_size)
+        self.grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size, eos,
+                                        config.grammar_cache_bytes)
 
     def close(self) -> None:
         """Release what the engine holds beyond memory (a tensor-parallel replica's ranks)."""
@@ -139,7 +144,8 @@ class LLMEngine:
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
         detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, params.stop)
-        return _Request(seq, detok, generator)
+        grammar = self.grammars.start(params.grammar) if params.grammar is not None else None
+        return _Request(seq, detok, generator, grammar=grammar)
 
     def add_request(
         self,
@@ -217,7 +223,12 @@ class LLMEngine:
         if not chunks:
             return {}, {}
         requests = [self._requests[c.seq.request_id] for c in chunks]
+        apply_grammars(logits, [r.grammar for r in requests])
         result = sample(logits, [r.seq.params for r in requests], [r.generator for r in requests])
+        for request, token in zip(requests, result.token_ids, strict=True):
+            if request.grammar is not None and not request.grammar.accept(token):
+                raise RuntimeError(f"token {token} sampled for {request.seq.request_id} is not "
+                                   "allowed by its grammar")  # a masking bug: fail loudly
         ids = [c.seq.request_id for c in chunks]
         return dict(zip(ids, result.token_ids, strict=True)), dict(
             zip(ids, result.logprobs, strict=True)
@@ -227,6 +238,9 @@ class LLMEngine:
         seq = request.seq
         tokens = [*request.pending, token]
         request.pending.clear()
+        if request.grammar is not None and request.grammar.is_terminated() \
+                and not seq.is_finished:  # its grammar ended it (with ignore_eos, say)
+            self.scheduler.finish(seq.request_id, "stop")
         text = request.detokenizer.add_tokens(tokens, seq.is_finished)
         if request.detokenizer.stopped and not seq.is_finished:
             self.scheduler.finish(seq.request_id, "stop")
@@ -324,6 +338,9 @@ class LLMEngine:
                                                  num_kv_tokens)
         if reservation is None:
             return None
+        if request.grammar is not None and not request.grammar.accept(first_token):
+            raise ValueError(f"the first token {first_token} does not match the request's "
+                             "grammar")
         request.pending.append(first_token)
         if request.generator is not None and params.temperature != 0.0:
             skip_sampled_token(request.generator, self.model_config.vocab_size, self.device)

@@ -15,6 +15,7 @@ class SamplingParams:
     `temperature == 0` means greedy. `top_k == 0` and `top_p == 1.0` switch those filters off.
     `logprobs` is the number of top alternatives to return per token (None: no logprobs).
     `allow_kv_compression=False` opts the request out of the worker's KV compression.
+    `grammar` is what the output must match (a runtime/grammar/spec.py string; None: anything).
     """
 
     max_tokens: int = 16
@@ -27,6 +28,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     allow_kv_compression: bool = True
+    grammar: str | None = None
 
     @property
     def greedy(self) -> bool:
@@ -58,6 +60,8 @@ class SamplingParams:
             raise ValueError(
                 f"stop_token_ids must be a list of integers >= 0, got {self.stop_token_ids!r}"
             )
+        if self.grammar is not None and not isinstance(self.grammar, str):
+            raise ValueError(f"grammar must be a string or null, got {self.grammar!r}")
         if self.logprobs is not None and (
             isinstance(self.logprobs, bool)
             or not isinstance(self.logprobs, int)

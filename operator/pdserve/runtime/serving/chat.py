@@ -1,5 +1,6 @@
 """POST /v1/chat/completions: messages rendered by the model's chat template (with `tools`),
-the reply parsed back into `content` and hermes `tool_calls`, SSE deltas when streaming."""
+the output constrained to tool calls or a JSON schema where asked (constraints.py), the reply
+parsed back into `content` and hermes `tool_calls`, SSE deltas when streaming."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pdserve.runtime.serving.constraints import chat_constraint
 from pdserve.runtime.serving.openai_protocol import ChatCompletionRequest, RequestError
 from pdserve.runtime.serving.openai_serving import (
     Endpoint,
@@ -49,7 +51,7 @@ async def _complete(state: WorkerState, body: ChatCompletionRequest, generation:
         if calls:
             message = {"role": "assistant", "content": content,
                        "tool_calls": [call.to_openai() for call in calls]}
-            finish_reason = "tool_calls"
+            finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
     logprobs = chat_logprobs(state.tokenizer, generation.logprobs) if body.logprobs else None
     choice = {"index": 0, "message": message, "logprobs": logprobs,
               "finish_reason": finish_reason}
@@ -80,10 +82,10 @@ async def _chunks(tokenizer: Any, body: ChatCompletionRequest, generation: Gener
             logprobs = chat_logprobs(tokenizer, output.logprobs)
         if events.content or logprobs:
             yield _chunk(head, {"content": events.content}, logprobs=logprobs)
-        if events.tool_calls:
-            yield _chunk(head, {"tool_calls": [call.to_delta() for call in events.tool_calls]})
+        if events.deltas:
+            yield _chunk(head, {"tool_calls": events.deltas})
         if output.finished:
-            called = parser is not None and parser.tool_calls
+            called = parser is not None and parser.tool_calls and output.finish_reason == "stop"
             yield _chunk(head, {}, "tool_calls" if called else output.finish_reason)
     if body.include_usage_in_stream():
         yield {**head, "object": "chat.completion.chunk", "choices": [],
@@ -91,4 +93,4 @@ async def _chunks(tokenizer: Any, body: ChatCompletionRequest, generation: Gener
 
 
 CHAT = Endpoint(ChatCompletionRequest, "chatcmpl", "chat.completion", "messages", None, _prompt_ids,
-                _complete, _chunks)  # fmt: skip
+                _complete, _chunks, chat_constraint)  # fmt: skip

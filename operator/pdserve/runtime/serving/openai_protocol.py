@@ -12,7 +12,15 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pdserve.runtime.compression.config import OPT_OUT_HEADER as KV_COMPRESSION_HEADER
 
@@ -192,9 +200,40 @@ class ChatMessage(_Request):
         return message
 
 
+class NamedFunction(_Request):
+    name: str
+
+
 class NamedToolChoice(_Request):
     type: Literal["function"] = "function"
-    function: dict[str, str]
+    function: NamedFunction
+
+
+class ResponseJSONSchema(_Request):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: ResponseJSONSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_when_json_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a json_schema object")
+        return self
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema of the answer (json_object: any object); None for plain text."""
+        if self.type == "text":
+            return None
+        if self.type == "json_schema" and self.json_schema is not None \
+                and self.json_schema.schema_ is not None:
+            return self.json_schema.schema_
+        return {"type": "object"}
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -204,15 +243,38 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
     add_generation_prompt: bool = True
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tool_names(cls, tools: list[ToolDefinition] | None
+                           ) -> list[ToolDefinition] | None:
+        names = [tool.function.name for tool in tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("function names must be unique")
+        return tools
 
     @field_validator("tool_choice")
     @classmethod
-    def _supported_tool_choice(cls, choice: object) -> object:
-        # Forcing a call needs constrained decoding, which this runtime does not do.
-        if choice not in (None, "none", "auto"):
-            raise ValueError("only tool_choice 'auto' and 'none' are supported")
+    def _tool_choice_names_a_tool(cls, choice: object, info: ValidationInfo) -> object:
+        names = [tool.function.name for tool in info.data.get("tools") or []]
+        if choice == "required" and not names:
+            raise ValueError("'required' needs at least one tool in tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"names function {choice.function.name!r}, which is not in tools "
+                             f"({', '.join(map(repr, names)) or 'none given'})")
         return choice
+
+    def chosen_tool(self) -> str | None:
+        """What tool_choice asks for: "auto", "required", a function's name, or None (no
+        tools, or 'none')."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or "auto"
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens else self.max_tokens

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from pdserve.runtime.checkpoints.generation import GenerationDefaults
 from pdserve.runtime.engine.sampling_params import SamplingParams
+from pdserve.runtime.serving.constraints import Constraint, compile_constraint
 from pdserve.runtime.serving.metrics import RequestTracker
 from pdserve.runtime.serving.openai_protocol import (
     KV_COMPRESSION_HEADER,
@@ -69,6 +70,8 @@ class Endpoint:
     complete: Callable[[WorkerState, Any, Generation, dict[str, Any]], Awaitable[web.Response]]
     # (tokenizer, body, generation, response head) -> the SSE events
     chunks: Callable[[Any, Any, Generation, dict[str, Any]], AsyncIterator[dict[str, Any]]]
+    # (state, body) -> what the output must match, or None
+    constraint: Callable[[WorkerState, Any], Constraint | None] = lambda state, body: None
 
 
 def endpoint_handler(endpoint: Endpoint, submit: SubmitFn) -> Handler:
@@ -86,6 +89,10 @@ def endpoint_handler(endpoint: Endpoint, submit: SubmitFn) -> Handler:
         params = sampling_params(body, max_tokens, body.num_logprobs(), defaults)
         params.allow_kv_compression = allows_kv_compression(
             request.headers.get(KV_COMPRESSION_HEADER), body.kv_compression)
+        constraint = endpoint.constraint(state, body)
+        if constraint is not None:
+            await compile_constraint(state, constraint)
+            params.grammar = constraint.grammar
         priority = parse_priority(request.headers.get(PRIORITY_HEADER), body.priority)
         request_id = f"{endpoint.id_prefix}-{uuid.uuid4().hex}"
         generation = await start_generation(request, submit, request_id, prompt_ids, params,

@@ -44,6 +44,7 @@ class WorkerState:
     role: str
     settings: dict[str, Any] = field(default_factory=dict)  # the parsed worker flags
     engine: AsyncEngine = field(init=False)
+    grammars: Any = field(init=False)  # the engine's GrammarCompiler (thread-safe)
     tokenizer: Any = field(init=False)
     generation_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     max_model_len: int = field(init=False)
