@@ -175,8 +175,8 @@ def agent(model: str, turns: int = 10) -> None:
         e = engine(model)
         # Warm-up on a prompt sharing no prefix with the session (first-call costs of the
         # kernels and of xgrammar's matcher are not a turn's).
-        run(e, [list(range(10, 40))], [SamplingParams(max_tokens=16, temperature=0.0,
-                                                      grammar=REQUIRED)])
+        run(e, [list(range(10, 40)), [7 + i % 3000 for i in range(600)]],
+            [SamplingParams(max_tokens=16, temperature=0.0, grammar=REQUIRED)] * 2)
         messages: list[dict[str, Any]] = [{"role": "user", "content": QUESTIONS[2]}]
         valid_turns, generated = 0, 0
         for turn in range(1, turns + 1):

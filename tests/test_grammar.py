@@ -11,8 +11,7 @@ import pytest
 from pdserve.runtime.checkpoints.builtin import init_model
 from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine
 from pdserve.runtime.engine.sampling_params import SamplingParams
-from pdserve.runtime.grammar.compiler import GrammarError
-from pdserve.runtime.grammar.spec import Tool, json_grammar, tool_call_grammar
+from pdserve.runtime.grammar.spec import GrammarError, Tool, json_grammar, tool_call_grammar
 from pdserve.runtime.serving.tool_calls import ToolCallParser, parse_tool_calls
 
 CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
@@ -59,6 +58,15 @@ def test_length_bounded_strings_get_a_pattern_without_raw_control_characters():
         "type": "array", "items": {"type": "string", "minLength": 2, "maxLength": 5}}}}, 4))
     item = schema["format"]["json_schema"]["properties"]["a"]["items"]
     assert item == {"type": "string", "pattern": '^[^"\\\\\\u0000-\\u001f]{2,5}$'}
+
+
+def test_unenforced_keywords_are_refused_but_data_and_property_names_are_not():
+    with pytest.raises(GrammarError, match="'not' is not supported"):
+        json_grammar({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, 4)
+    with pytest.raises(GrammarError, match="'if' is not supported"):
+        json_grammar({"anyOf": [{"if": {}, "then": {}}]}, 4)
+    json_grammar({"type": "object", "properties": {"if": {"const": {"not": 1}}},
+                  "default": {"then": 2}}, 4)
 
 
 def test_constrained_output_validates_and_ends_the_request(engine):

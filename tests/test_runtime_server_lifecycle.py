@@ -185,12 +185,12 @@ async def test_sigterm_drains_in_flight_requests_then_exits(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_drain_is_bounded_by_the_drain_timeout(tmp_path_factory):
-    worker = WorkerProcess(tiny_model_dir(tmp_path_factory), "--drain-timeout", "1",
+    worker = WorkerProcess(tiny_model_dir(tmp_path_factory), "--drain-timeout", "0.2",
                            log_path=tmp_path_factory.mktemp("logs") / "drain-timeout.log")
     try:
         worker.wait_ready()
         async with aiohttp.ClientSession() as session:
-            # Far more tokens than can be generated within the one-second drain.
+            # Far more tokens than can be generated within the 0.2-second drain.
             response = await session.post(worker.base_url + "/v1/completions",
                                           json=completion(max_tokens=2000, stream=True))
             await response.content.readline()

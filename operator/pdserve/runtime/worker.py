@@ -49,6 +49,15 @@ async def load_engine(state: WorkerState) -> None:
     log.info("model identity %s (%s)", state.model_identity.digest, state.model_identity)
     state.engine = AsyncEngine(engine)
     state.engine.start()
+    # xgrammar's import and vocabulary tables take seconds: built beside serving, so the first
+    # constrained request does not pay them (it waits for them if it comes sooner).
+    warming = asyncio.get_running_loop().run_in_executor(None, engine.grammars.warm_up)
+    warming.add_done_callback(_report_grammar_warm_up)
+
+
+def _report_grammar_warm_up(future: asyncio.Future[None]) -> None:
+    if future.exception() is not None:
+        log.error("constrained decoding is unavailable: %s", future.exception())
 
 
 def build_worker_app(settings: dict[str, Any],

@@ -16,15 +16,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from pdserve.runtime.grammar.spec import GrammarError
+
 DEFAULT_COMPILE_TIMEOUT = 10.0  # seconds a request's grammar may take to compile
 _FORBIDDEN_CONTROL = {chr(code) for code in range(32)} - {"\t", "\n", "\r"}
 _NOT_UTF8 = {0xC0, 0xC1, *range(0xF5, 0x100)}
 # Lead bytes whose next byte is narrower than 80-BF, and that range.
 _SECOND_BYTE = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
-
-
-class GrammarError(ValueError):
-    """A grammar xgrammar cannot compile (an invalid or unsupported schema)."""
 
 
 def load_xgrammar() -> Any:

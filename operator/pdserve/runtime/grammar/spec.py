@@ -30,19 +30,45 @@ _CALL_SEPARATOR = "\n"
 _BOUNDED_STRING = '^[^"\\\\\\u0000-\\u001f]{%d,%s}$'
 
 
+# Keywords xgrammar accepts but does not enforce: refused rather than silently ignored.
+UNENFORCED_KEYWORDS = ("not", "if", "then", "else")
+
+
+class GrammarError(ValueError):
+    """A schema the output cannot be constrained to (unsupported, or invalid)."""
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
     parameters: dict[str, Any] | None  # a JSON schema of the arguments; None: any object
 
 
+# Where a schema holds schemas (the other keywords hold data: enum, const, default, ...).
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("prefixItems", "anyOf", "oneOf", "allOf")
+_SCHEMA_VALUES = ("items", "additionalProperties", "contains", "propertyNames")
+
+
+def _subschemas(key: str, value: Any) -> Any:
+    if key in _SCHEMA_MAPS and isinstance(value, dict):
+        return {name: _normalise(sub) for name, sub in value.items()}
+    if key in _SCHEMA_LISTS and isinstance(value, list):
+        return [_normalise(sub) for sub in value]
+    if key in _SCHEMA_VALUES:
+        return _normalise(value)
+    return value
+
+
 def _normalise(schema: Any) -> Any:
-    """A copy of `schema` whose length-bounded plain strings carry `_BOUNDED_STRING`."""
-    if isinstance(schema, list):
-        return [_normalise(item) for item in schema]
+    """A copy of `schema` whose length-bounded plain strings carry `_BOUNDED_STRING`; a schema
+    using an unenforced keyword raises GrammarError."""
     if not isinstance(schema, dict):
         return schema
-    result = {key: _normalise(value) for key, value in schema.items()}
+    for keyword in UNENFORCED_KEYWORDS:
+        if keyword in schema:
+            raise GrammarError(f"the keyword {keyword!r} is not supported")
+    result = {key: _subschemas(key, value) for key, value in schema.items()}
     bounded = "minLength" in schema or "maxLength" in schema
     plain = not any(key in schema for key in ("pattern", "format", "enum", "const"))
     if schema.get("type") == "string" and bounded and plain:

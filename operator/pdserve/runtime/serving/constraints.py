@@ -32,20 +32,30 @@ def chat_constraint(state: WorkerState, body: ChatCompletionRequest) -> Constrai
     max_whitespace = state.settings.get("grammar_max_whitespace", DEFAULT_MAX_WHITESPACE)
     schema = body.response_format.output_schema() if body.response_format else None
     choice = body.chosen_tool()
-    parts = []
-    if choice is not None:
-        tools = [Tool(tool.function.name, tool.function.parameters) for tool in body.tools or []]
-        parts = [(f"tools[{i}].function.parameters", json_grammar(tool.parameters,
-                                                                   max_whitespace))
-                 for i, tool in enumerate(tools) if tool.parameters is not None]
+    tools = [Tool(tool.function.name, tool.function.parameters) for tool in body.tools or []]
+    pieces = [(f"tools[{i}].function.parameters", tool.parameters)
+              for i, tool in enumerate(tools) if choice is not None and tool.parameters is not None]
     if schema is not None and choice in (None, "auto"):
-        parts.append(("response_format", json_grammar(schema, max_whitespace)))
+        pieces.append(("response_format", schema))
+    parts = tuple((param, _part(param, piece, max_whitespace)) for param, piece in pieces)
     if choice is not None:
         return Constraint(tool_call_grammar(tools, choice, body.parallel_tool_calls, schema,
-                                            max_whitespace), tuple(parts))
+                                            max_whitespace), parts)
     if schema is not None:
-        return Constraint(json_grammar(schema, max_whitespace), tuple(parts))
+        return Constraint(json_grammar(schema, max_whitespace), parts)
     return None
+
+
+def _part(param: str, schema: dict[str, object], max_whitespace: int) -> str:
+    try:
+        return json_grammar(schema, max_whitespace)
+    except GrammarError as exc:
+        raise _refusal(param, exc) from None
+
+
+def _refusal(param: str, exc: Exception) -> RequestError:
+    return RequestError(f"{param}: cannot constrain the output to this schema: {exc}",
+                        param=param)
 
 
 def _blame(state: WorkerState, constraint: Constraint) -> str:
@@ -64,9 +74,7 @@ async def compile_constraint(state: WorkerState, constraint: Constraint) -> None
         await asyncio.wait_for(asyncio.to_thread(state.grammars.compile, constraint.grammar),
                                timeout)
     except GrammarError as exc:
-        param = await asyncio.to_thread(_blame, state, constraint)
-        raise RequestError(f"{param}: cannot constrain the output to this schema: {exc}",
-                           param=param) from None
+        raise _refusal(await asyncio.to_thread(_blame, state, constraint), exc) from None
     except TimeoutError:
         raise RequestError("compiling the grammar of this request's schemas took longer than "
                            f"{timeout:g} s (the worker's --grammar-compile-timeout)",
