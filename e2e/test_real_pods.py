@@ -4,6 +4,7 @@ image built here, answering the `openai` client through the router's Service."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 
@@ -78,3 +79,25 @@ def test_openai_client_streams_through_the_router_service(
     assert time.monotonic() - started < 120
     moved = worker_metric(decode, "pdserve_kv_transfer_bytes_total")
     assert moved > moved_before, "no KV was handed from the prefill pod to the decode pod"
+
+
+def test_forced_tool_call_through_the_pods_is_valid(cluster: Cluster, real_release: str,
+                                                     chat_service: str) -> None:
+    """Constrained decoding inside the image (xgrammar), the grammar resumed by the decode pod
+    after the prefill pod's first token."""
+    router = cluster.get("service", f"{chat_service}-router", "-n", real_release)
+    client = openai.OpenAI(base_url=f"http://{router['spec']['clusterIP']}:{ROUTER_HTTP_PORT}/v1",
+                           api_key="none", max_retries=0, timeout=120)
+    unit = {"enum": ["celsius", "fahrenheit"]}
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                         "unit": unit}, "required": ["city", "unit"]}}}
+    notes = " ".join(f"note {i} says hello." for i in range(80))  # long: through both tiers
+    result = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": f"Weather? {notes}"}],
+        tools=[tool], tool_choice="required", parallel_tool_calls=False, max_tokens=256,
+        temperature=0)
+    [call] = result.choices[0].message.tool_calls
+    arguments = json.loads(call.function.arguments)
+    assert call.function.name == "get_weather" and len(arguments["city"]) <= 12
+    assert arguments["unit"] in unit["enum"] and result.choices[0].finish_reason == "tool_calls"

@@ -101,6 +101,25 @@ def test_overlong_utf8_after_a_lead_byte_is_banned(engine):
     assert b"\x04" not in grammars.token_bytes and b"\xc0" not in grammars.token_bytes
 
 
+def test_the_torch_mask_equals_xgrammars_kernel(engine):
+    import torch
+    import xgrammar
+
+    from pdserve.runtime.grammar.masks import mask_with_torch
+
+    states = [engine.grammars.start(json_grammar(CITY, 4)) for _ in range(3)]
+    states[1].accept(engine.grammars.token_bytes.index(b"{"))
+    bitmask = xgrammar.allocate_token_bitmask(3, 4096)
+    for i in (0, 1):
+        states[i].matcher.fill_next_token_bitmask(bitmask, i)
+    logits = torch.randn(3, 4096)
+    expected = logits.clone()
+    xgrammar.apply_token_bitmask_inplace(expected, bitmask, indices=[0, 1])
+    mask_with_torch(logits, bitmask, [0, 1])
+    assert torch.equal(logits, expected)
+    assert torch.isinf(logits[1]).sum() > 4000 and not torch.isinf(logits[2]).any()
+
+
 def test_a_first_token_outside_the_grammar_is_refused(engine):
     params = SamplingParams(max_tokens=8, grammar=json_grammar(CITY, 4))
     brace = engine.tokenizer.encode("x")[0]

@@ -13,6 +13,7 @@ constrained request do not pay for it.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -42,6 +43,7 @@ class GrammarCompiler:
         self._cache_bytes = cache_bytes
         self._lock = threading.Lock()
         self._compiler: Any = None
+        self._batch_matcher: Any = None
         self.token_bytes: list[bytes] = []  # each token's bytes (empty: never generated)
         # For each of _SECOND_BYTE's leads: the tokens starting with a byte it does not allow.
         self.not_after_lead: dict[int, list[int]] = {}
@@ -97,6 +99,13 @@ class GrammarCompiler:
         except (RuntimeError, ValueError, TypeError) as exc:
             raise GrammarError(_first_line(exc)) from None
 
+    def batch_matcher(self) -> Any:
+        """xgrammar's multi-threaded bitmask filler (the engine's thread only)."""
+        if self._batch_matcher is None:
+            self._batch_matcher = load_xgrammar().BatchGrammarMatcher(
+                max_threads=min(8, os.cpu_count() or 1))
+        return self._batch_matcher
+
     def start(self, spec: str) -> GrammarState:
         """A request's state at the start of the grammar of `spec`."""
         return GrammarState(load_xgrammar().GrammarMatcher(self.compile(spec)), self)
@@ -108,22 +117,22 @@ class GrammarState:
 
     def __init__(self, matcher: Any, compiler: GrammarCompiler) -> None:
         self.matcher = matcher
-        self._compiler = compiler
+        self.compiler = compiler
         self.open_lead: int | None = None
 
     def accept(self, token_id: int) -> bool:
         """Advance over a generated token; False if the grammar does not allow it."""
         if not self.matcher.accept_token(token_id):
             return False
-        data = self._compiler.token_bytes[token_id] if token_id < len(
-            self._compiler.token_bytes) else b""
+        data = self.compiler.token_bytes[token_id] if token_id < len(
+            self.compiler.token_bytes) else b""
         if data:
             self.open_lead = data[-1] if data[-1] in _SECOND_BYTE else None
         return True
 
     def banned_next(self) -> list[int]:
         """Tokens the grammar would allow next that would make the UTF-8 invalid."""
-        return self._compiler.not_after_lead[self.open_lead] if self.open_lead else []
+        return self.compiler.not_after_lead[self.open_lead] if self.open_lead else []
 
     def is_terminated(self) -> bool:
         return bool(self.matcher.is_terminated())

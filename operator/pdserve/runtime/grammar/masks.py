@@ -24,17 +24,27 @@ def apply_grammars(logits: torch.Tensor, states: Sequence[GrammarState | None]) 
     xgr = load_xgrammar()
     vocab = logits.shape[-1]
     bitmask = xgr.allocate_token_bitmask(len(states), vocab)
-    for i in rows:
-        states[i].matcher.fill_next_token_bitmask(bitmask, i)  # type: ignore[union-attr]
+    matchers = [states[i].matcher for i in rows]  # type: ignore[union-attr]
+    if len(rows) == 1:
+        matchers[0].fill_next_token_bitmask(bitmask, rows[0])
+    else:  # on xgrammar's threads
+        states[rows[0]].compiler.batch_matcher().batch_fill_next_token_bitmask(  # type: ignore[union-attr]
+            matchers, bitmask, rows)
     if logits.device.type in ("cpu", "cuda"):
         xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=vocab,
                                         indices=rows)
     else:
-        allowed = ((bitmask[rows][:, :, None] >> _BITS) & 1).bool().reshape(
-            len(rows), -1)[:, :vocab]
-        index = torch.tensor(rows, device=logits.device)
-        logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
+        mask_with_torch(logits, bitmask, rows)
     for i in rows:
         banned = states[i].banned_next()  # type: ignore[union-attr]
         if banned:
             logits[i, torch.tensor(banned, device=logits.device)] = float("-inf")
+
+
+def mask_with_torch(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int]) -> None:
+    """What xgrammar's kernels do, in plain torch ops (any device): bit j of word w of a row
+    allows token 32 * w + j."""
+    vocab = logits.shape[-1]
+    allowed = ((bitmask[rows][:, :, None] >> _BITS) & 1).bool().reshape(len(rows), -1)[:, :vocab]
+    index = torch.tensor(rows, device=logits.device)
+    logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
