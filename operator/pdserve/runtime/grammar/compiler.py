@@ -13,7 +13,6 @@ constrained request do not pay for it.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -43,7 +42,6 @@ class GrammarCompiler:
         self._cache_bytes = cache_bytes
         self._lock = threading.Lock()
         self._compiler: Any = None
-        self._batch_matcher: Any = None
         self.token_bytes: list[bytes] = []  # each token's bytes (empty: never generated)
         # For each of _SECOND_BYTE's leads: the tokens starting with a byte it does not allow.
         self.not_after_lead: dict[int, list[int]] = {}
@@ -98,13 +96,6 @@ class GrammarCompiler:
             return compiler.compile_structural_tag(spec)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise GrammarError(_first_line(exc)) from None
-
-    def batch_matcher(self) -> Any:
-        """xgrammar's multi-threaded bitmask filler (the engine's thread only)."""
-        if self._batch_matcher is None:
-            self._batch_matcher = load_xgrammar().BatchGrammarMatcher(
-                max_threads=min(8, os.cpu_count() or 1))
-        return self._batch_matcher
 
     def start(self, spec: str) -> GrammarState:
         """A request's state at the start of the grammar of `spec`."""

@@ -24,12 +24,8 @@ def apply_grammars(logits: torch.Tensor, states: Sequence[GrammarState | None]) 
     xgr = load_xgrammar()
     vocab = logits.shape[-1]
     bitmask = xgr.allocate_token_bitmask(len(states), vocab)
-    matchers = [states[i].matcher for i in rows]  # type: ignore[union-attr]
-    if len(rows) == 1:
-        matchers[0].fill_next_token_bitmask(bitmask, rows[0])
-    else:  # on xgrammar's threads
-        states[rows[0]].compiler.batch_matcher().batch_fill_next_token_bitmask(  # type: ignore[union-attr]
-            matchers, bitmask, rows)
+    for i in rows:  # xgrammar's BatchGrammarMatcher (threads) measured slower here: 0.82x
+        states[i].matcher.fill_next_token_bitmask(bitmask, i)  # type: ignore[union-attr]
     if logits.device.type in ("cpu", "cuda"):
         xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=vocab,
                                         indices=rows)
