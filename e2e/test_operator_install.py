@@ -4,6 +4,7 @@ shortages, and converges after a SIGKILL. (What the apiserver refuses: test_oper
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,6 +137,7 @@ def test_operator_identity_is_least_privilege(installed: Cluster) -> None:
     assert can("watch", "pods", "-A")
     assert not can("create", "pods", "-A")
     assert not can("get", "secrets", "-A")
+    assert can("create", "secrets", "-A")  # the KV auth secrets, never read back
     assert not can("delete", "llmservices.pdserve.dev", "-A")
     assert not can("create", "clusterroles.rbac.authorization.k8s.io")
 
@@ -248,7 +250,11 @@ def test_spec_changes_roll_the_children(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
 ) -> None:
     cluster.apply([llmservice_manifest("rolling", cpu_spec())], "-n", llm_namespace)
-    wait_converged(api, operator, llm_namespace, "rolling")
+    service = wait_converged(api, operator, llm_namespace, "rolling")
+    secret = cluster.get("secret", "rolling-kv-auth", "-n", llm_namespace)
+    assert [(o["kind"], o["uid"]) for o in secret["metadata"]["ownerReferences"]] == [
+        ("LLMService", service["metadata"]["uid"])]
+    assert len(base64.b64decode(secret["data"]["secret"])) == 64
     cluster.kubectl(
         "patch",
         "llmservice",
@@ -290,6 +296,10 @@ def test_spec_changes_roll_the_children(
         return bool(service) and service["status"]["decode"]["summary"] == "3/3"
 
     wait_until(status_shows_three_of_three, CONVERGE_S, "decode status 3/3", operator)
+    # The KV auth secret is created once: reconciles never rotate it under running pods.
+    after = cluster.get("secret", "rolling-kv-auth", "-n", llm_namespace)
+    assert after["data"] == secret["data"]
+    assert after["metadata"]["resourceVersion"] == secret["metadata"]["resourceVersion"]
 
 
 @pytest.mark.timeout(480)
@@ -350,6 +360,8 @@ def test_deleting_the_llmservice_collects_its_children(
         lambda: (
             not api.children(llm_namespace, "doomed")
             and not api.pods(llm_namespace, f"{LABEL_SERVICE}=doomed")
+            and not cluster.kubectl("get", "secret", "doomed-kv-auth", "-n", llm_namespace,
+                                    "--ignore-not-found", "-o", "name").stdout.strip()
         ),
         CONVERGE_S,
         "its children and pods to be garbage-collected",

@@ -176,6 +176,7 @@ NAMESPACED_NEEDS = {
     "apps/deployments": MANAGE,
     "/services": MANAGE,
     "/configmaps": MANAGE,
+    "/secrets": {"create"},  # each LLMService's KV auth secret, never read back
     "policy/poddisruptionbudgets": MANAGE,
     "networking.k8s.io/networkpolicies": MANAGE,
     "leaderworkerset.x-k8s.io/leaderworkersets": MANAGE,

@@ -21,6 +21,8 @@ import yaml
 from e2e.local_processes import Process, free_port, metric, running, wait_for_tiers
 from pdserve.api.spec import LLMServiceSpec
 from pdserve.controller.context import Owner
+from pdserve.controller.kv_auth import kv_auth_secret
+from pdserve.controller.names import KV_AUTH_DIR
 from pdserve.controller.render import render_children
 from pdserve.router.discovery import RESOLVE_OVERRIDE_ENV
 
@@ -79,7 +81,13 @@ def test_rendered_containers_serve_a_request(tmp_path):
     config_dir.mkdir()
     for filename, text in configmap["data"].items():
         (config_dir / filename).write_text(text)
-    mounts = {"/etc/pdserve": config_dir}
+    # The Secret the operator creates beside the children, as kubelet mounts it.
+    secret = kv_auth_secret(Owner("agentic-chat", "default", "uid"))
+    secret_dir = tmp_path / "kv-auth"
+    secret_dir.mkdir()
+    for key, value in secret["stringData"].items():
+        (secret_dir / key).write_text(value)
+    mounts = {"/etc/pdserve": config_dir, KV_AUTH_DIR: secret_dir}
     workers = {role: [container_process(objects[("Deployment", f"agentic-chat-{role}")], i,
                                         mounts, tmp_path)
                       for i in range(objects[("Deployment", f"agentic-chat-{role}")]["spec"]

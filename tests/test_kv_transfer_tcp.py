@@ -1,6 +1,7 @@
 """KV handoff over loopback TCP between two real KV caches: only missing blocks travel, layouts
 are checked at the handshake, a dead peer frees the reservation."""
 
+import contextlib
 import socket
 import threading
 
@@ -16,7 +17,14 @@ from pdserve.runtime.disagg.kv_transfer import (
     ModelMismatchError,
     Offer,
 )
-from pdserve.runtime.disagg.kv_transfer.protocol import HELLO, OFFER, FramedSocket, layout_dict
+from pdserve.runtime.disagg.kv_transfer.protocol import (
+    ACCEPT,
+    HELLO,
+    OFFER,
+    PROTOCOL_VERSION,
+    FramedSocket,
+    layout_dict,
+)
 from pdserve.runtime.engine.kv_cache import KVCache, KVLayout
 
 IDENTITY = ModelIdentity("weights-a", "tokenizer-a", "float32", 4)
@@ -61,9 +69,10 @@ class RecordingHooks:
 
 @pytest.fixture
 def receiver():
-    def start(hooks, cache=None, features=None):
+    def start(hooks, cache=None, features=None, secret=None):
         server = KVReceiverServer(cache or make_cache(seed=1), hooks, "127.0.0.1", 0,
-                                  identity=IDENTITY, timeout=5, features=features)
+                                  identity=IDENTITY, timeout=5, features=features,
+                                  secret=secret)
         server.start()
         started.append(server)
         return server
@@ -155,7 +164,8 @@ def test_peer_dying_mid_transfer_frees_the_reservation(receiver):
     server = receiver(hooks)
     sock = socket.create_connection(("127.0.0.1", server.port))
     framed = FramedSocket(sock)
-    framed.send_json(HELLO, {"version": 1, "transport": "tcp", "layout": layout_dict(LAYOUT),
+    framed.send_json(HELLO, {"version": PROTOCOL_VERSION, "transport": "tcp",
+                             "layout": layout_dict(LAYOUT),
                              "model": IDENTITY.to_json()})
     framed.recv_header()  # ACCEPT
     framed.send_json(OFFER, Offer("dead", list(range(16)), 3).to_json())
@@ -221,3 +231,69 @@ def test_cancel_cuts_a_transfer_and_frees_the_reservation(receiver, monkeypatch)
     thread.join(10)
     assert errors and hooks.done.wait(5)
     assert "gone" in hooks.failed and "gone" not in hooks.completed
+
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+def test_peers_sharing_the_secret_transfer(receiver):
+    hooks = RecordingHooks()
+    server = receiver(hooks, secret=SECRET)
+    src = make_cache()
+    sender = KVSender(src, "tcp", identity=IDENTITY, timeout=5, secret=SECRET)
+    result = sender.push(f"127.0.0.1:{server.port}", Offer("t", list(range(8)), 4), [0, 1])
+    assert result.num_blocks == 2 and "t" in hooks.completed
+
+
+@pytest.mark.parametrize(("decode_secret", "prefill_secret", "message"), [
+    (SECRET, b"another secret of 32 bytes!!!!!!", "did not prove the KV auth secret"),
+    (SECRET, None, "did not authenticate"),
+    (None, SECRET, "this decode worker has no --kv-auth-secret-file"),
+])
+def test_a_peer_without_the_secret_is_refused_before_any_block(receiver, decode_secret,
+                                                               prefill_secret, message):
+    hooks = RecordingHooks()
+    server = receiver(hooks, secret=decode_secret)
+    sender = KVSender(make_cache(), "tcp", identity=IDENTITY, timeout=5, secret=prefill_secret)
+    with pytest.raises(KVTransferError, match=message):
+        sender.push(f"127.0.0.1:{server.port}", Offer("t", [1, 2, 3], 4), [0])
+    assert not hooks.reserved and not hooks.completed
+
+
+def test_a_forged_decode_worker_gets_no_kv():
+    """A listener that answers ACCEPT without knowing the secret: the prefill side refuses it
+    before it offers the prompt."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen = []
+
+    def fake_decode():
+        sock, _ = listener.accept()
+        framed = FramedSocket(sock)
+        hello = framed.recv_json(HELLO)
+        framed.send_json(ACCEPT, {"layout": hello["layout"], "model": hello["model"],
+                                  "features": [], "auth": {"nonce": "ab" * 16,
+                                                           "proof": "00" * 32}})
+        with contextlib.suppress(KVTransferError):
+            seen.append(framed.recv_header()[0])
+        framed.close()
+
+    thread = threading.Thread(target=fake_decode, daemon=True)
+    thread.start()
+    sender = KVSender(make_cache(), "tcp", identity=IDENTITY, timeout=5, secret=SECRET)
+    with pytest.raises(KVTransferError, match="decode worker did not prove"):
+        sender.push(f"127.0.0.1:{listener.getsockname()[1]}", Offer("t", [1, 2, 3], 4), [0])
+    thread.join(5)
+    listener.close()
+    assert OFFER not in seen
+
+
+def test_the_worker_refuses_an_unreadable_or_short_secret(tmp_path):
+    from pdserve.runtime.cli import WorkerSetupError, parse_settings
+
+    with pytest.raises(WorkerSetupError, match="cannot read the KV auth secret"):
+        parse_settings(["--model", "builtin:tiny", "--kv-auth-secret-file",
+                        str(tmp_path / "missing")])
+    (tmp_path / "short").write_text("abc\n")
+    with pytest.raises(WorkerSetupError, match="shorter than 16 bytes"):
+        parse_settings(["--model", "builtin:tiny", "--kv-auth-secret-file",
+                        str(tmp_path / "short")])

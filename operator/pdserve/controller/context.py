@@ -16,11 +16,14 @@ from pdserve.api.resource import API_VERSION, KIND
 from pdserve.api.roles import RoleSpec
 from pdserve.api.spec import ROUTER_HTTP_PORT, WORKER_HTTP_PORT, LLMServiceSpec
 from pdserve.controller.names import (
+    KV_AUTH_DIR,
+    KV_AUTH_KEY,
     LWS_NAME_LABEL,
     Role,
     deployment_name,
     engine_configmap_name,
     follower_labels,
+    kv_auth_secret_name,
     ranks_policy_name,
     role_labels,
     role_selector,
@@ -183,6 +186,7 @@ def worker_context(spec: LLMServiceSpec, owner: Owner, role: WorkerRole, image: 
         "--kv-port", str(spec.kv_transfer.port), "--device", facts.device,
         "--tensor-parallel-size", str(role_spec.accelerator.count * nodes),
         *(LWS_RENDEZVOUS_ARGS if nodes > 1 else ()),
+        "--kv-auth-secret-file", f"{KV_AUTH_DIR}/{KV_AUTH_KEY}",
         "--config", f"{CONFIG_DIR}/{role}.json",
     ]
     return {
@@ -199,6 +203,8 @@ def worker_context(spec: LLMServiceSpec, owner: Owner, role: WorkerRole, image: 
         "config_hash": hashlib.sha256(config.encode()).hexdigest()[:16],
         "config_map": engine_configmap_name(owner.name),
         "config_dir": CONFIG_DIR,
+        "kv_auth_secret": kv_auth_secret_name(owner.name),
+        "kv_auth_dir": KV_AUTH_DIR,
         "model_uri": spec.model.source.uri,
         "model_dir": f"{MODELS_DIR}/model",
         "model_volume": _model_volume(spec),

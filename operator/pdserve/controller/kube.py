@@ -16,6 +16,7 @@ from pdserve.controller.names import FIELD_MANAGER, children_selector
 # Collection path of every kind the operator touches, under a namespace.
 _COLLECTIONS: dict[str, str] = {
     "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
+    "Secret": "/api/v1/namespaces/{namespace}/secrets",
     "Service": "/api/v1/namespaces/{namespace}/services",
     "Pod": "/api/v1/namespaces/{namespace}/pods",
     "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
@@ -58,6 +59,14 @@ class Kube:
         self._call("PATCH", obj["kind"], meta["namespace"], meta["name"],
                    query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
                    body=dict(obj), content_type="application/apply-patch+yaml")
+
+    def create_if_absent(self, obj: Mapping[str, Any]) -> None:
+        """Create an object once; one that exists already is left as it is (never read)."""
+        try:
+            self._call("POST", obj["kind"], obj["metadata"]["namespace"], body=dict(obj))
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete a child; one already gone is fine."""

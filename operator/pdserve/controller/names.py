@@ -41,6 +41,16 @@ def router_service_name(service: str) -> str:
     return f"{service}-router"
 
 
+# Where worker pods mount the KV auth Secret, and the key holding it.
+KV_AUTH_DIR = "/etc/pdserve-kv-auth"  # beside, not inside, the engine ConfigMap mount
+KV_AUTH_KEY = "secret"
+
+
+def kv_auth_secret_name(service: str) -> str:
+    """The Secret whose key the prefill and decode workers prove to each other."""
+    return f"{service}-kv-auth"
+
+
 def engine_configmap_name(service: str) -> str:
     return f"{service}-engine"
 

@@ -21,7 +21,8 @@ from pdserve.api.spec import LLMServiceSpec
 from pdserve.controller import metrics
 from pdserve.controller.context import Owner, desired_replicas
 from pdserve.controller.kube import Kube
-from pdserve.controller.names import ranks_policy_name, workers_service_name
+from pdserve.controller.kv_auth import kv_auth_secret
+from pdserve.controller.names import kv_auth_secret_name, ranks_policy_name, workers_service_name
 from pdserve.controller.render import render_children
 from pdserve.controller.status import Observation, compute_status
 from pdserve.controller.workloads import LEADER_WORKER_SET, by_role, stale, workload_kinds
@@ -118,6 +119,11 @@ def _apply_all(kube: Kube, spec: LLMServiceSpec, owner: Owner,
                decided: Mapping[str, Any] | None) -> tuple[str, str] | None:
     children = render_children(spec, owner, spec.image or default_image(),
                                dict(decided) if decided else None)
+    try:  # before the pods that mount it
+        kube.create_if_absent(kv_auth_secret(owner))
+    except client.ApiException as exc:
+        metrics.APPLY_ERRORS.labels("Secret").inc()
+        return ("ApplyFailed", f"Secret {kv_auth_secret_name(owner.name)}: {_api_message(exc)}")
     failures = [failure for failure in _APPLIER.map(lambda child: _apply_one(kube, child), children)
                 if failure]
     if not spec.network_policy.enabled:

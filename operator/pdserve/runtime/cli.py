@@ -21,6 +21,7 @@ from typing import Any
 from pdserve.runtime.compression.config import METHODS as KV_COMPRESSION_METHODS
 from pdserve.runtime.compression.config import KVCompression
 from pdserve.runtime.devices.probe import DEVICE_CHOICES, DeviceError, choose_device, probe
+from pdserve.runtime.disagg.kv_transfer.auth import read_secret
 from pdserve.runtime.disagg.kv_transfer.transport import TRANSPORTS
 from pdserve.runtime.grammar.compiler import DEFAULT_COMPILE_TIMEOUT
 from pdserve.runtime.grammar.spec import DEFAULT_MAX_WHITESPACE
@@ -41,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "kv_compression_budget_tokens": None, "kv_compression_window_tokens": None,
     "kv_compression_sink_tokens": None, "grammar_cache_mb": 256,
     "grammar_compile_timeout": DEFAULT_COMPILE_TIMEOUT,
-    "grammar_max_whitespace": DEFAULT_MAX_WHITESPACE,
+    "grammar_max_whitespace": DEFAULT_MAX_WHITESPACE, "kv_auth_secret_file": None,
 }
 
 
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--kv-transport", choices=TRANSPORTS, help="default: tcp")
     add("--kv-timeout", type=_positive_float, help="seconds to wait for KV (default: 30)")
     add("--kv-fallback", choices=["recompute", "fail"], help="when KV does not arrive")
+    add("--kv-auth-secret-file", metavar="FILE",
+        help="a secret shared by the LLMService's prefill and decode workers: KV peers prove it "
+        "to each other at the handshake (default: none, peers unauthenticated)")
     add("--kv-compression-method", choices=KV_COMPRESSION_METHODS,
         help="prune KV: snapkv after a prompt's prefill, streaming (sinks + recent window) as a "
         "sequence grows (default: none; a request opts out with header "
@@ -169,6 +173,11 @@ def parse_settings(argv: list[str]) -> dict[str, Any]:
     if not settings["model"]:
         raise WorkerSetupError("--model is required (a model directory or builtin:tiny)")
     settings["served_model_name"] = settings["served_model_name"] or settings["model"]
+    if settings["kv_auth_secret_file"]:
+        try:
+            read_secret(settings["kv_auth_secret_file"])
+        except ValueError as exc:
+            raise WorkerSetupError(str(exc)) from None
     if settings["grammar_max_whitespace"] < 0:
         raise WorkerSetupError("--grammar-max-whitespace must be 0 or more, got "
                                f"{settings['grammar_max_whitespace']}")

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from pdserve.runtime.disagg.decode_transfers import DecodeTransfers, IncomingTransfer
 from pdserve.runtime.disagg.kv_transfer import KVReceiverServer
+from pdserve.runtime.disagg.kv_transfer.auth import kv_secret
 from pdserve.runtime.disagg.kv_transfer.protocol import COMPRESSED_KV
 from pdserve.runtime.engine.detokenizer import IncrementalDetokenizer
 from pdserve.runtime.engine.llm_engine import StepOutput
@@ -144,7 +145,7 @@ async def start_receiver(app: web.Application, state: WorkerState) -> None:
                               settings["kv_port"], identity=state.model_identity,
                               timeout=settings["kv_timeout"],
                               features=[COMPRESSED_KV] if state.engine.engine.reads_compressed_kv
-                              else [])
+                              else [], secret=kv_secret(settings))
     server.start()
     app[TRANSFERS].append(transfers)
     app[RECEIVER].append(server)

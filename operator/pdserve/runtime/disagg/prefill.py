@@ -20,6 +20,7 @@ from aiohttp import web
 
 from pdserve.runtime.disagg.decode import TRANSFER_HEADER, FinishedStream
 from pdserve.runtime.disagg.kv_transfer import KVSender, KVTransferError, Offer
+from pdserve.runtime.disagg.kv_transfer.auth import kv_secret
 from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.serving.load_route import install_load_route
 from pdserve.runtime.serving.openai_protocol import RequestError
@@ -97,7 +98,7 @@ async def start_sender(app: web.Application, state: WorkerState) -> None:
     settings: dict[str, Any] = state.settings
     app[SENDER].append(KVSender(state.engine.engine.kv_pool, settings["kv_transport"],
                                 identity=state.model_identity,
-                                timeout=settings["kv_timeout"]))
+                                timeout=settings["kv_timeout"], secret=kv_secret(settings)))
 
 
 async def close_sender(app: web.Application) -> None:

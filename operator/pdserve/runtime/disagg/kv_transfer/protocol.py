@@ -4,8 +4,9 @@ Every frame is a 9-byte header (kind: u8, payload length: u64, network order) an
 JSON for control messages, raw tensor bytes for DATA. One connection carries one handshake and
 then any number of transfers, one at a time:
 
-    prefill -> decode   HELLO  {version, transport, layout, model, features}
-    decode  -> prefill  ACCEPT {layout, model, features}
+    prefill -> decode   HELLO  {version, transport, layout, model, features, auth}
+    decode  -> prefill  ACCEPT {layout, model, features, auth}
+    prefill -> decode   AUTH   {proof}          (with a shared secret: auth.py)
     per transfer:
     prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token, params, priority,
                                first_logprobs, num_kv_tokens}
@@ -32,14 +33,14 @@ from typing import Any
 from pdserve.runtime.checkpoints.identity import ModelIdentity
 from pdserve.runtime.checkpoints.identity import differences as identity_differences
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: peers authenticate (auth.py)
 HEADER = struct.Struct("!BQ")
 MAX_CONTROL_BYTES = 64 * 1024 * 1024
 
 # Frame kinds; 3 is retired (the removed cuda-ipc transport's handle), not to be reused.
-HELLO, ACCEPT, OFFER, NEED, DATA, DONE, ACK, ERROR = 1, 2, 4, 5, 6, 7, 8, 9
+HELLO, ACCEPT, OFFER, NEED, DATA, DONE, ACK, ERROR, AUTH = 1, 2, 4, 5, 6, 7, 8, 9, 10
 KIND_NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", OFFER: "OFFER", NEED: "NEED", DATA: "DATA",
-              DONE: "DONE", ACK: "ACK", ERROR: "ERROR"}
+              DONE: "DONE", ACK: "ACK", ERROR: "ERROR", AUTH: "AUTH"}
 LAYOUT_FIELDS = ("num_layers", "num_kv_heads", "head_dim", "block_size", "dtype")
 COMPRESSED_KV = "compressed-kv"
 FEATURES = [COMPRESSED_KV]

@@ -17,9 +17,17 @@ import time
 from typing import Protocol
 
 from pdserve.runtime.checkpoints.identity import ModelIdentity
+from pdserve.runtime.disagg.kv_transfer.auth import (
+    KVAuthError,
+    check_proof,
+    new_nonce,
+    nonce_of,
+    proof,
+)
 from pdserve.runtime.disagg.kv_transfer.protocol import (
     ACCEPT,
     ACK,
+    AUTH,
     DONE,
     FEATURES,
     HELLO,
@@ -54,8 +62,9 @@ class ReceiverHooks(Protocol):
 class KVReceiverServer:
     def __init__(self, pool: KVPool, hooks: ReceiverHooks, host: str, port: int, *,
                  identity: ModelIdentity, timeout: float = 30.0,
-                 features: list[str] | None = None) -> None:
+                 features: list[str] | None = None, secret: bytes | None = None) -> None:
         self.pool = pool
+        self.secret = secret  # None: peers are not authenticated (both sides must agree)
         self.hooks = hooks
         self.timeout = timeout
         self.layout = layout_dict(pool.layout)
@@ -109,13 +118,29 @@ class KVReceiverServer:
             problem = transport.unusable_with(self.pool)
             if problem:
                 raise KVTransferError(problem)
+            auth = self._auth_reply(hello.get("auth"))
         except (KVTransferError, ValueError) as exc:
             framed.send_error(str(exc))
             raise KVTransferError(str(exc)) from exc
         framed.send_json(ACCEPT, {"layout": self.layout, "model": self.identity.to_json(),
-                                  "features": self.features})
+                                  "features": self.features, "auth": auth})
+        if self.secret is not None:
+            assert auth is not None
+            check_proof(self.secret, "prefill", nonce_of(hello.get("auth")), auth["nonce"],
+                        framed.recv_json(AUTH).get("proof"))
         transport.on_accept(framed, self.pool)
         return transport
+
+    def _auth_reply(self, hello_auth: object) -> dict[str, str] | None:
+        """ACCEPT's `auth`: this side's nonce and proof (None without a secret)."""
+        if self.secret is None:
+            if hello_auth is not None:
+                raise KVAuthError("the prefill worker authenticates but this decode worker has "
+                                  "no --kv-auth-secret-file")
+            return None
+        prefill_nonce = nonce_of(hello_auth)
+        nonce = new_nonce()
+        return {"nonce": nonce, "proof": proof(self.secret, "decode", prefill_nonce, nonce)}
 
     def _serve_transfer(self, framed: FramedSocket, transport: Transport) -> bool:
         """One transfer; False when the peer closed the connection between transfers."""

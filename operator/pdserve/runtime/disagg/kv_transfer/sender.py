@@ -16,9 +16,17 @@ import time
 from dataclasses import dataclass
 
 from pdserve.runtime.checkpoints.identity import ModelIdentity
+from pdserve.runtime.disagg.kv_transfer.auth import (
+    KVAuthError,
+    check_proof,
+    new_nonce,
+    nonce_of,
+    proof,
+)
 from pdserve.runtime.disagg.kv_transfer.protocol import (
     ACCEPT,
     ACK,
+    AUTH,
     COMPRESSED_KV,
     DONE,
     FEATURES,
@@ -58,9 +66,10 @@ class _Connection:
 
 class KVSender:
     def __init__(self, pool: KVPool, transport: str = "tcp", *, identity: ModelIdentity,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, secret: bytes | None = None) -> None:
         make_transport(transport)  # unknown names fail here, at startup
         self.pool = pool
+        self.secret = secret  # None: peers are not authenticated (both sides must agree)
         self.identity = identity
         self.transport = transport
         self.timeout = timeout
@@ -166,12 +175,15 @@ class KVSender:
         transport = make_transport(self.transport)
         try:
             local = layout_dict(self.pool.layout)
+            nonce = new_nonce() if self.secret is not None else None
             framed.send_json(HELLO, {"version": PROTOCOL_VERSION, "transport": self.transport,
                                      "layout": local, "model": self.identity.to_json(),
-                                     "features": FEATURES})
+                                     "features": FEATURES,
+                                     "auth": {"nonce": nonce} if nonce else None})
             accept = framed.recv_json(ACCEPT)
             check_layout(local, accept.get("layout", {}))
             check_model(self.identity, accept.get("model"), "prefill")
+            self._authenticate(framed, nonce, accept.get("auth"))
             transport.on_accepted(framed, self.pool)
         except (OSError, KVTransferError):
             framed.close()
@@ -179,6 +191,20 @@ class KVSender:
         features = accept.get("features", [])
         return _Connection(framed, transport,
                            frozenset(features) if isinstance(features, list) else frozenset())
+
+
+    def _authenticate(self, framed: FramedSocket, nonce: str | None, accept_auth: object
+                      ) -> None:
+        """Check the decode worker's proof, then send ours (nothing without a secret)."""
+        if self.secret is None or nonce is None:
+            if accept_auth is not None:
+                raise KVAuthError("the decode worker authenticates but this prefill worker has "
+                                  "no --kv-auth-secret-file")
+            return
+        decode_nonce = nonce_of(accept_auth)
+        check_proof(self.secret, "decode", nonce, decode_nonce,
+                    accept_auth.get("proof") if isinstance(accept_auth, dict) else None)
+        framed.send_json(AUTH, {"proof": proof(self.secret, "prefill", nonce, decode_nonce)})
 
 
 def _is_stale(exc: BaseException) -> bool:
