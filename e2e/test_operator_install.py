@@ -369,6 +369,31 @@ def test_deleting_the_llmservice_collects_its_children(
     )
 
 
+@pytest.mark.timeout(300)
+def test_deleting_while_the_operator_is_down_completes(
+    cluster: Cluster, api: Api, operator: OperatorProcess
+) -> None:
+    """No finalizer holds an LLMService: it, and a namespace holding one, go without the
+    operator (kubectl delete would otherwise hang until someone removed kopf's finalizer)."""
+    with cluster.namespace("operator-down") as namespace, \
+            cluster.namespace("operator-down-ns") as doomed_namespace:
+        for where in (namespace, doomed_namespace):
+            cluster.apply([llmservice_manifest("orphan", cpu_spec())], "-n", where)
+            service = wait_converged(api, operator, where, "orphan")
+            assert not service["metadata"].get("finalizers"), service["metadata"]
+        operator.kill()
+        try:
+            cluster.kubectl("delete", "llmservice", "orphan", "-n", namespace, "--timeout=60s",
+                            timeout=90)
+            cluster.kubectl("delete", "namespace", doomed_namespace, "--timeout=120s",
+                            timeout=150)
+            assert api.llmservice(namespace, "orphan") is None
+            wait_until(lambda: not api.children(namespace, "orphan"), CONVERGE_S,
+                       "the children to be garbage-collected", None)
+        finally:
+            operator.start()
+
+
 @pytest.mark.timeout(480)
 def test_more_tpus_than_exist_is_degraded(
     cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess

@@ -19,6 +19,12 @@ class MemoryKube:
         self.found = []  # (kind, workload)
         self.refuse_kind = None
         self.events = []
+        self.created = {}  # name -> object, created once
+
+    def create_if_absent(self, obj):
+        if obj["kind"] == self.refuse_kind:
+            raise ApiException(status=403, reason="Forbidden")
+        self.created.setdefault(obj["metadata"]["name"], obj)
 
     def llmservice(self, namespace, name):
         return copy.deepcopy(self.service)
@@ -107,6 +113,20 @@ def test_a_multi_node_role_runs_as_a_leaderworkerset_and_its_old_deployment_goes
     assert ("NetworkPolicy", "chat-decode-workers-ranks") in kube.deleted
 
 
+def test_the_kv_auth_secret_is_created_once_and_a_refusal_degrades():
+    tiny = {"model": {"source": {"builtin": "tiny"}}}
+    kube = MemoryKube(_service(tiny))
+    _sync(kube)
+    first = kube.created["chat-kv-auth"]["stringData"]["secret"]
+    _sync(kube)
+    assert kube.created["chat-kv-auth"]["stringData"]["secret"] == first and len(first) == 64
+    refused = MemoryKube(_service(tiny))
+    refused.refuse_kind = "Secret"
+    _sync(refused)
+    assert "Secret chat-kv-auth: 403" in _condition(refused, "Degraded")["message"]
+    assert not refused.applied  # no pod may wait on a Secret that is not there
+
+
 def test_invalid_spec_degrades_without_applying():
     kube = MemoryKube(_service({"model": {"source": {"builtin": "tiny", "path": "/m"}}}))
     _sync(kube)
@@ -138,3 +158,23 @@ def test_a_deleted_llmservice_is_left_alone():
     kube = MemoryKube(None)
     _sync(kube)
     assert kube.applied == [] and kube.patches == []
+
+
+async def test_the_resync_loop_repairs_every_indexed_service_and_forgets_deleted_ones(
+        monkeypatch):
+    import asyncio
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr(handlers, "RESYNC_SECONDS", 0.2)
+    monkeypatch.setattr(handlers, "RESYNC_TICK_SECONDS", 0.02)
+    monkeypatch.setattr(handlers, "sync", lambda kube, ns, name, **kw: calls.append((ns, name)))
+    index = {("a", "one"): ["uid-1"], ("b", "two"): ["uid-2"]}
+    task = asyncio.create_task(handlers._resync_forever(index, SimpleNamespace(kube=None)))
+    await asyncio.sleep(1.0)
+    del index[("b", "two")]
+    calls.clear()
+    await asyncio.sleep(0.6)
+    task.cancel()
+    assert calls.count(("a", "one")) >= 2 and ("b", "two") not in calls
+
