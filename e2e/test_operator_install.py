@@ -377,10 +377,19 @@ def test_deleting_while_the_operator_is_down_completes(
     operator (kubectl delete would otherwise hang until someone removed kopf's finalizer)."""
     with cluster.namespace("operator-down") as namespace, \
             cluster.namespace("operator-down-ns") as doomed_namespace:
-        for where in (namespace, doomed_namespace):
-            cluster.apply([llmservice_manifest("orphan", cpu_spec())], "-n", where)
+        # One with the planner on: its periodic work must not need a finalizer either.
+        planned = cpu_spec(autoscaling={
+            "enabled": True, "prometheusUrl": "http://127.0.0.1:1", "intervalSeconds": 5,
+            "slo": {"ttftMilliseconds": 2000, "tpotMilliseconds": 200},
+            "prefill": {"minReplicas": 1, "maxReplicas": 2},
+            "decode": {"minReplicas": 1, "maxReplicas": 2}, "acceleratorBudget": 4})
+        for where, spec in ((namespace, cpu_spec()), (doomed_namespace, planned)):
+            cluster.apply([llmservice_manifest("orphan", spec)], "-n", where)
             service = wait_converged(api, operator, where, "orphan")
             assert not service["metadata"].get("finalizers"), service["metadata"]
+        wait_until(lambda: (api.llmservice(doomed_namespace, "orphan") or {}).get(
+            "status", {}).get("autoscaling"), 60, "the planner's first pass", operator)
+        assert not api.llmservice(doomed_namespace, "orphan")["metadata"].get("finalizers")
         operator.kill()
         try:
             cluster.kubectl("delete", "llmservice", "orphan", "-n", namespace, "--timeout=60s",

@@ -160,21 +160,42 @@ def test_a_deleted_llmservice_is_left_alone():
     assert kube.applied == [] and kube.patches == []
 
 
-async def test_the_resync_loop_repairs_every_indexed_service_and_forgets_deleted_ones(
-        monkeypatch):
+async def test_periodic_jobs_run_per_indexed_service_and_stop_for_deleted_ones():
     import asyncio
     from types import SimpleNamespace
 
+    from pdserve.controller import periodic
+
     calls = []
-    monkeypatch.setattr(handlers, "RESYNC_SECONDS", 0.2)
-    monkeypatch.setattr(handlers, "RESYNC_TICK_SECONDS", 0.02)
-    monkeypatch.setattr(handlers, "sync", lambda kube, ns, name, **kw: calls.append((ns, name)))
-    index = {("a", "one"): ["uid-1"], ("b", "two"): ["uid-2"]}
-    task = asyncio.create_task(handlers._resync_forever(index, SimpleNamespace(kube=None)))
+    jobs = [periodic.Job("every", 0.2, lambda spec: True,
+                         lambda **kw: calls.append(("every", kw["namespace"], kw["name"])), True),
+            periodic.Job("enabled", 0.2, lambda spec: spec.get("on", False),
+                         lambda **kw: calls.append(("enabled", kw["name"])), False)]
+    body = {"metadata": {"uid": "u"}, "spec": {}}
+    index = {("a", "one"): [{**body, "spec": {"on": True}}], ("b", "two"): [body]}
+    task = asyncio.create_task(periodic.run_forever(index, SimpleNamespace(kube=None), jobs,
+                                                    tick=0.02))
     await asyncio.sleep(1.0)
+    assert calls.count(("every", "b", "two")) >= 2 and ("enabled", "two") not in calls
+    assert calls.count(("enabled", "one")) >= 2
     del index[("b", "two")]
     calls.clear()
     await asyncio.sleep(0.6)
     task.cancel()
-    assert calls.count(("a", "one")) >= 2 and ("b", "two") not in calls
+    assert calls.count(("every", "a", "one")) >= 2 and ("every", "b", "two") not in calls
 
+
+def test_no_kopf_timer_or_daemon_is_registered():
+    """They make kopf put a finalizer on LLMServices: deleting one, or its namespace, would
+    hang while the operator is down."""
+    import kopf
+
+    import pdserve.controller.autoscaling  # noqa: F401
+    import pdserve.controller.recommendation  # noqa: F401
+
+    registry = kopf.get_default_registry()
+    assert not list(registry._spawning.get_all_handlers())
+    assert not any(getattr(h, "requires_finalizer", False)
+                   for h in registry._changing.get_all_handlers())
+    assert {job.id for job in pdserve.controller.periodic.JOBS} == {
+        "resync", "autoscaling", "recommendation"}

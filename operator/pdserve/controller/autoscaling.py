@@ -1,4 +1,4 @@
-"""The planner's loop: a kopf timer per LLMService with autoscaling enabled.
+"""The planner's loop: a periodic job (periodic.py) per LLMService with autoscaling enabled.
 
 Each interval it queries Prometheus, runs the pure planner, records the decision in
 status.autoscaling (which the operator renders into the Deployments), sets the Deployments'
@@ -13,15 +13,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import kopf
 from kubernetes import client
 from pydantic import ValidationError
 
-from pdserve.api.resource import GROUP, PLURAL, VERSION
 from pdserve.api.spec import LLMServiceSpec
 from pdserve.autoscaler import Decision, PlannerState, Replicas, plan
 from pdserve.autoscaler.deletion_cost import DELETION_COST_ANNOTATION, deletion_costs
 from pdserve.autoscaler.prometheus_source import PrometheusSource, PrometheusUnavailable, Selector
+from pdserve.controller import periodic
 from pdserve.controller import planner_metrics as metrics
 from pdserve.controller.kube import Kube
 from pdserve.controller.names import LABEL_ROLE, WORKER_ROLES, deployment_name
@@ -49,7 +48,8 @@ def now() -> tuple[float, datetime, str]:
     return time.time(), moment, moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def live_spec(body: kopf.Body, spec: kopf.Spec, namespace: str | None) -> LLMServiceSpec | None:
+def live_spec(body: Mapping[str, Any], spec: Mapping[str, Any],
+              namespace: str | None) -> LLMServiceSpec | None:
     """The parsed spec of a namespaced LLMService not being deleted; None otherwise (an invalid
     spec: the reconcile handler reports InvalidSpec)."""
     if namespace is None or body.get("metadata", {}).get("deletionTimestamp"):
@@ -60,9 +60,8 @@ def live_spec(body: kopf.Body, spec: kopf.Spec, namespace: str | None) -> LLMSer
         return None
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, when=autoscaling_enabled,
-            id="autoscaling")
-def autoscale(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None,
+@periodic.job("autoscaling", TICK_SECONDS, autoscaling_enabled)
+def autoscale(body: Mapping[str, Any], spec: Mapping[str, Any], name: str, namespace: str | None,
               memo: Any, **_: Any) -> None:
     parsed = live_spec(body, spec, namespace)
     if parsed is None or namespace is None:
@@ -111,7 +110,8 @@ def prometheus_source(memo: Any, url: str) -> PrometheusSource:
     return source
 
 
-def _record(kube: Kube, body: kopf.Body, decision: Decision, detail: str, stamp: str) -> None:
+def _record(kube: Kube, body: Mapping[str, Any], decision: Decision, detail: str,
+            stamp: str) -> None:
     """status.autoscaling first: the operator renders replicas from it, so a reconcile racing
     the scale below already renders the new numbers."""
     meta = body.get("metadata", {})
@@ -155,8 +155,8 @@ def _mark_deletion_costs(core: client.CoreV1Api, namespace: str, source: Prometh
                 raise
 
 
-def _announce(kube: Kube, body: kopf.Body, memo: Any, decision: Decision, replicas: Replicas,
-              detail: str, stamp: str) -> None:
+def _announce(kube: Kube, body: Mapping[str, Any], memo: Any, decision: Decision,
+              replicas: Replicas, detail: str, stamp: str) -> None:
     """An Event per scaling action, and one when the planner starts holding or is limited."""
     if decision.changes(replicas):
         _event(kube, body, "Normal", decision.reason, decision.message, stamp)
@@ -167,7 +167,7 @@ def _announce(kube: Kube, body: kopf.Body, memo: Any, decision: Decision, replic
     memo["planner_last_limited"] = reason if limited else None
 
 
-def _event(kube: Kube, body: kopf.Body, kind: str, reason: str, message: str,
+def _event(kube: Kube, body: Mapping[str, Any], kind: str, reason: str, message: str,
            stamp: str) -> None:
     kube.post_event(body, kind, reason, message, component=PLANNER_FIELD_MANAGER, stamp=stamp)
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import hashlib
 import logging
 import threading
 from collections.abc import Mapping
@@ -13,14 +10,13 @@ from typing import Any
 import kopf
 
 from pdserve.api.resource import GROUP, PLURAL, VERSION
-from pdserve.controller import metrics
+from pdserve.controller import metrics, periodic
 from pdserve.controller.kube import Kube
 from pdserve.controller.names import FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY
 from pdserve.controller.reconcile import reconcile
 from pdserve.controller.status import status_changed
 
 RESYNC_SECONDS = 30.0
-RESYNC_TICK_SECONDS = 1.0
 CHILD_DEBOUNCE_SECONDS = 1.0
 _LLMS: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": PLURAL}
 _CHILDREN = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -102,62 +98,10 @@ def on_spec(name: str, namespace: str | None, memo: Any, reason: str, **_: Any) 
         sync(_kube(memo), namespace, name, apply=True, trigger=str(reason))
 
 
-def _resync_offset(uid: str) -> float:
-    """A stable per-object start within one interval: hundreds of LLMServices resumed at once
-    then resync spread over the interval instead of in one burst."""
-    spread = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return RESYNC_SECONDS * (1.0 + spread)
-
-
-# Which LLMServices exist, kept by kopf from its watch: (namespace, name) -> uid. The periodic
-# repair walks it. A per-object kopf timer would do the same but makes kopf put a finalizer on
-# every LLMService, so that deleting one (or its namespace) hangs while the operator is down.
-@kopf.index(**_LLMS, id="llmservices")
-def llmservices(namespace: str | None, name: str, uid: str, **_: Any) -> dict[Any, str]:
-    return {(namespace, name): uid} if namespace else {}
-
-
-@kopf.on.startup(id="resync")
-async def start_resync(memo: Any, **kwargs: Any) -> None:
-    index: kopf.Index[Any, str] = kwargs["llmservices"]  # kopf passes indices by their id
-    memo.resync = asyncio.get_running_loop().create_task(_resync_forever(index, memo))
-
-
-@kopf.on.cleanup(id="resync")
-async def stop_resync(memo: Any, **_: Any) -> None:
-    task = getattr(memo, "resync", None)
-    if task is not None:
-        task.cancel()
-
-
-async def _resync_forever(index: kopf.Index[Any, str], memo: Any) -> None:
-    """Level-based repair every RESYNC_SECONDS per LLMService: re-render and re-apply, so
-    drifted or deleted children come back. One pass per object at a time."""
-    loop = asyncio.get_running_loop()
-    due: dict[tuple[str, str], float] = {}
-    busy: set[tuple[str, str]] = set()
-    while True:
-        now = loop.time()
-        present = set(index)
-        for key in present:
-            if key not in due:
-                due[key] = now + _resync_offset(next(iter(index[key]), ""))
-            elif now >= due[key] and key not in busy:
-                due[key] = now + RESYNC_SECONDS
-                busy.add(key)
-                pass_ = loop.create_task(asyncio.to_thread(
-                    sync, _kube(memo), key[0], key[1], apply=True, trigger="timer"))
-                pass_.add_done_callback(functools.partial(_resynced, key=key, busy=busy))
-        for key in set(due) - present:
-            del due[key]
-        await asyncio.sleep(RESYNC_TICK_SECONDS)
-
-
-def _resynced(done: asyncio.Task[None], *, key: tuple[str, str],
-              busy: set[tuple[str, str]]) -> None:
-    busy.discard(key)
-    if not done.cancelled() and done.exception() is not None:
-        _log.error("resync of %s/%s failed (retried next interval): %s", *key, done.exception())
+@periodic.job("resync", RESYNC_SECONDS, spread=True)
+def resync(name: str, namespace: str, memo: Any, **_: Any) -> None:
+    """Level-based repair: re-render and re-apply; drifted or deleted children come back."""
+    sync(_kube(memo), namespace, name, apply=True, trigger="timer")
 
 
 _PENDING: set[tuple[str, str]] = set()

@@ -8,11 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import kopf
-
-from pdserve.api.resource import GROUP, PLURAL, VERSION
 from pdserve.api.status import ObservedWorkload, RecommendationStatus, RolePlan
 from pdserve.autoscaler.prometheus_source import PrometheusUnavailable, Selector
+from pdserve.controller import periodic
 from pdserve.controller.autoscaling import (
     MIN_RATE_WINDOW_SECONDS,
     PLANNER_FIELD_MANAGER,
@@ -85,9 +83,8 @@ def _current_replicas(body: Mapping[str, Any]) -> dict[str, int]:
             for role in WORKER_ROLES}
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, when=autoscaling_enabled,
-            id="recommendation")
-def recommend_configuration(body: kopf.Body, spec: kopf.Spec, name: str,
+@periodic.job("recommendation", TICK_SECONDS, autoscaling_enabled)
+def recommend_configuration(body: Mapping[str, Any], spec: Mapping[str, Any], name: str,
                             namespace: str | None, memo: Any, **_: Any) -> None:
     parsed = live_spec(body, spec, namespace)
     if parsed is None or namespace is None:
