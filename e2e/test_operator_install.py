@@ -5,6 +5,9 @@ shortages, and converges after a SIGKILL. (What the apiserver refuses: test_oper
 from __future__ import annotations
 
 import base64
+import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +33,7 @@ from e2e.operator_harness import (
     wait_until,
 )
 from pdserve.api.accelerators import accelerator_facts
+from pdserve.controller.kube import Kube
 from pdserve.controller.names import LABEL_ROLE, LABEL_SERVICE
 
 pytestmark = [pytest.mark.e2e]
@@ -367,6 +371,76 @@ def test_deleting_the_llmservice_collects_its_children(
         "its children and pods to be garbage-collected",
         operator,
     )
+
+
+RACE_CHANGES = 15
+
+
+@pytest.mark.timeout(300)
+def test_status_writers_race_without_losing_conditions_or_running_ahead(
+    cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess
+) -> None:
+    """Spec changes (each a new image) race another status writer applying its own condition
+    as fast as it can: on the real apiserver, no poll ever misses a writer's condition, the
+    other writer's last word survives, and observedGeneration never names a generation whose
+    image the Deployments do not have yet."""
+    cluster.apply([llmservice_manifest("writers", cpu_spec(image="pdserve:race-0"))],
+                  "-n", llm_namespace)
+    wait_converged(api, operator, llm_namespace, "writers")
+    kube = Kube(api.api_client)
+    stop = threading.Event()
+    written: list[str] = []
+    problems: list[str] = []
+
+    def other_writer() -> None:
+        while not stop.is_set():
+            message = f"probe {len(written)}"
+            kube.apply_status(llm_namespace, "writers", {"conditions": [{
+                "type": "RaceProbe", "status": "True", "reason": "Probing",
+                "message": message, "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+                "e2e-race-probe")
+            written.append(message)
+
+    image_of: dict[int, int] = {}  # generation -> image number
+
+    def watcher() -> None:
+        while not stop.is_set():
+            service = api.llmservice(llm_namespace, "writers") or {}
+            status = service.get("status") or {}
+            types = {c["type"] for c in status.get("conditions") or []}
+            if written and "RaceProbe" not in types:
+                problems.append(f"RaceProbe lost: {sorted(types)}")
+            if not {"Ready", "Progressing", "Degraded"} <= types:
+                problems.append(f"a reconciler condition lost: {sorted(types)}")
+            observed = status.get("observedGeneration")
+            if observed in image_of:
+                deployment = api.children(llm_namespace, "writers").get(
+                    ("Deployment", "writers-decode"))
+                image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+                if int(image.rsplit("-", 1)[1]) < image_of[observed]:
+                    problems.append(f"observedGeneration {observed} before its image: {image}")
+
+    threads = [threading.Thread(target=other_writer), threading.Thread(target=watcher)]
+    for thread in threads:
+        thread.start()
+    try:
+        for number in range(1, RACE_CHANGES + 1):
+            patch = json.dumps({"spec": {"image": f"pdserve:race-{number}"}})
+            cluster.kubectl("patch", "llmservice", "writers", "-n", llm_namespace,
+                            "--type=merge", "-p", patch)
+            generation = api.llmservice(llm_namespace, "writers")["metadata"]["generation"]
+            image_of[generation] = number
+            time.sleep(0.3)
+        wait_converged(api, operator, llm_namespace, "writers")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert not problems, problems[:5]
+    final = {c["type"]: c
+             for c in api.llmservice(llm_namespace, "writers")["status"]["conditions"]}
+    assert final["RaceProbe"]["message"] == written[-1]
+    assert len(written) > RACE_CHANGES
 
 
 @pytest.mark.timeout(300)

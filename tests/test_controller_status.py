@@ -18,12 +18,12 @@ def _deployment(role, desired, ready, *, updated=None, generation=1, observed=1,
                        "conditions": list(conditions)}}
 
 
-def _seen(deployments, pods=(), previous=None, problem=None, autoscaling=False):
+def _seen(deployments, pods=(), previous=None, problem=None, autoscaling=False, applied=True):
     return Observation(name="chat", namespace="team-a", generation=3,
                        autoscaling_enabled=autoscaling,
                        desired={"prefill": 1, "decode": 2, "router": 1},
                        workloads=deployments, pods=pods, previous=previous or {},
-                       problem=problem)
+                       problem=problem, applied=applied)
 
 
 def _conditions(status):
@@ -124,14 +124,25 @@ def test_transition_times_survive_unchanged_conditions():
                                                       LATER))
 
 
-def test_planner_and_data_plane_conditions_are_kept():
-    previous = {"conditions": [
-        {"type": "ScalingLimited", "status": "True", "reason": "BudgetExhausted",
-         "message": "decode wants 6, budget allows 4", "lastTransitionTime": NOW},
-        {"type": "KVTransferHealthy", "status": "True", "reason": "TransfersSucceeding",
-         "message": "", "lastTransitionTime": NOW}]}
-    conditions = _conditions(compute_status(
-        _seen(_all_ready(), previous=previous, autoscaling=True), LATER))
-    assert conditions["ScalingLimited"]["reason"] == "BudgetExhausted"
-    assert conditions["ScalingLimited"]["lastTransitionTime"] == NOW
-    assert conditions["KVTransferHealthy"]["status"] == "True"
+def test_the_planners_condition_is_left_to_the_planner():
+    """Server-side apply merges the writers' conditions by type: the reconciler's share names
+    ScalingLimited only while autoscaling is off (then nobody else writes it)."""
+    planned = _conditions(compute_status(_seen(_all_ready(), autoscaling=True), LATER))
+    assert "ScalingLimited" not in planned and "Ready" in planned
+    off = _conditions(compute_status(_seen(_all_ready(), autoscaling=False), LATER))
+    assert off["ScalingLimited"]["reason"] == "AutoscalingDisabled"
+    previous = {"conditions": [{"type": "ScalingLimited", "status": "True"}]}
+    mine = compute_status(_seen(_all_ready(), previous=previous, autoscaling=True), LATER)
+    assert not status_changed({**mine, "conditions": [*mine["conditions"],
+                                                      *previous["conditions"]]}, mine)
+
+
+def test_observed_generation_waits_for_a_pass_that_applied_the_generation():
+    applied = compute_status(_seen(_all_ready()), NOW)
+    assert applied["observedGeneration"] == 3
+    refresh = compute_status(_seen(_all_ready(), previous={"observedGeneration": 2},
+                                   applied=False), LATER)
+    assert refresh["observedGeneration"] == 2
+    assert {c["observedGeneration"] for c in refresh["conditions"]} == {2}
+
+

@@ -20,6 +20,7 @@ class MemoryKube:
         self.refuse_kind = None
         self.events = []
         self.created = {}  # name -> object, created once
+        self.status_by_manager = {}
 
     def create_if_absent(self, obj):
         if obj["kind"] == self.refuse_kind:
@@ -46,9 +47,19 @@ class MemoryKube:
     def post_event(self, involved, type_, reason, message, *, component, stamp=None):
         self.events.append((type_, reason))
 
-    def patch_status(self, namespace, name, status):
+    def apply_status(self, namespace, name, status, field_manager):
+        """Server-side apply as the apiserver does it for status: each manager's last applied
+        share, merged; conditions by type."""
         self.patches.append(status)
-        self.service["status"] = {**self.service.get("status", {}), **status}
+        self.status_by_manager[field_manager] = copy.deepcopy(dict(status))
+        merged, conditions = {}, {}
+        for share in self.status_by_manager.values():
+            for key, value in share.items():
+                if key == "conditions":
+                    conditions.update({c["type"]: c for c in value})
+                else:
+                    merged[key] = value
+        self.service["status"] = {**merged, "conditions": list(conditions.values())}
 
 
 def _service(spec):
@@ -190,8 +201,8 @@ def test_no_kopf_timer_or_daemon_is_registered():
     hang while the operator is down."""
     import kopf
 
-    import pdserve.controller.autoscaling  # noqa: F401
-    import pdserve.controller.recommendation  # noqa: F401
+    import pdserve.controller.autoscaling
+    import pdserve.controller.recommendation
 
     registry = kopf.get_default_registry()
     assert not list(registry._spawning.get_all_handlers())

@@ -19,7 +19,7 @@ from pdserve.controller.planner_inputs import (
     planner_config,
     pod_phase,
     replicas_from_cluster,
-    with_condition,
+    scaling_limited,
 )
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -81,14 +81,15 @@ def test_status_and_condition_say_what_happened():
     assert held[:2] == (True, "PrometheusUnavailable") and "connection refused" in held[2]
 
 
-def test_condition_replaced_and_transition_time_kept():
-    before = [{"type": "Ready", "status": "True"},
-              {"type": "ScalingLimited", "status": "True", "lastTransitionTime": "T0"}]
-    after = with_condition(before, True, "ScalingLimited", "x", 4, "T1")
-    assert after[0] == before[0]
-    assert after[1]["lastTransitionTime"] == "T0" and after[1]["observedGeneration"] == 4
-    assert with_condition(before, False, "WithinLimits", "", 4, "T2")[1]["lastTransitionTime"] \
+def test_scaling_limited_keeps_its_transition_time_while_its_status_holds():
+    before = {"type": "ScalingLimited", "status": "True", "lastTransitionTime": "T0"}
+    after = scaling_limited(before, True, "ScalingLimited", "x", 4, "T1")
+    assert after["lastTransitionTime"] == "T0" and after["observedGeneration"] == 4
+    assert scaling_limited(before, False, "WithinLimits", "", 4, "T2")["lastTransitionTime"] \
         == "T2"
+    assert scaling_limited(None, False, "WithinLimits", "", None, "T3") == {
+        "type": "ScalingLimited", "status": "False", "reason": "WithinLimits", "message": "",
+        "lastTransitionTime": "T3"}
 
 
 def test_queries_select_by_namespace_llmservice_and_role():

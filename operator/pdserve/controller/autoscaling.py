@@ -24,12 +24,13 @@ from pdserve.controller import periodic
 from pdserve.controller import planner_metrics as metrics
 from pdserve.controller.kube import Kube
 from pdserve.controller.names import LABEL_ROLE, WORKER_ROLES, deployment_name
+from pdserve.controller.planner_inputs import CONDITION as LIMITED_CONDITION
 from pdserve.controller.planner_inputs import (
     autoscaling_status,
     limited_condition,
     planner_config,
     replicas_from_cluster,
-    with_condition,
+    scaling_limited,
 )
 from pdserve.controller.workloads import DEPLOYMENT, by_role, workload_kinds
 
@@ -116,12 +117,19 @@ def _record(kube: Kube, body: Mapping[str, Any], decision: Decision, detail: str
     the scale below already renders the new numbers."""
     meta = body.get("metadata", {})
     limited, reason, message = limited_condition(decision, detail)
-    conditions = with_condition((body.get("status") or {}).get("conditions") or [], limited,
-                                reason, message, meta.get("generation"), stamp)
-    kube.patch_status(meta["namespace"], meta["name"], {
+    condition = scaling_limited(_previous_limited(body), limited, reason, message,
+                                meta.get("generation"), stamp)
+    kube.apply_status(meta["namespace"], meta["name"], {
         "autoscaling": autoscaling_status(decision, stamp, detail),
-        "conditions": conditions,
-    })
+        "conditions": [condition],
+    }, PLANNER_FIELD_MANAGER)
+
+
+def _previous_limited(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for condition in (body.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == LIMITED_CONDITION:
+            return condition  # type: ignore[no-any-return]
+    return None
 
 
 def _scale(kube: Kube, namespace: str, name: str, kinds: Mapping[str, str], replicas: Replicas,

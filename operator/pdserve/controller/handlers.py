@@ -71,7 +71,7 @@ def sync(kube: Kube, namespace: str, name: str, *, apply: bool, trigger: str) ->
         previous = current.get("status") or {}
         _announce(kube, current, previous, status)
         if status_changed(previous, status):
-            kube.patch_status(namespace, name, status)
+            kube.apply_status(namespace, name, status, FIELD_MANAGER)
             metrics.STATUS_PATCHES.inc()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from kubernetes import client
 
-from pdserve.api.resource import GROUP, PLURAL, VERSION
+from pdserve.api.resource import GROUP, KIND, PLURAL, VERSION
 from pdserve.controller.names import FIELD_MANAGER, children_selector
 
 # Collection path of every kind the operator touches, under a namespace.
@@ -113,10 +113,16 @@ class Kube:
                 return None
             raise
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge-patch the status subresource (never the spec)."""
+    def apply_status(self, namespace: str, name: str, status: Mapping[str, Any],
+                     field_manager: str) -> None:
+        """Server-side apply of one writer's share of the status subresource (never the spec):
+        what this manager applied before and leaves out now is removed, other managers' fields
+        are kept; conditions merge by type."""
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                "metadata": {"name": name, "namespace": namespace}, "status": dict(status)}
         self._call("PATCH", "LLMService", namespace, f"{name}/status",
-                   body={"status": dict(status)}, content_type="application/merge-patch+json")
+                   query=[("fieldManager", field_manager), ("force", "true")], body=body,
+                   content_type="application/apply-patch+yaml")
 
     def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str, *,
                    component: str, stamp: str | None = None) -> None:

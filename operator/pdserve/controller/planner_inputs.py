@@ -127,21 +127,14 @@ def limited_condition(decision: Decision, detail: str = "") -> tuple[bool, str, 
     return False, "WithinLimits", ""
 
 
-def with_condition(conditions: Sequence[Obj], status: bool, reason: str, message: str,
-                   generation: int | None, when: str) -> list[dict[str, Any]]:
-    """`conditions` with ScalingLimited replaced (its transition time kept if unchanged)."""
+def scaling_limited(previous: Obj | None, status: bool, reason: str, message: str,
+                    generation: int | None, when: str) -> dict[str, Any]:
+    """The ScalingLimited condition (its transition time kept while its status holds)."""
     value = "True" if status else "False"
-    out: list[dict[str, Any]] = []
-    previous = None
-    for condition in conditions:
-        if condition.get("type") == CONDITION:
-            previous = condition
-        else:
-            out.append(dict(condition))
     since = previous.get("lastTransitionTime") if previous and previous.get(
         "status") == value else None
     entry: dict[str, Any] = {"type": CONDITION, "status": value, "reason": reason,
                              "message": message[:32768], "lastTransitionTime": since or when}
     if generation is not None:
         entry["observedGeneration"] = generation
-    return [*out, entry]
+    return entry

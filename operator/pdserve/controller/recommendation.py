@@ -83,6 +83,9 @@ def _current_replicas(body: Mapping[str, Any]) -> dict[str, int]:
             for role in WORKER_ROLES}
 
 
+RECOMMENDER_FIELD_MANAGER = "pdserve-recommender"
+
+
 @periodic.job("recommendation", TICK_SECONDS, autoscaling_enabled)
 def recommend_configuration(body: Mapping[str, Any], spec: Mapping[str, Any], name: str,
                             namespace: str | None, memo: Any, **_: Any) -> None:
@@ -108,7 +111,8 @@ def recommend_configuration(body: Mapping[str, Any], spec: Mapping[str, Any], na
         status = RecommendationStatus(computed_time=stamp, message=f"{url}: {down}"[:4096])
     except PlanInputError as none:
         status = RecommendationStatus(computed_time=stamp, message=str(none)[:4096])
-    kube.patch_status(namespace, name, {"recommendation": _as_patch(status)})
+    kube.apply_status(namespace, name, {"recommendation": _as_patch(status)},
+                      RECOMMENDER_FIELD_MANAGER)
     if found is not None and found.saving >= NOTABLE_SAVING:
         kube.post_event(body, "Normal", CHEAPER_REASON, status.message,
                         component=PLANNER_FIELD_MANAGER, stamp=stamp)

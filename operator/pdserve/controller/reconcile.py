@@ -85,6 +85,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any], *, apply: bool,
         name=owner.name, namespace=owner.namespace, generation=int(meta.get("generation", 0)),
         autoscaling_enabled=bool(spec and spec.autoscaling.enabled), desired=desired,
         workloads=by_role(found, kinds), pods=pods, previous=status, problem=problem,
+        applied=apply and (problem is None or problem[0] == "InvalidSpec"),
     )
     computed = compute_status(seen, _now())
     metrics.RECONCILES.labels(trigger, "problem" if problem else "ok").inc()

@@ -1,4 +1,10 @@
-"""Status of an LLMService computed from its children (pure: objects in, status out)."""
+"""Status of an LLMService computed from its children (pure: objects in, status out).
+
+This is the reconciler's share of the status, written by server-side apply under its own field
+manager: the planner owns `autoscaling` and the ScalingLimited condition while autoscaling is on,
+the recommender `recommendation`; the apiserver merges the three by condition type, so no writer
+overwrites another's conditions from a stale read.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,6 @@ from pdserve.api.spec import ROUTER_HTTP_PORT
 from pdserve.controller.names import LABEL_FOLLOWER_OF, LABEL_ROLE, ROLES, router_service_name
 
 Obj = Mapping[str, Any]
-PLANNER_CONDITIONS = ("ScalingLimited",)
-DATA_PLANE_CONDITIONS = ("KVTransferHealthy",)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,10 @@ class Observation:
     pods: Sequence[Obj] = ()
     previous: Obj = field(default_factory=dict)
     problem: tuple[str, str] | None = None  # (reason, message): invalid spec or failed apply
+    # Whether this pass applied the children of `generation` (or found its spec invalid): only
+    # then does observedGeneration reach it, so that Argo CD and kubectl wait see the new spec
+    # served, not merely read.
+    applied: bool = True
 
 
 def _get(obj: Obj | None, *path: str, default: Any = None) -> Any:
@@ -136,15 +144,17 @@ def compute_status(seen: Observation, now: str) -> dict[str, Any]:
                    "RollingOut" if rolling else "RolloutComplete",
                    f"rolling out: {', '.join(rolling)}" if rolling else "all roles rolled out"),
         _condition("Degraded", bool(degraded_lines), degraded_reason, "\n".join(degraded_lines)),
-        _kept("ScalingLimited", seen, _condition("ScalingLimited", False, "WithinLimits", ""))
-        if seen.autoscaling_enabled
-        else _condition("ScalingLimited", False, "AutoscalingDisabled", "autoscaling is off"),
-        _kept("KVTransferHealthy", seen, _condition(
-            "KVTransferHealthy", None, "NotReported", "the data plane has not reported yet")),
+        _condition("KVTransferHealthy", None, "NotReported",
+                   "the data plane has not reported yet"),
     ]
+    if not seen.autoscaling_enabled:  # otherwise the planner's
+        conditions.append(_condition("ScalingLimited", False, "AutoscalingDisabled",
+                                     "autoscaling is off"))
+    observed = seen.generation if seen.applied else int(
+        _get(seen.previous, "observedGeneration", default=0) or 0)
     return {
-        "observedGeneration": seen.generation,
-        "conditions": [_stamped(c, seen, now) for c in conditions],
+        "observedGeneration": observed,
+        "conditions": [_stamped(c, seen, now, observed) for c in conditions],
         **roles,
         "endpoint": f"http://{router_service_name(seen.name)}.{seen.namespace}.svc:"
                     f"{ROUTER_HTTP_PORT}",
@@ -158,24 +168,25 @@ def _previous(seen: Observation, kind: str) -> Obj | None:
     return None
 
 
-def _kept(kind: str, seen: Observation, default: dict[str, Any]) -> dict[str, Any]:
-    """Conditions others own (the planner, the data plane) keep their last reported value."""
-    previous = _previous(seen, kind)
-    if previous is None:
-        return default
-    return {key: previous[key] for key in ("type", "status", "reason", "message")
-            if key in previous}
-
-
-def _stamped(condition: dict[str, Any], seen: Observation, now: str) -> dict[str, Any]:
+def _stamped(condition: dict[str, Any], seen: Observation, now: str,
+             observed: int) -> dict[str, Any]:
     previous = _previous(seen, condition["type"])
     unchanged = previous is not None and previous.get("status") == condition["status"]
     since = previous.get("lastTransitionTime") if unchanged and previous else None
-    return {**condition, "observedGeneration": seen.generation,
-            "lastTransitionTime": since or now}
+    return {**condition, "observedGeneration": observed, "lastTransitionTime": since or now}
 
 
 def status_changed(current: Obj | None, computed: Obj) -> bool:
-    """Whether patching `computed` over `current` would change anything."""
+    """Whether applying `computed` (one writer's share) over `current` would change anything;
+    conditions are compared by type, the other writers' left out."""
     current = current or {}
-    return any(current.get(key) != value for key, value in computed.items())
+    for key, value in computed.items():
+        if key == "conditions":
+            mine = {c["type"]: c for c in value}
+            theirs = {c.get("type"): c for c in current.get("conditions") or []
+                      if c.get("type") in mine}
+            if theirs != mine:
+                return True
+        elif current.get(key) != value:
+            return True
+    return False
