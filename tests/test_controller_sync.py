@@ -210,3 +210,46 @@ def test_no_kopf_timer_or_daemon_is_registered():
                    for h in registry._changing.get_all_handlers())
     assert {job.id for job in pdserve.controller.periodic.JOBS} == {
         "resync", "autoscaling", "recommendation"}
+
+
+AUTOSCALED = {"model": {"source": {"builtin": "tiny"}}, "autoscaling": {
+    "enabled": True, "prometheusUrl": "http://prometheus:9090",
+    "prefill": {"minReplicas": 1, "maxReplicas": 4}, "decode": {"minReplicas": 1,
+                                                                  "maxReplicas": 4},
+    "acceleratorBudget": 8}}
+
+
+def _applied_replicas(kube, role):
+    [deployment] = [o for o in kube.applied
+                    if o["kind"] == "Deployment" and o["metadata"]["name"] == f"chat-{role}"]
+    return deployment["spec"].get("replicas")
+
+
+def test_replicas_have_one_writer_once_the_planner_has_scaled():
+    kube = MemoryKube(_service(AUTOSCALED))
+    kube.apply_status("ns", "chat", {"autoscaling": {"prefillReplicas": 2, "decodeReplicas": 3}},
+                      "pdserve-planner")
+    _sync(kube)  # before the planner scaled anything: the decision is rendered
+    assert (_applied_replicas(kube, "prefill"), _applied_replicas(kube, "decode")) == (2, 3)
+    decode = _ready("decode")
+    decode["metadata"]["managedFields"] = [
+        {"manager": "pdserve-operator", "operation": "Apply", "fieldsV1": {"f:spec": {
+            "f:template": {}}}},
+        {"manager": "pdserve-planner", "operation": "Update", "subresource": "scale",
+         "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
+    kube.found = [("Deployment", _ready("prefill")), ("Deployment", decode)]
+    kube.applied.clear()
+    _sync(kube)
+    assert _applied_replicas(kube, "decode") is None  # the planner's alone
+    assert _applied_replicas(kube, "prefill") == 2
+    kube.service["spec"]["autoscaling"]["enabled"] = False
+    kube.applied.clear()
+    _sync(kube)  # autoscaling off: the spec's replicas again, the reconciler's
+    assert _applied_replicas(kube, "decode") == 1
+
+
+def test_applied_status_leaves_out_nulls():
+    from pdserve.controller.kube import _without_nulls
+
+    assert _without_nulls({"a": None, "b": {"c": None, "d": [{"e": None, "f": 1}]}}) == {
+        "b": {"d": [{"f": 1}]}}

@@ -7,7 +7,7 @@ import pytest
 
 from pdserve.api.spec import LLMServiceSpec
 from pdserve.api.status import LLMServiceStatus
-from pdserve.controller.recommendation import _as_patch, recommendation_status
+from pdserve.controller.recommendation import _as_status, recommendation_status
 from pdserve.planning.recommend import recommend, service_shape
 from pdserve.planning.shapes import PlanInputError
 
@@ -37,8 +37,8 @@ def test_an_oversized_deployment_gets_a_cheaper_recommendation() -> None:
     assert status.observed.mean_input_tokens == 2000 and status.decode is not None
     assert "saving" in status.message and "$" in status.message
     # It is a valid part of the status the CRD describes; the patch names every field.
-    LLMServiceStatus.model_validate({"recommendation": _as_patch(status)})
-    assert set(_as_patch(status)) >= {"prefill", "decode", "costPerHour", "saving", "observed"}
+    LLMServiceStatus.model_validate({"recommendation": _as_status(status)})
+    assert set(_as_status(status)) >= {"prefill", "decode", "costPerHour", "saving", "observed"}
 
 
 def test_builtin_models_have_the_runtime_presets_shape() -> None:

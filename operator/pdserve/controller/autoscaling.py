@@ -23,7 +23,12 @@ from pdserve.autoscaler.prometheus_source import PrometheusSource, PrometheusUna
 from pdserve.controller import periodic
 from pdserve.controller import planner_metrics as metrics
 from pdserve.controller.kube import Kube
-from pdserve.controller.names import LABEL_ROLE, WORKER_ROLES, deployment_name
+from pdserve.controller.names import (
+    LABEL_ROLE,
+    PLANNER_FIELD_MANAGER,
+    WORKER_ROLES,
+    deployment_name,
+)
 from pdserve.controller.planner_inputs import CONDITION as LIMITED_CONDITION
 from pdserve.controller.planner_inputs import (
     autoscaling_status,
@@ -34,7 +39,6 @@ from pdserve.controller.planner_inputs import (
 )
 from pdserve.controller.workloads import DEPLOYMENT, by_role, workload_kinds
 
-PLANNER_FIELD_MANAGER = "pdserve-planner"
 # The timer ticks often; each LLMService is planned every spec.autoscaling.intervalSeconds.
 TICK_SECONDS = 5.0
 MIN_RATE_WINDOW_SECONDS = 60

@@ -166,7 +166,7 @@ def workload_template(spec: LLMServiceSpec, role: WorkerRole) -> str:
 
 
 def worker_context(spec: LLMServiceSpec, owner: Owner, role: WorkerRole, image: str,
-                   replicas: int) -> dict[str, Any]:
+                   replicas: int | None) -> dict[str, Any]:
     """Values of one worker workload (Deployment or LeaderWorkerSet)."""
     role_spec: RoleSpec = getattr(spec, role)
     facts = accelerator_facts(role_spec.accelerator.kind)
@@ -239,7 +239,7 @@ def router_context(spec: LLMServiceSpec, owner: Owner, image: str) -> dict[str, 
 
 
 def _common(spec: LLMServiceSpec, owner: Owner, role: Role, image: str,
-            replicas: int) -> dict[str, Any]:
+            replicas: int | None) -> dict[str, Any]:
     return {
         "name": deployment_name(owner.name, role),
         "namespace": owner.namespace,

@@ -28,6 +28,16 @@ _COLLECTIONS: dict[str, str] = {
 REQUEST_TIMEOUT_S = 30
 
 
+def _without_nulls(value: Any) -> Any:
+    """An applied configuration says "none" by leaving a field out (the apiserver refuses
+    nulls where the schema wants an object); the field this manager owned is then removed."""
+    if isinstance(value, Mapping):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
+
+
 class Kube:
     """A thin wrapper over one ApiClient (safe to share between handler threads)."""
 
@@ -119,7 +129,8 @@ class Kube:
         what this manager applied before and leaves out now is removed, other managers' fields
         are kept; conditions merge by type."""
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
-                "metadata": {"name": name, "namespace": namespace}, "status": dict(status)}
+                "metadata": {"name": name, "namespace": namespace},
+                "status": _without_nulls(status)}
         self._call("PATCH", "LLMService", namespace, f"{name}/status",
                    query=[("fieldManager", field_manager), ("force", "true")], body=body,
                    content_type="application/apply-patch+yaml")

@@ -13,7 +13,6 @@ from pdserve.autoscaler.prometheus_source import PrometheusUnavailable, Selector
 from pdserve.controller import periodic
 from pdserve.controller.autoscaling import (
     MIN_RATE_WINDOW_SECONDS,
-    PLANNER_FIELD_MANAGER,
     TICK_SECONDS,
     autoscaling_enabled,
     live_spec,
@@ -21,7 +20,11 @@ from pdserve.controller.autoscaling import (
     prometheus_source,
 )
 from pdserve.controller.kube import Kube
-from pdserve.controller.names import WORKER_ROLES
+from pdserve.controller.names import (
+    PLANNER_FIELD_MANAGER,
+    RECOMMENDER_FIELD_MANAGER,
+    WORKER_ROLES,
+)
 from pdserve.planning.recommend import (
     DEFAULT_INTERVAL_SECONDS,
     NOTABLE_SAVING,
@@ -71,9 +74,9 @@ def recommendation_status(recommendation: Recommendation, stamp: str) -> Recomme
         message=message[:4096])
 
 
-def _as_patch(status: RecommendationStatus) -> dict[str, Any]:
-    """Every field, absent ones as null: a merge patch then drops what an older one set."""
-    dumped: dict[str, Any] = status.model_dump(mode="json", by_alias=True)
+def _as_status(status: RecommendationStatus) -> dict[str, Any]:
+    """The recommender's share; fields it leaves out (None) are removed by the apply."""
+    dumped: dict[str, Any] = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     return dumped
 
 
@@ -81,9 +84,6 @@ def _current_replicas(body: Mapping[str, Any]) -> dict[str, int]:
     status = body.get("status") or {}
     return {role: int((status.get(role) or {}).get("desiredReplicas") or 0)
             for role in WORKER_ROLES}
-
-
-RECOMMENDER_FIELD_MANAGER = "pdserve-recommender"
 
 
 @periodic.job("recommendation", TICK_SECONDS, autoscaling_enabled)
@@ -111,7 +111,7 @@ def recommend_configuration(body: Mapping[str, Any], spec: Mapping[str, Any], na
         status = RecommendationStatus(computed_time=stamp, message=f"{url}: {down}"[:4096])
     except PlanInputError as none:
         status = RecommendationStatus(computed_time=stamp, message=str(none)[:4096])
-    kube.apply_status(namespace, name, {"recommendation": _as_patch(status)},
+    kube.apply_status(namespace, name, {"recommendation": _as_status(status)},
                       RECOMMENDER_FIELD_MANAGER)
     if found is not None and found.saving >= NOTABLE_SAVING:
         kube.post_event(body, "Normal", CHEAPER_REASON, status.message,

@@ -22,10 +22,21 @@ from pdserve.controller import metrics
 from pdserve.controller.context import Owner, desired_replicas
 from pdserve.controller.kube import Kube
 from pdserve.controller.kv_auth import kv_auth_secret
-from pdserve.controller.names import kv_auth_secret_name, ranks_policy_name, workers_service_name
+from pdserve.controller.names import (
+    PLANNER_FIELD_MANAGER,
+    kv_auth_secret_name,
+    ranks_policy_name,
+    workers_service_name,
+)
 from pdserve.controller.render import render_children
 from pdserve.controller.status import Observation, compute_status
-from pdserve.controller.workloads import LEADER_WORKER_SET, by_role, stale, workload_kinds
+from pdserve.controller.workloads import (
+    LEADER_WORKER_SET,
+    by_role,
+    scaled_by,
+    stale,
+    workload_kinds,
+)
 
 IMAGE_ENV = "PDSERVE_IMAGE"
 # Children are independent objects: applying them concurrently cuts a pass's latency to
@@ -118,8 +129,13 @@ def _apply_one(kube: Kube, child: Mapping[str, Any]) -> str | None:
 
 def _apply_all(kube: Kube, spec: LLMServiceSpec, owner: Owner,
                decided: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    planner_scaled: set[str] = set()
+    if spec.autoscaling.enabled:  # roles whose replicas the planner already set itself
+        current = by_role(kube.workloads(owner.namespace, owner.name), workload_kinds(spec))
+        planner_scaled = {role for role, workload in current.items()
+                          if scaled_by(workload, PLANNER_FIELD_MANAGER)}
     children = render_children(spec, owner, spec.image or default_image(),
-                               dict(decided) if decided else None)
+                               dict(decided) if decided else None, planner_scaled)
     try:  # before the pods that mount it
         kube.create_if_absent(kv_auth_secret(owner))
     except client.ApiException as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import jinja2
@@ -33,17 +34,20 @@ def _documents(template: str, context: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render_children(spec: LLMServiceSpec, owner: Owner, image: str,
-                    decided: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                    decided: dict[str, Any] | None = None,
+                    planner_scaled: Collection[str] = ()) -> list[dict[str, Any]]:
     """Every child object of one LLMService, in apply order (config before its users).
 
     `decided` is status.autoscaling: the planner's replica decision, rendered while
-    autoscaling is on so that re-applying never undoes the planner.
+    autoscaling is on until the planner has scaled a role itself. The roles in
+    `planner_scaled` get no `replicas` at all: the planner, through the scale subresource, is
+    then their one writer.
     """
     shared = service_context(spec, owner)
     children = _documents("engine-configmap.yaml.j2", shared)
     children += _documents("services.yaml.j2", shared)
     for role in ("prefill", "decode"):
-        replicas = desired_replicas(spec, role, decided)
+        replicas = None if role in planner_scaled else desired_replicas(spec, role, decided)
         children += _documents(workload_template(spec, role),
                                worker_context(spec, owner, role, image, replicas))
     children += _documents("router-deployment.yaml.j2", router_context(spec, owner, image))

@@ -40,3 +40,13 @@ def stale(found: Iterable[tuple[str, Obj]], kinds: Mapping[str, str]) -> list[tu
     """(kind, name, role) of the worker workloads of the kind a role no longer uses."""
     return [(kind, obj["metadata"]["name"], role) for kind, obj in found
             if (role := _role(obj)) in WORKER_ROLES and kinds.get(role) != kind]
+
+
+def scaled_by(workload: Obj | None, field_manager: str) -> bool:
+    """Whether `field_manager` owns the workload's spec.replicas (it set them, through the
+    scale subresource or otherwise, after anyone else did)."""
+    for entry in (workload or {}).get("metadata", {}).get("managedFields") or []:
+        fields = (entry.get("fieldsV1") or {}).get("f:spec") or {}
+        if entry.get("manager") == field_manager and "f:replicas" in fields:
+            return True
+    return False
