@@ -251,5 +251,5 @@ def test_replicas_have_one_writer_once_the_planner_has_scaled():
 def test_applied_status_leaves_out_nulls():
     from pdserve.controller.kube import _without_nulls
 
-    assert _without_nulls({"a": None, "b": {"c": None, "d": [{"e": None, "f": 1}]}}) == {
-        "b": {"d": [{"f": 1}]}}
+    assert _without_nulls({"a": None, "b": {"c": None, "d": [{"e": None, "f": 1}]},
+                           "inputs": {}, "empty": {"x": None}}) == {"b": {"d": [{"f": 1}]}}

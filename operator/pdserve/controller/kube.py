@@ -29,10 +29,12 @@ REQUEST_TIMEOUT_S = 30
 
 
 def _without_nulls(value: Any) -> Any:
-    """An applied configuration says "none" by leaving a field out (the apiserver refuses
-    nulls where the schema wants an object); the field this manager owned is then removed."""
+    """An applied configuration says "none" by leaving a field out: the apiserver refuses
+    nulls where the schema wants an object, and server-side apply turns an empty object into
+    one; the field this manager owned is then removed."""
     if isinstance(value, Mapping):
-        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+        kept = {key: _without_nulls(item) for key, item in value.items() if item is not None}
+        return {key: item for key, item in kept.items() if item != {}}
     if isinstance(value, list):
         return [_without_nulls(item) for item in value]
     return value
