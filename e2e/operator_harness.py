@@ -314,14 +314,32 @@ def llmservice_manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
             "spec": spec}  # fmt: skip
 
 
+INSTALLED_OPERATOR_PODS = "app.kubernetes.io/instance=pdserve,app.kubernetes.io/component=operator"
+
+
 def install_manifests(cluster: Cluster) -> None:
-    """`kubectl apply --server-side` of install.yaml, then its in-cluster operator scaled to 0:
-    KWOK nodes run no containers, so the operator runs as a local process instead."""
+    """`kubectl apply --server-side` of install.yaml, then its in-cluster operator stopped:
+    these tests run the operator as a local process (with its ServiceAccount's token)."""
     cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
     # Also until discovery serves it: kubectl's discovery cache was written by the apply,
     # before the CRD existed, and `explain` and friends trust that cache.
     cluster.wait_crd_established(CRD_NAME)
+    stop_installed_operator(cluster)
+
+
+def stop_installed_operator(cluster: Cluster) -> None:
+    """Scale install.yaml's operator to 0 and wait for its pod to be gone. Where the real node
+    holds the image, the pod does start: left running, it reconciles every LLMService with its
+    own default image beside the local operator, and the two roll the workloads back and
+    forth."""
     cluster.kubectl("-n", SYSTEM_NAMESPACE, "scale", f"deployment/{OPERATOR}", "--replicas=0")
+
+    def gone() -> bool:
+        listed = cluster.kubectl("-n", SYSTEM_NAMESPACE, "get", "pods", "-l",
+                                 INSTALLED_OPERATOR_PODS, "-o", "name")
+        return not listed.stdout.strip()
+
+    wait_until(gone, 90, "install.yaml's operator pod to stop")
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from e2e.operator_harness import (
     is_true,
     llmservice_manifest,
     observed_current,
+    stop_installed_operator,
     wait_until,
 )
 from pdserve.api.accelerators import accelerator_facts
@@ -123,8 +124,9 @@ def test_install_yaml_installs_the_operator(installed: Cluster) -> None:
     assert {"llmservices"} in [set(rule["resources"]) for rule in role["rules"]]
     explained = installed.kubectl("explain", "llmservice.spec.prefill.accelerator").stdout
     assert "topology" in explained and "TPU" in explained
-    # Re-applying is a no-op, not a conflict.
+    # Re-applying is a no-op, not a conflict (it scales the operator back up: stop it again).
     installed.kubectl("apply", "--server-side", "-f", str(INSTALL_YAML), timeout=120)
+    stop_installed_operator(installed)
 
 
 @pytest.mark.timeout(120)
