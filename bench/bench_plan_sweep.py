@@ -18,16 +18,16 @@ import argparse
 import time
 from pathlib import Path
 
-from bench.sim.cluster import SimConfig, Simulation
-from bench.sim.observer import ObserverConfig
-from bench.sim.policies import StaticPolicy
-from bench.sim.report import report
-from bench.sim.traces import KINDS, Trace, build_trace
 from pdserve.planning.catalog import default_catalog
 from pdserve.planning.perf import replica_perf
 from pdserve.planning.predict import predict
 from pdserve.planning.search import PodShape, Targets, size_disaggregated
 from pdserve.planning.shapes import KNOWN_SHAPES
+from pdserve.planning.sim.cluster import SimConfig, Simulation
+from pdserve.planning.sim.observer import ObserverConfig
+from pdserve.planning.sim.policies import StaticPolicy
+from pdserve.planning.sim.report import report
+from pdserve.planning.sim.traces import KINDS, Trace, build_trace
 from pdserve.planning.workload import Lengths, Priority, Workload
 
 RATES = {"summarization": (30.0, 60.0), "story": (60.0, 120.0), "agentic": (40.0, 80.0)}

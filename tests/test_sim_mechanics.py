@@ -3,14 +3,14 @@ the observer behaves like Prometheus (lag, NaN averages, lingering series, outag
 
 import math
 
-from bench.sim.cluster import SimConfig, Simulation
-from bench.sim.observer import Observer, ObserverConfig
 from bench.sim.perf import PROFILES
-from bench.sim.pods import DecodePod
-from bench.sim.policies import PlannerPolicy, StaticPolicy
-from bench.sim.report import report, slo_ratio
 from bench.sim.scenarios import DEPLOYMENTS, planner_config
-from bench.sim.traces import Request, Trace, build_trace
+from pdserve.planning.sim.cluster import SimConfig, Simulation
+from pdserve.planning.sim.observer import Observer, ObserverConfig
+from pdserve.planning.sim.pods import DecodePod
+from pdserve.planning.sim.policies import PlannerPolicy, StaticPolicy
+from pdserve.planning.sim.report import report, slo_ratio
+from pdserve.planning.sim.traces import Request, Trace, build_trace
 
 PERF = PROFILES["h100-llama8b"]
 

@@ -7,11 +7,11 @@ import multiprocessing
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.sim.cluster import SimConfig, Simulation
-from bench.sim.policies import HpaPolicy, PlannerPolicy, StaticPolicy
-from bench.sim.report import RunReport, report
 from bench.sim.scenarios import DEPLOYMENTS, Deployment, load_step, planner_config, shifting
-from bench.sim.traces import Trace
+from pdserve.planning.sim.cluster import SimConfig, Simulation
+from pdserve.planning.sim.policies import HpaPolicy, PlannerPolicy, StaticPolicy
+from pdserve.planning.sim.report import RunReport, report
+from pdserve.planning.sim.traces import Trace
 
 # The node pool is shared and larger than the budget: the budget is the service's policy.
 POOL_FACTOR = 1.5

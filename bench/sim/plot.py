@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench.sim.experiment import RunResult
-from bench.sim.traces import KINDS, Trace
+from pdserve.planning.sim.traces import KINDS, Trace
 
 BIN = 30.0
 

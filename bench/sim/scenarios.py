@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.sim.perf import PROFILES
-from bench.sim.traces import Trace, build_trace, mix_curve, piecewise
 from pdserve.autoscaler import CapacityPrior, PlannerConfig, RoleBounds
 from pdserve.planning.perf import ReplicaPerf
+from pdserve.planning.sim.traces import Trace, build_trace, mix_curve, piecewise
 
 # Chosen with `python bench/simulate.py --tune` on the tuning traces, then frozen.
 FROZEN_SETTINGS = {

@@ -1,6 +1,6 @@
 """The performance model of one replica (one pod of `chips` chips, tensor parallel): roofline
 times with calibrated efficiencies. `pdserve plan`, the planner's capacity priors and the
-simulator (bench/sim) all use this one model.
+simulator (`planning/sim`) all use this one model.
 
 prefill(tokens)  = overhead + (linear + attention FLOPs) / (chips x peak x MFU)
                    + tokens x per-token cost + all-reduces

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bench.sim.observer import Observer, ObserverConfig
-from bench.sim.pods import DecodePod, Pod, PrefillPod
-from bench.sim.traces import Request, Trace
 from pdserve.autoscaler import Replicas, RoleReplicas
 from pdserve.autoscaler.deletion_cost import deletion_costs
 from pdserve.planning.perf import ReplicaPerf
+from pdserve.planning.sim.observer import Observer, ObserverConfig
+from pdserve.planning.sim.pods import DecodePod, Pod, PrefillPod
+from pdserve.planning.sim.traces import Request, Trace
 
 ROLES = ("prefill", "decode")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bench.sim.cluster import Simulation
-from bench.sim.traces import Request
+from pdserve.planning.sim.cluster import Simulation
+from pdserve.planning.sim.traces import Request
 
 RECOVERY_BIN = 30.0
 RECOVERY_HOLD_BINS = 4

@@ -13,8 +13,8 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
-from bench.sim.pods import Pod
 from pdserve.autoscaler import MetricsSnapshot, RoleMetrics
+from pdserve.planning.sim.pods import Pod
 
 NAN = math.nan
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from bench.sim.cluster import Simulation
 from pdserve.autoscaler import PlannerConfig, PlannerState, plan
+from pdserve.planning.sim.cluster import Simulation
 
 
 @dataclass
@@ -93,10 +93,10 @@ class HpaPolicy:
         self.history = [h for h in self.history if h[0] >= now - self.stabilization]
         self.history.append((now, raw[0], raw[1]))
         current = (replicas.prefill.desired, replicas.decode.desired)
-        final = []
+        final: list[int] = []
         for index in (0, 1):
             if raw[index] < current[index]:
-                final.append(max(h[1 + index] for h in self.history))
+                final.append(max(h[1] if index == 0 else h[2] for h in self.history))
             else:
                 final.append(raw[index])
         while sum(final) * self.accelerators_per_replica > self.budget:

@@ -11,8 +11,8 @@ import heapq
 import math
 from collections import deque
 
-from bench.sim.traces import Request
 from pdserve.planning.perf import ReplicaPerf
+from pdserve.planning.sim.traces import Request
 
 
 class Pod:
