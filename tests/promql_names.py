@@ -16,7 +16,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from pdserve.controller import metrics as operator_metrics
 from pdserve.controller import planner_metrics
-from pdserve.router.metrics import RouterMetrics
+from pdserve.router.metrics import PREFILL_DECODE, RouterMetrics
 from pdserve.runtime.serving.metrics import WorkerMetrics
 
 _TOKEN = re.compile(r"""
@@ -129,6 +129,7 @@ def exported_series() -> dict[str, set[str]]:
     for observe in (router.observe_ttft, router.observe_itl, router.observe_e2e):
         observe(0.1)
     router.requests.labels("prefill", "ok").inc()
+    router.count_disaggregation(PREFILL_DECODE)
     for registry in (worker.registry, router.registry):
         assert isinstance(registry, CollectorRegistry)
         _add(series, list(registry.collect()))

@@ -68,7 +68,9 @@ async def test_answers_are_one_models_own_and_never_a_mix(stack):
     # Round-robin sends half to each decode worker: the old half through the prefill tier,
     # the new half straight to decode (no prefill worker of its model).
     assert metric(stack["prefill"].url, "pdserve_kv_transfer_bytes_total") > pushed
-    assert metric(stack["router"].url, "pdserve_router_no_prefill_peer_total") >= 1
+    _, page = http_get(stack["router"].url + "/metrics")
+    assert 'pdserve_router_disaggregation_total{path="decode_only",reason="no_prefill_peer"}' \
+        in page
     assert metric(stack["new"].url, "pdserve_kv_transfer_failures_total") == 0
 
 

@@ -7,6 +7,13 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 ROLE = "router"
+# (path, reason) of pdserve_router_disaggregation_total: how a request's prompt reached decode.
+Disaggregation = tuple[str, str]
+PREFILL_DECODE: Disaggregation = ("prefill_decode", "handoff")
+SHORT_PROMPT: Disaggregation = ("decode_only", "short_prompt")
+NO_PREFILL_PEER: Disaggregation = ("decode_only", "no_prefill_peer")
+NO_KV_TARGET: Disaggregation = ("decode_only", "no_kv_target")
+PREFILL_FAILED: Disaggregation = ("fallback", "prefill_failed")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -26,10 +33,16 @@ class RouterMetrics:
         self.prefill_retries = Counter("pdserve_router_prefill_retries",
                                        "Prefill attempts retried on another worker",
                                        registry=self.registry)
-        self.no_prefill_peer = Counter(
-            "pdserve_router_no_prefill_peer",
-            "Long prompts sent to decode without prefill: no ready prefill worker serves the "
-            "decode worker's model (its identity)", registry=self.registry)
+        self.disaggregation = Counter(
+            "pdserve_router_disaggregation",
+            "Requests by how their prompt reached decode: prefill_decode (its KV handed over), "
+            "decode_only (short_prompt; no_prefill_peer: no ready prefill worker of the decode "
+            "worker's model; no_kv_target: no prefill tier or a decode worker without a KV "
+            "port) or fallback (prefill_failed: every prefill attempt failed, decode follows "
+            "its --kv-fallback)", ["path", "reason"], registry=self.registry)
+
+    def count_disaggregation(self, decision: Disaggregation) -> None:
+        self.disaggregation.labels(*decision).inc()
 
     def observe_ttft(self, seconds: float) -> None:
         self.ttft.labels(ROLE, self.model).observe(seconds)

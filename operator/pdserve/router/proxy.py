@@ -25,7 +25,16 @@ import aiohttp
 from aiohttp import web
 
 from pdserve.router.discovery import WorkerSet
-from pdserve.router.metrics import RouterMetrics, StreamTimer
+from pdserve.router.metrics import (
+    NO_KV_TARGET,
+    NO_PREFILL_PEER,
+    PREFILL_DECODE,
+    PREFILL_FAILED,
+    SHORT_PROMPT,
+    Disaggregation,
+    RouterMetrics,
+    StreamTimer,
+)
 from pdserve.router.routing import (
     RoutingPolicy,
     WorkerLoad,
@@ -96,10 +105,12 @@ class Proxy:
             if decode is None:
                 return error_response(503, "no decode worker is ready", "unavailable")
             tried.add(decode)
-            if self._use_prefill(body, path, decode):
-                early = await self._prefill(path, body, headers, hashes, decode)
+            decision = self._disaggregation(body, path, decode)
+            if decision == PREFILL_DECODE:
+                handed_off, early = await self._prefill(path, body, headers, hashes, decode)
                 if early is not None:
                     return early
+                decision = PREFILL_DECODE if handed_off else PREFILL_FAILED
             try:
                 response = await self._decode(request, path, body, headers, decode, started)
             except UPSTREAM_ERRORS as exc:
@@ -110,25 +121,28 @@ class Proxy:
                 headers.pop(TRANSFER_HEADER, None)
                 continue
             self.decode_policy.record(hashes, decode)
+            self.metrics.count_disaggregation(decision)  # once, for the attempt that answered
             return response
 
-    def _use_prefill(self, body: dict[str, Any], path: str, decode: str) -> bool:
-        if not self.prefill.configured or self.decode.workers[decode].kv_address is None:
-            return False
+    def _disaggregation(self, body: dict[str, Any], path: str, decode: str) -> Disaggregation:
+        """PREFILL_DECODE when the prompt goes through the prefill tier, else why decode
+        prefills it itself."""
         if estimate_tokens(prompt_text(body, path)) < self.config.short_prompt_threshold:
-            return False
+            return SHORT_PROMPT
+        if not self.prefill.configured or self.decode.workers[decode].kv_address is None:
+            return NO_KV_TARGET
         if not self._prefill_peers(decode):
-            self.metrics.no_prefill_peer.inc()  # decode prefills it itself
-            return False
-        return True
+            return NO_PREFILL_PEER
+        return PREFILL_DECODE
 
     def _prefill_peers(self, decode: str) -> dict[str, WorkerLoad]:
         """The ready prefill workers of the decode worker's model."""
         return same_model(self.prefill.healthy_loads(), self.decode.workers[decode].load.identity)
 
     async def _prefill(self, path: str, body: dict[str, Any], headers: dict[str, str],
-                       hashes: list[int], decode: str) -> web.Response | None:
-        """Runs the prefill tier; sets the transfer header. Returns a response only for a 4xx."""
+                       hashes: list[int], decode: str) -> tuple[bool, web.Response | None]:
+        """Runs the prefill tier and sets the transfer header: (whether a prefill worker handed
+        the KV to decode, the prefill's answer to a 4xx)."""
         assert self.session is not None
         kv_target = self.decode.workers[decode].kv_address
         assert kv_target is not None
@@ -152,10 +166,10 @@ class Proxy:
                     payload = await resp.read()
                     if resp.status == 200:
                         self.prefill_policy.record(hashes, worker)
-                        return None
+                        return True, None
                     if 400 <= resp.status < 500:
-                        return web.Response(status=resp.status, body=payload,
-                                            content_type=resp.content_type)
+                        return False, web.Response(status=resp.status, body=payload,
+                                                   content_type=resp.content_type)
                     log.warning("prefill on %s failed (HTTP %d): %s", worker, resp.status,
                                 payload[:200])
             except UPSTREAM_ERRORS as exc:
@@ -163,7 +177,7 @@ class Proxy:
                 self.prefill.mark_unhealthy(worker)
             finally:
                 load.inflight -= 1
-        return None
+        return False, None
 
     async def _decode(self, request: web.Request, path: str, body: dict[str, Any],
                       headers: dict[str, str], decode: str,
