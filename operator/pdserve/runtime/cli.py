@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import json
 import logging
 import re
@@ -22,7 +23,7 @@ from pdserve.runtime.compression.config import METHODS as KV_COMPRESSION_METHODS
 from pdserve.runtime.compression.config import KVCompression
 from pdserve.runtime.devices.probe import DEVICE_CHOICES, DeviceError, choose_device, probe
 from pdserve.runtime.disagg.kv_transfer.auth import read_secret
-from pdserve.runtime.disagg.kv_transfer.transport import TRANSPORTS
+from pdserve.runtime.disagg.kv_transfer.transport import NIXL_PACKAGE, TRANSPORTS
 from pdserve.runtime.grammar.compiler import DEFAULT_COMPILE_TIMEOUT
 from pdserve.runtime.grammar.spec import DEFAULT_MAX_WHITESPACE
 
@@ -96,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         "only compute their ranks (default: 0)")
     add("--rendezvous", metavar="HOST:PORT",
         help="where the nodes of a replica meet: node 0's address and a port it listens on")
-    add("--kv-transport", choices=TRANSPORTS, help="default: tcp")
+    add("--kv-transport", choices=TRANSPORTS,
+        help="how a prefill worker moves KV to decode workers: tcp (framed bytes over a socket) "
+        "or nixl (NIXL/UCX writes into the decode pool: shared memory, RDMA, GPU memory); "
+        "default: tcp")
     add("--kv-timeout", type=_positive_float, help="seconds to wait for KV (default: 30)")
     add("--kv-fallback", choices=["recompute", "fail"], help="when KV does not arrive")
     add("--kv-auth-secret-file", metavar="FILE",
@@ -182,6 +186,7 @@ def parse_settings(argv: list[str]) -> dict[str, Any]:
         raise WorkerSetupError("--grammar-max-whitespace must be 0 or more, got "
                                f"{settings['grammar_max_whitespace']}")
     _check_replica_layout(settings)
+    _check_kv_transport(settings)
     try:
         kv_compression(settings).validate()
     except ValueError as exc:
@@ -194,6 +199,17 @@ def kv_compression(settings: dict[str, Any]) -> KVCompression:
                          settings["kv_compression_budget_tokens"],
                          settings["kv_compression_window_tokens"],
                          settings["kv_compression_sink_tokens"])
+
+
+def _check_kv_transport(settings: dict[str, Any]) -> None:
+    if settings["kv_transport"] != "nixl":
+        return
+    if settings["tensor_parallel_size"] > 1 or settings["device"] == "xla":
+        raise WorkerSetupError("--kv-transport nixl needs the KV pool in one host or CUDA tensor:"
+                               " a tensor-parallel replica or an XLA device moves KV with tcp")
+    if importlib.util.find_spec(NIXL_PACKAGE) is None:
+        raise WorkerSetupError(f"--kv-transport nixl needs the {NIXL_PACKAGE} module "
+                               "(pdserve's runtime extra installs it); or use tcp")
 
 
 def _check_replica_layout(settings: dict[str, Any]) -> None:

@@ -55,9 +55,10 @@ class KVPool(Protocol):
 
     @property
     def layout(self) -> KVLayout: ...  # every KV head of the model
-    def host_memory(self) -> torch.Tensor | None:
-        """The pool tensor when a socket may read and write it in place (host memory holding
-        every head), else None (blocks go through read_blocks/write_blocks)."""
+    def memory(self) -> torch.Tensor | None:
+        """The pool tensor when a socket or a transfer library may read and write its blocks in
+        place (one tensor holding every head, in host or CUDA memory), else None (blocks go
+        through read_blocks/write_blocks)."""
         ...
     def read_blocks(self, block_ids: list[int]) -> torch.Tensor: ...
     def write_blocks(self, block_ids: list[int], data: torch.Tensor) -> None: ...
@@ -98,8 +99,9 @@ class KVCache:
             raise ValueError(f"block ids out of range 0..{self.num_blocks - 1}: {block_ids}")
         return torch.tensor(block_ids, dtype=torch.long, device=self.kv.device)
 
-    def host_memory(self) -> torch.Tensor | None:
-        return self.kv if self.kv.device.type == "cpu" else None
+    def memory(self) -> torch.Tensor | None:
+        # A compiled device's tensor is not at a stable address that others may write.
+        return self.kv if self.compiled is None else None
 
     def read_blocks(self, block_ids: list[int]) -> torch.Tensor:
         """A copy of the blocks' KV, shaped `layout.blocks_shape(len(block_ids))`."""

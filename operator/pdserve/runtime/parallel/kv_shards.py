@@ -34,7 +34,7 @@ class ShardedKVPool:
         self.layout: KVLayout = dataclasses.replace(
             local.layout, num_kv_heads=local.layout.num_kv_heads * self.group.size)
 
-    def host_memory(self) -> torch.Tensor | None:
+    def memory(self) -> torch.Tensor | None:
         return None  # the heads live in several processes
 
     def read_blocks(self, block_ids: list[int]) -> torch.Tensor:

@@ -7,11 +7,12 @@ then any number of transfers, one at a time:
     prefill -> decode   HELLO  {version, transport, layout, model, features, auth}
     decode  -> prefill  ACCEPT {layout, model, features, auth}
     prefill -> decode   AUTH   {proof}          (with a shared secret: auth.py)
+    both ways           XFER_META {...}         (nixl only: each side's NIXL agent, nixl.py)
     per transfer:
     prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token, params, priority,
                                first_logprobs, num_kv_tokens}
     decode  -> prefill  NEED   {num_cached_blocks, block_ids}   (block_ids: where missing blocks go)
-    prefill -> decode   DATA... (tcp only)  DONE {bytes}
+    prefill -> decode   DATA... (tcp; nixl writes the blocks itself)  DONE {bytes}
     decode  -> prefill  ACK    {}
 
 Either side may answer ERROR {message} instead; a mismatched layout or model (the identity of
@@ -38,9 +39,9 @@ HEADER = struct.Struct("!BQ")
 MAX_CONTROL_BYTES = 64 * 1024 * 1024
 
 # Frame kinds; 3 is retired (the removed cuda-ipc transport's handle), not to be reused.
-HELLO, ACCEPT, OFFER, NEED, DATA, DONE, ACK, ERROR, AUTH = 1, 2, 4, 5, 6, 7, 8, 9, 10
+HELLO, ACCEPT, OFFER, NEED, DATA, DONE, ACK, ERROR, AUTH, XFER_META = 1, 2, 4, 5, 6, 7, 8, 9, 10, 11
 KIND_NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", OFFER: "OFFER", NEED: "NEED", DATA: "DATA",
-              DONE: "DONE", ACK: "ACK", ERROR: "ERROR", AUTH: "AUTH"}
+              DONE: "DONE", ACK: "ACK", ERROR: "ERROR", AUTH: "AUTH", XFER_META: "XFER_META"}
 LAYOUT_FIELDS = ("num_layers", "num_kv_heads", "head_dim", "block_size", "dtype")
 COMPRESSED_KV = "compressed-kv"
 FEATURES = [COMPRESSED_KV]

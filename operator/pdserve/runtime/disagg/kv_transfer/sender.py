@@ -67,7 +67,9 @@ class _Connection:
 class KVSender:
     def __init__(self, pool: KVPool, transport: str = "tcp", *, identity: ModelIdentity,
                  timeout: float = 30.0, secret: bytes | None = None) -> None:
-        make_transport(transport)  # unknown names fail here, at startup
+        problem = make_transport(transport).unusable_with(pool)  # fail at startup, not later
+        if problem:
+            raise ValueError(problem)
         self.pool = pool
         self.secret = secret  # None: peers are not authenticated (both sides must agree)
         self.identity = identity

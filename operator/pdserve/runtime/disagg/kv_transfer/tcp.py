@@ -80,7 +80,7 @@ class TcpTransport(Transport):
                     dst_ids: list[int]) -> int:
         nbytes = len(src_ids) * block_nbytes(pool)
         conn.sock.sendall(_data_header(nbytes))
-        host = pool.host_memory()
+        host = host_memory(pool)
         if host is None:
             for ids in _chunks(src_ids, pool):
                 data = pool.read_blocks(ids).cpu()
@@ -96,7 +96,7 @@ class TcpTransport(Transport):
         if kind != DATA or length != nbytes:
             raise KVTransferError(f"expected a DATA frame of {nbytes} bytes, got kind {kind} "
                                   f"with {length} bytes")
-        host = pool.host_memory()
+        host = host_memory(pool)
         if host is not None:
             recv_views(conn.sock, [v for ids in _chunks(dst_ids, pool)
                                    for v in pool_views(host, ids)])
@@ -108,6 +108,12 @@ class TcpTransport(Transport):
             conn.recv_into(memoryview(staging.reshape(-1).view(torch.uint8).numpy()))
             pool.write_blocks(ids, staging)
         return nbytes
+
+
+def host_memory(pool: KVPool) -> torch.Tensor | None:
+    """The pool tensor when it is in host memory (a socket reads and writes it in place)."""
+    memory = pool.memory()
+    return memory if memory is not None and memory.device.type == "cpu" else None
 
 
 def _chunks(ids: list[int], pool: KVPool) -> list[list[int]]:

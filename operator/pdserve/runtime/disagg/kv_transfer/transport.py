@@ -13,7 +13,8 @@ from abc import ABC, abstractmethod
 from pdserve.runtime.disagg.kv_transfer.protocol import FramedSocket
 from pdserve.runtime.engine.kv_cache import KVPool
 
-TRANSPORTS = ("tcp",)
+TRANSPORTS = ("tcp", "nixl")
+NIXL_PACKAGE = "nixl_cu13"  # NIXL built for CUDA 13, as PyPI's torch is
 
 
 class Transport(ABC):
@@ -44,6 +45,10 @@ def make_transport(name: str) -> Transport:
         from pdserve.runtime.disagg.kv_transfer.tcp import TcpTransport
 
         return TcpTransport()
+    if name == "nixl":
+        from pdserve.runtime.disagg.kv_transfer.nixl import NixlTransport
+
+        return NixlTransport()
     raise ValueError(f"unknown KV transport {name!r}; expected one of {TRANSPORTS}")
 
 

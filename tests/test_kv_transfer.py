@@ -1,5 +1,5 @@
-"""KV handoff over loopback TCP between two real KV caches: only missing blocks travel, layouts
-are checked at the handshake, a dead peer frees the reservation."""
+"""KV handoff between two real KV caches over loopback, by each transport (tcp, nixl): only
+missing blocks travel, layouts are checked at the handshake, a dead peer frees the reservation."""
 
 import contextlib
 import socket
@@ -67,6 +67,11 @@ class RecordingHooks:
         self.done.set()
 
 
+@pytest.fixture(params=["tcp", "nixl"])
+def transport(request):
+    return request.param
+
+
 @pytest.fixture
 def receiver():
     def start(hooks, cache=None, features=None, secret=None):
@@ -83,12 +88,12 @@ def receiver():
         server.close()
 
 
-@pytest.mark.parametrize("num_cached", [0, 2])
-def test_missing_blocks_arrive_intact(receiver, num_cached):
+@pytest.mark.parametrize("num_cached", [0, 2, 5])
+def test_missing_blocks_arrive_intact(receiver, transport, num_cached):
     hooks = RecordingHooks(num_cached)
     server = receiver(hooks)
     source = make_cache(seed=2)
-    sender = KVSender(source, "tcp", identity=IDENTITY, timeout=5)
+    sender = KVSender(source, transport, identity=IDENTITY, timeout=5)
     src_ids = [3, 7, 1, 20, 5]  # 5 blocks for an 18-token prompt
     result = sender.push(f"127.0.0.1:{server.port}", Offer("t1", list(range(18)), 42), src_ids)
     assert result.num_blocks == 5 and result.num_cached_blocks == num_cached
@@ -101,11 +106,11 @@ def test_missing_blocks_arrive_intact(receiver, num_cached):
     sender.close()
 
 
-def test_a_compressed_prompt_travels_as_its_kept_slots(receiver):
+def test_a_compressed_prompt_travels_as_its_kept_slots(receiver, transport):
     hooks = RecordingHooks()
     server = receiver(hooks)
     source = make_cache(seed=2)
-    sender = KVSender(source, "tcp", identity=IDENTITY, timeout=5)
+    sender = KVSender(source, transport, identity=IDENTITY, timeout=5)
     offer = Offer("c", list(range(40)), 7, num_kv_tokens=10)  # 40 tokens kept as 10 slots
     result = sender.push(f"127.0.0.1:{server.port}", offer, [4, 9, 2])
     assert hooks.offers["c"].num_kv_tokens == 10
@@ -201,20 +206,20 @@ def test_staged_and_zero_copy_paths_share_one_wire_order(receiver, monkeypatch, 
     server = receiver(hooks, receiving)
     source = make_cache(seed=2)
     staged_pool = source if staged == "sender" else receiving
-    monkeypatch.setattr(staged_pool, "host_memory", lambda: None)
+    monkeypatch.setattr(staged_pool, "memory", lambda: None)
     src_ids = [5, 6, 7, 1, 30, 12, 13, 2]
     KVSender(source, "tcp", identity=IDENTITY, timeout=5).push(f"127.0.0.1:{server.port}",
                                             Offer("t", list(range(30)), 1), src_ids)
     assert torch.equal(receiving.read_blocks(hooks.reserved["t"]), source.read_blocks(src_ids))
 
 
-def test_cancel_cuts_a_transfer_and_frees_the_reservation(receiver, monkeypatch):
+def test_cancel_cuts_a_transfer_and_frees_the_reservation(receiver, transport, monkeypatch):
     from pdserve.runtime.disagg.kv_transfer.sender import TEST_DELAY_ENV
 
     monkeypatch.setenv(TEST_DELAY_ENV, "1")  # stall after the reservation
     hooks = RecordingHooks()
     server = receiver(hooks)
-    sender = KVSender(make_cache(), "tcp", identity=IDENTITY, timeout=5)
+    sender = KVSender(make_cache(), transport, identity=IDENTITY, timeout=5)
     errors = []
 
     def push():
@@ -236,11 +241,11 @@ def test_cancel_cuts_a_transfer_and_frees_the_reservation(receiver, monkeypatch)
 SECRET = b"0123456789abcdef0123456789abcdef"
 
 
-def test_peers_sharing_the_secret_transfer(receiver):
+def test_peers_sharing_the_secret_transfer(receiver, transport):
     hooks = RecordingHooks()
     server = receiver(hooks, secret=SECRET)
     src = make_cache()
-    sender = KVSender(src, "tcp", identity=IDENTITY, timeout=5, secret=SECRET)
+    sender = KVSender(src, transport, identity=IDENTITY, timeout=5, secret=SECRET)
     result = sender.push(f"127.0.0.1:{server.port}", Offer("t", list(range(8)), 4), [0, 1])
     assert result.num_blocks == 2 and "t" in hooks.completed
 
@@ -297,3 +302,26 @@ def test_the_worker_refuses_an_unreadable_or_short_secret(tmp_path):
     with pytest.raises(WorkerSetupError, match="shorter than 16 bytes"):
         parse_settings(["--model", "builtin:tiny", "--kv-auth-secret-file",
                         str(tmp_path / "short")])
+
+
+def test_nixl_refuses_a_pool_it_cannot_register_at_the_handshake(receiver):
+    """A tensor-parallel replica's shards (or an XLA pool) have no one tensor to register."""
+    hooks = RecordingHooks()
+    sharded = make_cache(seed=1)
+    sharded.memory = lambda: None
+    server = receiver(hooks, cache=sharded)
+    sender = KVSender(make_cache(), "nixl", identity=IDENTITY, timeout=5)
+    with pytest.raises(KVTransferError, match="nixl KV transport needs the KV pool in one host"):
+        sender.push(f"127.0.0.1:{server.port}", Offer("t", [1, 2, 3], 4), [0])
+    assert not hooks.reserved
+
+
+def test_nixl_descriptors_merge_runs_consecutive_on_both_sides():
+    from pdserve.runtime.disagg.kv_transfer.nixl import PoolRegion, common_runs
+
+    assert common_runs([3, 4, 5, 9, 10], [7, 8, 2, 3, 4]) == [(0, 2), (2, 1), (3, 2)]
+    region = PoolRegion(base=1000, num_blocks=10, plane_block_bytes=8, num_planes=2,
+                        memory="DRAM", device=0)
+    rows = region.addresses([4, 5, 9], [(0, 2), (2, 1)]).tolist()
+    # plane 0 then plane 1 (10 blocks of 8 bytes further on), each run one row
+    assert rows == [[1032, 16, 0], [1072, 8, 0], [1112, 16, 0], [1152, 8, 0]]
