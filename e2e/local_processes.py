@@ -171,3 +171,19 @@ def wait_for_tiers(gateway: Process, timeout: float = 30.0) -> None:
             return
         time.sleep(0.2)
     raise TimeoutError("the router did not discover both tiers")
+
+
+@contextlib.contextmanager
+def pd_stack(model: str, logs: Path, *, prefill_args: tuple[str, ...] = (),
+             both_args: tuple[str, ...] = (), short_prompt_threshold: int = 8
+             ) -> Iterator[dict[str, Process]]:
+    """A prefill and a decode worker behind the router, and a `both` worker beside them to
+    compare against (the same model): {"prefill", "decode", "both", "router"}."""
+    prefill, decode, both = (worker("prefill", model, logs, *prefill_args),
+                             worker("decode", model, logs), worker("both", model, logs, *both_args))
+    with running(prefill, decode, both):
+        gateway = router([prefill], [decode], logs, "--short-prompt-threshold",
+                         str(short_prompt_threshold))
+        with running(gateway):
+            wait_for_tiers(gateway)
+            yield {"prefill": prefill, "decode": decode, "both": both, "router": gateway}

@@ -15,7 +15,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from e2e.local_processes import engine_debug, router, running, wait_for_tiers, worker
+from e2e.local_processes import engine_debug, pd_stack
 from pdserve.runtime.checkpoints.builtin import init_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -60,14 +60,8 @@ MAX_TOKENS = 1024
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     model = str(init_model(tmp_path_factory.mktemp("model") / "tiny"))
-    logs = tmp_path_factory.mktemp("logs")
-    prefill, decode, both = (worker("prefill", model, logs), worker("decode", model, logs),
-                             worker("both", model, logs))
-    with running(prefill, decode, both):
-        gateway = router([prefill], [decode], logs, "--short-prompt-threshold", "1")
-        with running(gateway):
-            wait_for_tiers(gateway)
-            yield {"prefill": prefill, "decode": decode, "both": both, "router": gateway}
+    with pd_stack(model, tmp_path_factory.mktemp("logs"), short_prompt_threshold=1) as stack:
+        yield stack
 
 
 def client(process, async_=False):

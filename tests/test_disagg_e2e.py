@@ -17,10 +17,7 @@ from e2e.local_processes import (
     engine_debug,
     http_get,
     metric,
-    router,
-    running,
-    wait_for_tiers,
-    worker,
+    pd_stack,
 )
 from pdserve.runtime.checkpoints.builtin import init_model
 
@@ -35,14 +32,8 @@ BLOCK_BYTES = 2 * 2 * 16 * 2 * 16 * 4  # tiny model: layers x (K,V) x block x kv
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     model = str(init_model(tmp_path_factory.mktemp("model") / "tiny"))
-    logs = tmp_path_factory.mktemp("logs")
-    prefill, decode, both = (worker("prefill", model, logs), worker("decode", model, logs),
-                             worker("both", model, logs))
-    with running(prefill, decode, both):
-        gateway = router([prefill], [decode], logs, "--short-prompt-threshold", "8")
-        with running(gateway):
-            wait_for_tiers(gateway)
-            yield {"prefill": prefill, "decode": decode, "both": both, "router": gateway}
+    with pd_stack(model, tmp_path_factory.mktemp("logs")) as stack:
+        yield stack
 
 
 def prompt(i: int) -> str:
