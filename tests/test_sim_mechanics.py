@@ -2,6 +2,7 @@
 the observer behaves like Prometheus (lag, NaN averages, lingering series, outages)."""
 
 import math
+from dataclasses import replace
 
 from bench.sim.perf import PROFILES
 from bench.sim.scenarios import DEPLOYMENTS, planner_config
@@ -137,3 +138,15 @@ def test_slo_ratio_counts_unfinished_requests_as_misses():
     assert math.isinf(slo_ratio(r, 1.0, 0.05))
     r.first_token, r.finish = 0.5, 0.5 + 9 * 0.01
     assert math.isclose(slo_ratio(r, 1.0, 0.05), 0.5)
+
+
+def test_prefill_pods_of_their_own_shape_hand_over_on_the_slower_link():
+    prefill = replace(PERF, name="slow-prefill", peak_flops=PERF.peak_flops / 4,
+                      kv_link_bandwidth=PERF.kv_link_bandwidth / 10)
+    trace = tiny_trace(n=1, output=2)
+    Simulation(trace, config(prefill_perf=prefill), StaticPolicy(1, 1), (1, 1), warm=True).run()
+    r = trace.requests[0]
+    assert math.isclose(r.first_token - r.arrival, prefill.prefill_seconds(500, 500 * 250),
+                        rel_tol=1e-9)
+    handoff_and_step = prefill.kv_transfer_seconds(500) + PERF.decode_step_seconds(1, 501)
+    assert math.isclose(r.finish - r.first_token, handoff_and_step, rel_tol=1e-9)

@@ -23,8 +23,11 @@ ROLES = ("prefill", "decode")
 
 
 class Policy(Protocol):
-    name: str
-    interval: float
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def interval(self) -> float: ...
 
     def act(self, sim: Simulation, now: float) -> None: ...
 
@@ -41,6 +44,22 @@ class SimConfig:
     drain_grace: float = 120.0
     tail: float = 300.0
     seed: int = 0
+    # The prefill pods' own shape (another kind or chip count: a plan's mixed candidates);
+    # None: `perf` serves both roles.
+    prefill_perf: ReplicaPerf | None = None
+
+    def role_perf(self, role: str) -> ReplicaPerf:
+        if role == "prefill" and self.prefill_perf is not None:
+            return self.prefill_perf
+        return self.perf
+
+    def kv_transfer_seconds(self, tokens: int) -> float:
+        """The handoff of a prompt's KV from its prefill pod to a decode pod, over the
+        slower of the two pods' links."""
+        if self.prefill_perf is None:
+            return self.perf.kv_transfer_seconds(tokens)
+        link = min(self.prefill_perf.kv_link_bandwidth, self.perf.kv_link_bandwidth)
+        return tokens * self.prefill_perf.kv_bytes_per_token / link
 
 
 @dataclass
@@ -154,7 +173,7 @@ class Simulation:
             if request.output <= 1:
                 request.finish = self.now
             else:
-                self.push(self.now + self.cfg.perf.kv_transfer_seconds(request.prompt),
+                self.push(self.now + self.cfg.kv_transfer_seconds(request.prompt),
                           self._route_decode, request)
         self._start_prefill(pod)
         self._maybe_gone(pod)
@@ -191,7 +210,7 @@ class Simulation:
     def _new_pod(self, role: str) -> Pod:
         pod: Pod
         if role == "prefill":
-            pod = PrefillPod(next(self.pod_ids), self.now, self.cfg.perf)
+            pod = PrefillPod(next(self.pod_ids), self.now, self.cfg.role_perf(role))
         else:
             pod = DecodePod(next(self.pod_ids), self.now, self.cfg.perf)
         self.pods.append(pod)
@@ -218,7 +237,8 @@ class Simulation:
             if pod.state == "pending" and (
                     self.allocated() + pod.accelerators <= self.cfg.pool_accelerators):
                 pod.state = "starting"
-                self.push(self.now + self.cfg.perf.startup_seconds, self._pod_ready, pod)
+                self.push(self.now + self.cfg.role_perf(pod.role).startup_seconds,
+                          self._pod_ready, pod)
         self.peak_allocated = max(self.peak_allocated, self.allocated())
 
     def _pod_ready(self, pod: Pod) -> None:
