@@ -42,7 +42,7 @@ def test_ready_when_every_role_is_fully_ready():
     assert conditions["Progressing"]["status"] == "False"
     assert conditions["Degraded"]["status"] == "False"
     assert conditions["ScalingLimited"]["reason"] == "AutoscalingDisabled"
-    assert conditions["KVTransferHealthy"]["status"] == "Unknown"
+    assert "KVTransferHealthy" not in conditions  # the KV health job's (kv_health_job.py)
     assert status["observedGeneration"] == 3
     assert status["decode"] == {"desiredReplicas": 2, "readyReplicas": 2, "summary": "2/2"}
     assert status["endpoint"] == "http://chat-router.team-a.svc:8080"

@@ -202,6 +202,7 @@ def test_no_kopf_timer_or_daemon_is_registered():
     import kopf
 
     import pdserve.controller.autoscaling
+    import pdserve.controller.kv_health_job
     import pdserve.controller.recommendation
 
     registry = kopf.get_default_registry()
@@ -209,7 +210,7 @@ def test_no_kopf_timer_or_daemon_is_registered():
     assert not any(getattr(h, "requires_finalizer", False)
                    for h in registry._changing.get_all_handlers())
     assert {job.id for job in pdserve.controller.periodic.JOBS} == {
-        "resync", "autoscaling", "recommendation"}
+        "resync", "autoscaling", "recommendation", "kv-transfer-health"}
 
 
 AUTOSCALED = {"model": {"source": {"builtin": "tiny"}}, "autoscaling": {

@@ -36,7 +36,7 @@ async def decisions(client: TestClient) -> dict[tuple[str, str], float]:
     return {(s.labels["path"], s.labels["reason"]): s.value
             for family in text_string_to_metric_families(text)
             if family.name == "pdserve_router_disaggregation"
-            for s in family.samples if s.name.endswith("_total")}
+            for s in family.samples if s.name.endswith("_total") and s.value}
 
 
 async def router_over(prefill: list[web.Application], decode: web.Application):

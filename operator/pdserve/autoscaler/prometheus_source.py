@@ -145,17 +145,17 @@ class PrometheusSource:
         return MetricsSnapshot(now, prefill, decode, arrival_rate=v["arrival_rate"],
                                peak_arrival_rate=v["peak_arrival_rate"])
 
-    def in_flight_by_pod(self, sel: Selector, role: str) -> dict[str, float]:
-        """Running + waiting requests per pod, for pod-deletion-cost."""
-        promql = (f"sum by ({POD}) (pdserve_requests_running{sel.labels(role)}) + "
-                  f"sum by ({POD}) (pdserve_requests_waiting{sel.labels(role)})")
+    def series(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        """Each series of an instant vector: (its labels, its value or NaN); raises
+        PrometheusUnavailable when Prometheus does not answer."""
         try:
             result = self._query(promql)
         except Exception as exc:
             raise PrometheusUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        out: dict[str, float] = {}
-        for series in result:
-            pod = series.get("metric", {}).get(POD)
-            if pod:
-                out[pod] = scalar([series])
-        return out
+        return [(dict(found.get("metric") or {}), scalar([found])) for found in result]
+
+    def in_flight_by_pod(self, sel: Selector, role: str) -> dict[str, float]:
+        """Running + waiting requests per pod, for pod-deletion-cost."""
+        promql = (f"sum by ({POD}) (pdserve_requests_running{sel.labels(role)}) + "
+                  f"sum by ({POD}) (pdserve_requests_waiting{sel.labels(role)})")
+        return {labels[POD]: value for labels, value in self.series(promql) if labels.get(POD)}

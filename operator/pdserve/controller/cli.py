@@ -12,6 +12,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from pdserve.controller.kube import Kube
+from pdserve.controller.kv_health import DEFAULT_INTERVAL_SECONDS as KV_HEALTH_INTERVAL_SECONDS
 from pdserve.planning.recommend import DEFAULT_INTERVAL_SECONDS
 
 
@@ -32,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
                         default=DEFAULT_INTERVAL_SECONDS, metavar="SECONDS",
                         help="how often status.recommendation is planned for each autoscaling "
                         f"LLMService (default {DEFAULT_INTERVAL_SECONDS:g})")
+    parser.add_argument("--kv-health-interval", type=float, default=KV_HEALTH_INTERVAL_SECONDS,
+                        metavar="SECONDS",
+                        help="how often each LLMService's KVTransferHealthy condition is judged, "
+                        "over a window of two intervals (default "
+                        f"{KV_HEALTH_INTERVAL_SECONDS:g})")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser
@@ -71,6 +77,10 @@ def main(argv: list[str]) -> int:
         print("pdserve operator: --recommendation-interval must be at least 1 second",
               file=sys.stderr)
         return 2
+    if not args.kv_health_interval >= 1:
+        print("pdserve operator: --kv-health-interval must be at least 1 second",
+              file=sys.stderr)
+        return 2
     if args.kubeconfig and not os.path.isfile(args.kubeconfig):
         print(f"pdserve operator: no kubeconfig at {args.kubeconfig}", file=sys.stderr)
         return 2
@@ -85,6 +95,7 @@ def main(argv: list[str]) -> int:
         kopf.on.login()(kopf.login_with_kubeconfig)
     import pdserve.controller.autoscaling  # registers the planner's kopf timer
     import pdserve.controller.handlers
+    import pdserve.controller.kv_health_job  # registers its periodic job
     import pdserve.controller.recommendation  # noqa: F401  (registers its kopf timer)
     if args.metrics_port:
         start_http_server(args.metrics_port)
@@ -94,6 +105,7 @@ def main(argv: list[str]) -> int:
         namespaces=args.namespace,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness}/healthz" if args.liveness else None,
         memo=kopf.Memo(kube=Kube(_api_client()),
-                       recommendation_interval_seconds=args.recommendation_interval),
+                       recommendation_interval_seconds=args.recommendation_interval,
+                       kv_health_interval_seconds=args.kv_health_interval),
     )
     return 0

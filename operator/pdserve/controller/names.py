@@ -11,6 +11,7 @@ WORKER_ROLES: tuple[Literal["prefill", "decode"], ...] = ("prefill", "decode")
 FIELD_MANAGER = "pdserve-operator"
 PLANNER_FIELD_MANAGER = "pdserve-planner"  # replicas (through /scale), status.autoscaling
 RECOMMENDER_FIELD_MANAGER = "pdserve-recommender"  # status.recommendation
+KV_HEALTH_FIELD_MANAGER = "pdserve-kv-health"  # the KVTransferHealthy condition
 MANAGED_BY = "pdserve-operator"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"

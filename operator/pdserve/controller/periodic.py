@@ -67,7 +67,7 @@ async def stop(memo: Any, **_: Any) -> None:
         task.cancel()
 
 
-def _offset(uid: str, interval: float) -> float:
+def start_offset(uid: str, interval: float) -> float:
     """A stable per-object start within one interval: hundreds of LLMServices resumed at once
     are then spread over the interval instead of run in one burst."""
     return interval * int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -94,7 +94,7 @@ async def run_forever(index: Mapping[Key, Any], memo: Any, jobs: list[Job],
                     due.pop(slot, None)
                     continue
                 if slot not in due:
-                    due[slot] = now + (_offset(meta.get("uid", ""), item.interval)
+                    due[slot] = now + (start_offset(meta.get("uid", ""), item.interval)
                                        if item.spread else item.interval)
                 elif now >= due[slot] and slot not in busy:
                     due[slot] = now + item.interval

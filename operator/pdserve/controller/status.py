@@ -2,8 +2,9 @@
 
 This is the reconciler's share of the status, written by server-side apply under its own field
 manager: the planner owns `autoscaling` and the ScalingLimited condition while autoscaling is on,
-the recommender `recommendation`; the apiserver merges the three by condition type, so no writer
-overwrites another's conditions from a stale read.
+the recommender `recommendation`, the KV health job (kv_health_job.py) KVTransferHealthy; the
+apiserver merges them by condition type, so no writer overwrites another's conditions from a
+stale read.
 """
 
 from __future__ import annotations
@@ -144,8 +145,6 @@ def compute_status(seen: Observation, now: str) -> dict[str, Any]:
                    "RollingOut" if rolling else "RolloutComplete",
                    f"rolling out: {', '.join(rolling)}" if rolling else "all roles rolled out"),
         _condition("Degraded", bool(degraded_lines), degraded_reason, "\n".join(degraded_lines)),
-        _condition("KVTransferHealthy", None, "NotReported",
-                   "the data plane has not reported yet"),
     ]
     if not seen.autoscaling_enabled:  # otherwise the planner's
         conditions.append(_condition("ScalingLimited", False, "AutoscalingDisabled",

@@ -14,6 +14,8 @@ SHORT_PROMPT: Disaggregation = ("decode_only", "short_prompt")
 NO_PREFILL_PEER: Disaggregation = ("decode_only", "no_prefill_peer")
 NO_KV_TARGET: Disaggregation = ("decode_only", "no_kv_target")
 PREFILL_FAILED: Disaggregation = ("fallback", "prefill_failed")
+DISAGGREGATIONS = (PREFILL_DECODE, SHORT_PROMPT, NO_PREFILL_PEER, NO_KV_TARGET,
+                   PREFILL_FAILED)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -40,6 +42,8 @@ class RouterMetrics:
             "worker's model; no_kv_target: no prefill tier or a decode worker without a KV "
             "port) or fallback (prefill_failed: every prefill attempt failed, decode follows "
             "its --kv-fallback)", ["path", "reason"], registry=self.registry)
+        for decision in DISAGGREGATIONS:  # exported at 0 from the start: increase() sees the
+            self.disaggregation.labels(*decision)  # first request of each kind too
 
     def count_disaggregation(self, decision: Disaggregation) -> None:
         self.disaggregation.labels(*decision).inc()
