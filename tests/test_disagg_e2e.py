@@ -29,10 +29,12 @@ WORDS = STORY.split()
 BLOCK_BYTES = 2 * 2 * 16 * 2 * 16 * 4  # tiny model: layers x (K,V) x block x kv heads x dim x f32
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+@pytest.fixture(scope="module", params=["tcp", "nixl"])
+def stack(tmp_path_factory, request):
+    """The whole module runs once per KV transport (the prefill worker picks it)."""
     model = str(init_model(tmp_path_factory.mktemp("model") / "tiny"))
-    with pd_stack(model, tmp_path_factory.mktemp("logs")) as stack:
+    with pd_stack(model, tmp_path_factory.mktemp("logs"),
+                  prefill_args=("--kv-transport", request.param)) as stack:
         yield stack
 
 

@@ -28,11 +28,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 DELAY = {TEST_DELAY_ENV: "3"}
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+@pytest.fixture(scope="module", params=["tcp", "nixl"])
+def stack(tmp_path_factory, request):
+    """The whole module runs once per KV transport (the prefill workers pick it)."""
     model = str(init_model(tmp_path_factory.mktemp("model") / "tiny"))
     logs = tmp_path_factory.mktemp("logs")
-    p1, p2, p3 = (worker("prefill", model, logs, env=DELAY) for _ in range(3))
+    p1, p2, p3 = (worker("prefill", model, logs, "--kv-transport", request.param, env=DELAY)
+                  for _ in range(3))
     d1 = worker("decode", model, logs, "--kv-timeout", "4")
     d2 = worker("decode", model, logs, "--kv-fallback", "fail")
     with running(p1, p2, p3, d1, d2):
