@@ -173,7 +173,7 @@ def _run(kube, memo, service):
     return kube.status_by_manager[KV_HEALTH_FIELD_MANAGER]["conditions"]
 
 
-def test_job_applies_only_its_condition_and_posts_an_event_per_change():
+def test_job_applies_only_its_condition_and_posts_an_event_per_change_of_cause():
     service = _service()
     kube = MemoryKube(service)
     broken = {"pdserve_router_disaggregation_total": [
@@ -191,6 +191,13 @@ def test_job_applies_only_its_condition_and_posts_an_event_per_change():
     [condition] = _run(kube, memo, service)
     assert condition["status"] == "True"
     assert kube.events[-1] == ("Normal", "KVMoving")
+    memo["planner_source"] = ("http://prometheus:9090", _prometheus({
+        "pdserve_router_disaggregation_total": [
+            {"metric": {"reason": "no_prefill_peer"}, "value": [0, "20"]}]}))
+    _run(kube, memo, service)
+    memo["planner_source"] = ("http://prometheus:9090", _prometheus(broken))
+    _run(kube, memo, service)  # still False, another cause
+    assert kube.events[-2:] == [("Warning", "NoPrefillPeer"), ("Warning", "KVTransferFailing")]
 
 
 def test_job_says_no_transfer_is_intended_for_an_aggregated_plan():

@@ -106,11 +106,12 @@ def _previous(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 def _announce(kube: Kube, body: Mapping[str, Any], memo: Any, verdict: Verdict,
               previous: Mapping[str, Any] | None, stamp: str) -> None:
-    """An Event on each change of the condition's status (the memo remembers the last one
-    applied: the indexed body can lag it by an interval)."""
-    before = memo.get("kv_health_last_status") or (previous or {}).get("status")
-    memo["kv_health_last_status"] = verdict.status
-    if verdict.status == before or (before is None and verdict.status == "Unknown"):
+    """An Event on each change of the condition's status or reason (a new cause of a False
+    one too); the memo remembers the last one applied: the indexed body can lag it."""
+    before = memo.get("kv_health_last") or (
+        (previous.get("status"), previous.get("reason")) if previous else None)
+    memo["kv_health_last"] = (verdict.status, verdict.reason)
+    if before == memo["kv_health_last"] or (before is None and verdict.status == "Unknown"):
         return
     kube.post_event(body, "Warning" if verdict.status == "False" else "Normal",
                     verdict.reason, f"{CONDITION} {verdict.status}: {verdict.message}",
