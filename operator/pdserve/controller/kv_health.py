@@ -145,8 +145,8 @@ def assess(figures: KVFigures, source: str) -> Verdict:
                        f"handed {_n(with_kv)} of {_n(long)} long prompts' KV to decode")
     message = f"{_n(with_kv)} of {_n(long)} long prompts in {window} reached decode with their KV"
     if round(without):
-        message += f" ({_n(without)} without: {_n(no_peer)} no prefill peer, {_n(failed)} " \
-                   f"failed handoffs, {_n(lost)} KV never arrived)"
+        message += (f" ({_n(without)} without: {_n(no_peer)} no prefill peer, {_n(no_target)} "
+                    f"no KV target, {_n(failed)} failed handoffs, {_n(lost)} KV never arrived)")
     return Verdict("True", "KVMoving", message + counted)
 
 
