@@ -115,6 +115,15 @@ INVALID_SPECS = {
         invalid("kvTransfer", {"transport": "cuda-ipc"}),
         'Unsupported value: "cuda-ipc"',
     ),
+    "nixl-on-tpu": (
+        {**VALID, "kvTransfer": {"transport": "nixl"}, "prefill": {"accelerator": TPU_2X2}},
+        "kvTransfer.transport nixl needs prefill and decode on GPU or CPU pools",
+    ),
+    "nixl-with-tensor-parallel-decode": (
+        {**VALID, "kvTransfer": {"transport": "nixl"},
+         "decode": {"accelerator": {"kind": "nvidia-h100", "count": 2}}},
+        "one device per replica",
+    ),
     "autoscaling-min-above-max": (
         invalid("autoscaling", {"prefill": {"minReplicas": 5, "maxReplicas": 2}}),
         "minReplicas must not exceed maxReplicas",

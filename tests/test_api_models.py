@@ -21,10 +21,28 @@ def test_minimal_spec_gets_defaults():
     spec = LLMServiceSpec.model_validate(MINIMAL)
     assert spec.profile == "balanced"
     assert spec.prefill.accelerator.kind == "cpu" and spec.prefill.accelerator.count == 1
-    assert spec.kv_transfer.port == 9000 and spec.kv_transfer.transport == "tcp"
+    assert spec.kv_transfer.port == 9000 and spec.kv_transfer.transport is None
+    assert spec.kv_transport() == "tcp"  # CPU pools
     assert spec.router.routing_policy == "prefix-affinity"
     assert not spec.autoscaling.enabled
     assert spec.to_k8s()["kvTransfer"]["fallback"] == "recompute"
+
+
+@pytest.mark.parametrize(("prefill", "decode", "transport"), [
+    ({"kind": "nvidia-h100"}, {"kind": "nvidia-l4"}, "nixl"),  # one GPU a replica each side
+    ({"kind": "nvidia-h100", "count": 2}, {"kind": "nvidia-h100"}, "tcp"),  # sharded KV
+    ({"kind": "tpu-v5e", "count": 1, "topology": "1x1"}, {"kind": "nvidia-h100"}, "tcp"),
+    ({"kind": "cpu"}, {"kind": "cpu"}, "tcp"),  # between CPU pods UCX runs over TCP: slower
+])
+def test_the_kv_transport_defaults_by_pool(prefill, decode, transport):
+    spec = LLMServiceSpec.model_validate(_spec(prefill={"accelerator": prefill},
+                                               decode={"accelerator": decode}))
+    assert spec.kv_transport() == transport
+
+
+def test_a_chosen_kv_transport_wins_where_it_can_work():
+    spec = LLMServiceSpec.model_validate(_spec(kvTransfer={"transport": "nixl"}))
+    assert spec.kv_transport() == "nixl"  # CPU pools may ask for it
 
 
 def test_whole_object_round_trips_with_camel_case():
@@ -64,6 +82,10 @@ INVALID = {
         decode={"accelerator": {"kind": "nvidia-h100", "count": 2}},
         autoscaling={"acceleratorBudget": 3}), "acceleratorBudget 3 is below the 4"),
     "cuda-ipc is no transport": (_spec(kvTransfer={"transport": "cuda-ipc"}), "'tcp'"),
+    "nixl on a tpu pool": (_spec(kvTransfer={"transport": "nixl"}, prefill={"accelerator": {
+        "kind": "tpu-v5e", "count": 1, "topology": "1x1"}}), "nixl needs prefill and decode"),
+    "nixl with a tensor-parallel role": (_spec(kvTransfer={"transport": "nixl"}, decode={
+        "accelerator": {"kind": "nvidia-h100", "count": 2}}), "one device per replica"),
     "kv port is the http port": (_spec(kvTransfer={"port": 8000}), "HTTP port"),
     "kv port out of range": (_spec(kvTransfer={"port": 70000}), "less than or equal to 65535"),
     "chunk above step budget": (_spec(decode={"engine": {"chunkSize": 4096,

@@ -11,7 +11,7 @@ from pdserve.api.base import ApiModel, cel
 from pdserve.api.model import ModelSpec
 from pdserve.api.network import NetworkPolicySpec
 from pdserve.api.profiles import Profile
-from pdserve.api.roles import RoleSpec, RouterSpec
+from pdserve.api.roles import AcceleratorSpec, RoleSpec, RouterSpec
 
 WORKER_HTTP_PORT = 8000
 ROUTER_HTTP_PORT = 8080
@@ -25,10 +25,13 @@ class KvTransferSpec(ApiModel):
             f"port {WORKER_HTTP_PORT} is the workers' HTTP port; pick another KV port"),
     ]})
 
-    transport: Literal["tcp"] = Field(
-        default="tcp",
+    transport: Literal["tcp", "nixl"] | None = Field(
+        default=None,
         description="How KV moves from prefill to decode pods: tcp (framed raw bytes over the "
-        "pod network) works everywhere.",
+        "pod network) works everywhere; nixl (NIXL over UCX: RDMA, NVLink, GPU memory) needs "
+        "both roles on GPU or CPU pools with one device per replica. Unset: nixl when both "
+        "roles run on one GPU per replica, else tcp (between CPU pods UCX falls back to TCP, "
+        "slower than pdserve's own; README).",
     )
     port: int = Field(
         default=9000, ge=1024, le=65535, description="Port decode workers receive KV on.",
@@ -51,10 +54,31 @@ class KvTransferSpec(ApiModel):
         return self
 
 
+NIXL_POOLS_MESSAGE = ("kvTransfer.transport nixl needs prefill and decode on GPU or CPU pools "
+                      "with one device per replica (a TPU's memory, or a tensor-parallel "
+                      "replica's sharded KV, moves with tcp)")
+_NIXL_ROLE_RULE = ("(self.{role}.accelerator.kind == 'cpu' || "
+                   "(self.{role}.accelerator.kind.startsWith('nvidia-') && "
+                   "self.{role}.accelerator.count == 1 && self.{role}.accelerator.nodes == 1))")
+
+
+def _one_gpu(accelerator: AcceleratorSpec) -> bool:
+    return accelerator.kind.startswith("nvidia-") and accelerator.devices_per_replica == 1
+
+
+def _nixl_can_register(accelerator: AcceleratorSpec) -> bool:
+    """NIXL registers one KV tensor per worker: host or CUDA memory, not sharded."""
+    return accelerator.kind == "cpu" or _one_gpu(accelerator)
+
+
 class LLMServiceSpec(ApiModel):
     """A model served with prefill/decode disaggregation."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("!has(self.kvTransfer.transport) || self.kvTransfer.transport != 'nixl' || "
+            f"({_NIXL_ROLE_RULE.format(role='prefill')} && "
+            f"{_NIXL_ROLE_RULE.format(role='decode')})",
+            NIXL_POOLS_MESSAGE, ".kvTransfer.transport"),
         cel("!has(self.autoscaling.acceleratorBudget) || self.autoscaling.acceleratorBudget >= "
             "self.autoscaling.prefill.minReplicas * self.prefill.accelerator.count "
             "* self.prefill.accelerator.nodes + "
@@ -95,6 +119,10 @@ class LLMServiceSpec(ApiModel):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> LLMServiceSpec:
+        if self.kv_transfer.transport == "nixl" and not (
+                _nixl_can_register(self.prefill.accelerator)
+                and _nixl_can_register(self.decode.accelerator)):
+            raise ValueError(NIXL_POOLS_MESSAGE)
         budget = self.autoscaling.accelerator_budget
         minimum = (self.autoscaling.prefill.min_replicas
                    * self.prefill.accelerator.devices_per_replica
@@ -106,3 +134,11 @@ class LLMServiceSpec(ApiModel):
                 "of the minimum replicas"
             )
         return self
+
+    def kv_transport(self) -> Literal["tcp", "nixl"]:
+        """The transport prefill workers use: the spec's, else nixl between single-GPU
+        replicas (RDMA / NVLink / GPU memory) and tcp elsewhere."""
+        if self.kv_transfer.transport is not None:
+            return self.kv_transfer.transport
+        both_on_one_gpu = _one_gpu(self.prefill.accelerator) and _one_gpu(self.decode.accelerator)
+        return "nixl" if both_on_one_gpu else "tcp"

@@ -79,7 +79,7 @@ def engine_config(spec: LLMServiceSpec, role: WorkerRole) -> dict[str, Any]:
         "block_size": settings.block_size,
         "num_kv_blocks": settings.num_kv_blocks,
         "enable_prefix_caching": settings.enable_prefix_caching,
-        "kv_transport": spec.kv_transfer.transport,
+        "kv_transport": spec.kv_transport(),
         "kv_timeout": spec.kv_transfer.timeout_seconds,
         "kv_fallback": spec.kv_transfer.fallback,
         "drain_timeout": DRAIN_TIMEOUT_SECONDS,
