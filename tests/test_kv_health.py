@@ -185,8 +185,10 @@ def test_job_applies_only_its_condition_and_posts_an_event_per_change_of_cause()
     [condition] = _run(kube, memo, service)
     assert (condition["status"], condition["reason"]) == ("False", "KVTransferFailing")
     assert "Prometheus http://prometheus:9090" in condition["message"]
+    writes = len(kube.patches)
     _run(kube, memo, service)
     assert kube.events == [("Warning", "KVTransferFailing")]  # once per change
+    assert len(kube.patches) == writes  # the same condition is not written again
     memo["planner_source"] = ("http://prometheus:9090", _prometheus(moving))
     [condition] = _run(kube, memo, service)
     assert condition["status"] == "True"

@@ -54,9 +54,11 @@ def kv_transfer_health(body: Mapping[str, Any], spec: Mapping[str, Any], name: s
     elif verdict is None:
         verdict = _from_routers(kube, memo, namespace, name, clock)
     previous = _previous(body)
-    kube.apply_status(namespace, name, {"conditions": [kv_health.condition(
-        verdict, previous, (body.get("metadata") or {}).get("generation"), stamp)]},
-        KV_HEALTH_FIELD_MANAGER)
+    entry = kv_health.condition(verdict, memo.get("kv_health_applied") or previous,
+                                (body.get("metadata") or {}).get("generation"), stamp)
+    if entry != memo.get("kv_health_applied"):  # hundreds of idle LLMServices write nothing
+        kube.apply_status(namespace, name, {"conditions": [entry]}, KV_HEALTH_FIELD_MANAGER)
+        memo["kv_health_applied"] = entry
     _announce(kube, body, memo, verdict, previous, stamp)
     operator_metrics.CONDITION_TRUE.labels(namespace, name, CONDITION).set(
         1 if verdict.status == "True" else 0)

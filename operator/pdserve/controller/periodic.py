@@ -4,17 +4,20 @@ LLMService, or its namespace, would hang whenever the operator is down.
 
 A kopf index (filled from kopf's own watch, no finalizer) holds every LLMService's latest body;
 one loop started at operator startup runs each registered job for each matching object every
-`interval` seconds, in a thread, one run per (job, object) at a time. Each object has its own
-memo (a shallow copy of the operator's), as kopf gives its handlers.
+`interval` seconds, in a thread of the job's own pool, one run per (job, object) at a time: a
+job that waits (on Prometheus, on pods that do not answer) never delays another's runs. Each
+object has its own memo (a shallow copy of the operator's), as kopf gives its handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import functools
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +27,8 @@ import kopf
 from pdserve.api.resource import GROUP, PLURAL, VERSION
 
 TICK_SECONDS = 1.0
+# As many threads per job as asyncio's default executor has in all.
+THREADS_PER_JOB = min(32, (os.cpu_count() or 1) + 4)
 _log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 
@@ -75,6 +80,17 @@ def start_offset(uid: str, interval: float) -> float:
 
 async def run_forever(index: Mapping[Key, Any], memo: Any, jobs: list[Job],
                       tick: float = TICK_SECONDS) -> None:
+    pools = {item.id: concurrent.futures.ThreadPoolExecutor(THREADS_PER_JOB, item.id)
+             for item in jobs}
+    try:
+        await _loop(index, memo, jobs, tick, pools)
+    finally:
+        for pool in pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _loop(index: Mapping[Key, Any], memo: Any, jobs: list[Job], tick: float,
+                pools: Mapping[str, concurrent.futures.Executor]) -> None:
     loop = asyncio.get_running_loop()
     due: dict[tuple[str, Key], float] = {}
     busy: set[tuple[str, Key]] = set()
@@ -99,9 +115,10 @@ async def run_forever(index: Mapping[Key, Any], memo: Any, jobs: list[Job],
                 elif now >= due[slot] and slot not in busy:
                     due[slot] = now + item.interval
                     busy.add(slot)
-                    run = loop.create_task(asyncio.to_thread(
-                        item.run, body=body, spec=spec, name=key[1], namespace=key[0],
-                        uid=meta.get("uid"), memo=object_memo))
+                    run = asyncio.ensure_future(loop.run_in_executor(
+                        pools[item.id], functools.partial(
+                            item.run, body=body, spec=spec, name=key[1], namespace=key[0],
+                            uid=meta.get("uid"), memo=object_memo)))
                     run.add_done_callback(functools.partial(_finished, slot=slot, busy=busy))
         for slot in [slot for slot in due if slot[1] not in present]:
             del due[slot]
@@ -110,7 +127,7 @@ async def run_forever(index: Mapping[Key, Any], memo: Any, jobs: list[Job],
         await asyncio.sleep(tick)
 
 
-def _finished(done: asyncio.Task[None], *, slot: tuple[str, Key],
+def _finished(done: asyncio.Future[None], *, slot: tuple[str, Key],
               busy: set[tuple[str, Key]]) -> None:
     busy.discard(slot)
     if not done.cancelled() and done.exception() is not None:

@@ -15,7 +15,7 @@ from pdserve.controller.kv_health import DECISIONS_METRIC
 from pdserve.controller.names import LABEL_ROLE
 from pdserve.controller.planner_inputs import pod_phase
 
-TIMEOUT_SECONDS = 3.0
+TIMEOUT_SECONDS = 2.0
 
 
 def decisions(page: str) -> dict[str, float]:
