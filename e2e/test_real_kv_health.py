@@ -25,6 +25,7 @@ from e2e.real_stack import (
     cpu_service_spec,
     pod_ready,
     role_pods,
+    worker_metric,
 )
 from pdserve.api.spec import ROUTER_HTTP_PORT
 from pdserve.controller.names import LABEL_ROLE, LABEL_SERVICE, kv_auth_secret_name
@@ -32,9 +33,9 @@ from pdserve.controller.names import LABEL_ROLE, LABEL_SERVICE, kv_auth_secret_n
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.prometheus, pytest.mark.slow]
 
 NAME = "handoff"
-# The router finds a new pod by DNS every 5 s and polls it every second; Prometheus scrapes
-# every second: the time a break takes to reach the counters, before the judging starts.
-DISCOVERY_S = 8
+# From the first refused (or completed) transfer: Prometheus scrapes every second, the test
+# polls the pods' counters and the condition.
+SLACK_S = 3
 
 
 def _kv_condition(api: Api, namespace: str) -> dict[str, Any]:
@@ -61,6 +62,12 @@ def _restart(cluster: Cluster, api: Api, namespace: str, role: str) -> float:
     return time.monotonic()
 
 
+def _counted(pod: dict[str, Any], metric: str, before: float = 0.0) -> float:
+    """When the pod's counter first exceeds `before` (monotonic)."""
+    wait_until(lambda: worker_metric(pod, metric) > before, 120, f"{metric} to grow")
+    return time.monotonic()
+
+
 @pytest.mark.timeout(1500)
 def test_kv_transfer_healthy_turns_false_on_a_broken_kv_path_and_true_when_mended(
         cluster: Cluster, placement: Placement, real_release: str,
@@ -72,7 +79,7 @@ def test_kv_transfer_healthy_turns_false_on_a_broken_kv_path_and_true_when_mende
     apply_and_wait_ready(cluster, api, namespace, NAME, spec, pods=3)
     router = cluster.get("service", f"{NAME}-router", "-n", namespace)
     base_url = f"http://{router['spec']['clusterIP']}:{ROUTER_HTTP_PORT}"
-    limit = 2 * KV_HEALTH_INTERVAL_S + DISCOVERY_S
+    limit = 2 * KV_HEALTH_INTERVAL_S + SLACK_S
     with Load(base_url, "summaries", rate=1.0, summary_words=150).running():
         moving = wait_until(lambda: _reason(api, namespace, "KVMoving"), 240,
                             "KVTransferHealthy True under long prompts")
@@ -81,20 +88,26 @@ def test_kv_transfer_healthy_turns_false_on_a_broken_kv_path_and_true_when_mende
         cluster.kubectl("patch", "secret", kv_auth_secret_name(NAME), "-n", namespace,
                         "--type=merge", "-p",
                         json.dumps({"stringData": {"secret": secrets.token_hex(32)}}))
-        broken_at = _restart(cluster, api, namespace, "prefill")
+        prefill_ready = _restart(cluster, api, namespace, "prefill")
+        [prefill] = role_pods(api, namespace, NAME, "prefill")
+        broken_at = _counted(prefill, "pdserve_kv_transfer_failures_total")
         failing = wait_until(lambda: _reason(api, namespace, "KVTransferFailing"), 120,
                              "KVTransferHealthy False once the handoffs are refused")
         to_false = time.monotonic() - broken_at
         assert failing["status"] == "False"
         assert "KV transfers from prefill to decode fail" in failing["message"], failing
 
-        mended_at = _restart(cluster, api, namespace, "decode")
+        moved = worker_metric(prefill, "pdserve_kv_transfer_seconds_count")
+        decode_ready = _restart(cluster, api, namespace, "decode")
+        mended_at = _counted(prefill, "pdserve_kv_transfer_seconds_count", moved)
         wait_until(lambda: _reason(api, namespace, "KVMoving"), 120,
                    "KVTransferHealthy True once decode holds the new secret")
         to_true = time.monotonic() - mended_at
     print(f"\nKVTransferHealthy (interval {KV_HEALTH_INTERVAL_S} s): False {to_false:.1f} s "
-          f"after the new prefill pod turned Ready ({failing['message']}); True "
-          f"{to_true:.1f} s after the new decode pod did")
+          f"after the first refused transfer ({broken_at - prefill_ready:.1f} s after the new "
+          f"prefill pod turned Ready): {failing['message']}\nTrue {to_true:.1f} s after the "
+          f"first completed transfer ({mended_at - decode_ready:.1f} s after the new decode "
+          "pod turned Ready)")
     events = api.core.list_namespaced_event(
         namespace, field_selector=f"involvedObject.name={NAME}").items
     reasons = [e.reason for e in events if e.source and e.source.component == "pdserve-kv-health"]
