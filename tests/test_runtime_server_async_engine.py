@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pdserve.runtime.engine.async_engine import AsyncEngine
+from pdserve.runtime.engine.async_engine import STALLED_WAIT_SECONDS, AsyncEngine
 
 
 @dataclass
@@ -136,3 +136,31 @@ async def test_cancelled_while_admission_is_queued_is_undone():
     await engine.call(lambda e: None)
     assert inner.aborted == ["late"] and not inner.running and engine.num_active == 0
     await engine.stop()
+
+
+@dataclass
+class BlockedEngine(CountingEngine):
+    """Holds a request it can never run (as when KV transfers hold every free block)."""
+
+    def has_unfinished(self):
+        return True
+
+    def step(self):
+        self.steps += 1
+        return []
+
+    def stats(self):
+        return Stats(0)
+
+
+@pytest.mark.timeout(20)
+async def test_an_engine_that_can_run_nothing_does_not_spin():
+    inner = BlockedEngine()
+    engine = AsyncEngine(inner)
+    engine.start()
+    await asyncio.sleep(0.5)
+    steps = inner.steps
+    await engine.stop()
+    # A step every few milliseconds at most (a spinning thread makes tens of thousands and
+    # starves the threads that would free the blocks).
+    assert 0 < steps < 0.5 / STALLED_WAIT_SECONDS * 1.5

@@ -109,3 +109,54 @@ async def test_loading_then_ready_then_sigterm():
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.wait_for(serving, timeout=10)
     assert state.draining
+
+
+class BrokenEngine(IdleEngine):
+    """Its first step breaks the runner: the engine thread stops for good."""
+
+    def __init__(self):
+        self.pending = False
+
+    def add_request(self, request_id, prompt_token_ids, params, priority=0):
+        self.pending = True
+
+    def has_unfinished(self):
+        return self.pending
+
+    def step(self):
+        from pdserve.runtime.engine.errors import RunnerBrokenError
+
+        raise RunnerBrokenError("the device is gone")
+
+
+@pytest.mark.timeout(30)
+async def test_a_dead_engine_fails_health_and_readiness():
+    async def load(state: WorkerState) -> None:
+        state.engine = AsyncEngine(BrokenEngine())
+        state.tokenizer = SimpleNamespace(vocab_size=100)
+        state.max_model_len = 64
+        state.engine.start()
+
+    state = WorkerState(served_model_name="m", role="both")
+    port = free_port()
+    serving = asyncio.create_task(serve(create_app(state, [openai_routes.install]), "127.0.0.1",
+                                        port, 5.0, load))
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            try:
+                async with session.get(url + "/ready") as response:
+                    if response.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+        async with session.post(url + "/v1/completions",
+                                json={"prompt": [1, 2, 3], "max_tokens": 2}) as response:
+            assert response.status >= 500
+        for path in ("/health", "/ready"):
+            async with session.get(url + path) as response:
+                assert response.status == 503, path
+                assert (await response.json())["status"] == "the engine has stopped"
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(serving, timeout=10)

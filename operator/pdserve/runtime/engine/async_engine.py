@@ -22,6 +22,9 @@ from pdserve.runtime.engine.errors import RunnerBrokenError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A step that could run nothing waits this long (or for the next command) before retrying:
+# long enough not to spin, short next to a KV reservation's deadline.
+STALLED_WAIT_SECONDS = 0.005
 
 
 class EngineLike(Protocol):
@@ -32,7 +35,7 @@ class EngineLike(Protocol):
     def abort(self, request_id: str) -> bool: ...
     def step(self) -> list[Any]: ...
     def has_unfinished(self) -> bool: ...
-    def stats(self) -> Any: ...
+    def stats(self) -> Any: ...  # with `num_running`, the sequences a step runs
     def close(self) -> None: ...
 
 
@@ -49,6 +52,7 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._crashed = False
         self._stats: Any = engine.stats()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -75,7 +79,7 @@ class AsyncEngine:
     @property
     def alive(self) -> bool:
         """Whether the engine thread still runs (False once it crashed or stopped)."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive() and not self._crashed
 
     @property
     def num_active(self) -> int:
@@ -172,12 +176,18 @@ class AsyncEngine:
             while not self._stopping:
                 self._run_commands()
                 if self.engine.has_unfinished():
-                    self._step()
+                    if not self._step():
+                        # Nothing could run (e.g. the free blocks are held by KV transfers):
+                        # sleep until a command or a moment has passed, rather than spin and
+                        # starve the threads that would free them.
+                        self._wakeup.wait(STALLED_WAIT_SECONDS)
+                        self._wakeup.clear()
                 else:
                     self._wakeup.wait()
                     self._wakeup.clear()
         except BaseException as exc:
             log.exception("engine thread crashed")
+            self._crashed = True  # before the streams learn it: /health says so from then on
             self._fail_all(EngineDeadError(f"the engine thread crashed: {exc!r}"))
             raise
         self._run_commands()
@@ -192,7 +202,8 @@ class AsyncEngine:
             command()
             self._stats = self.engine.stats()
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One engine step; False when it made no progress (no output, nothing running)."""
         try:
             outputs = self.engine.step()
         except RunnerBrokenError:
@@ -201,11 +212,12 @@ class AsyncEngine:
             # A failing step must not take the whole worker down: fail the requests in it.
             log.exception("engine step failed; aborting the in-flight requests")
             self._fail_all(RuntimeError(f"engine step failed: {exc!r}"))
-            return
+            return True
         finally:
             self._stats = self.engine.stats()
         if outputs and self._loop is not None:
             self._loop.call_soon_threadsafe(self._dispatch, outputs)
+        return bool(outputs) or self._stats.num_running > 0
 
     def _fail_all(self, error: BaseException) -> None:
         if self._loop is None or self._loop.is_closed():

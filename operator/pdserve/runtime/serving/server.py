@@ -146,6 +146,8 @@ async def _ready(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     if not state.loaded:
         return web.json_response({"status": "loading"}, status=503)
+    if not state.engine.alive:  # its requests would fail: take the pod out of its Service
+        return web.json_response({"status": "the engine has stopped"}, status=503)
     return web.json_response({"status": "ready", "role": state.role})
 
 
