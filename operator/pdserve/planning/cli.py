@@ -12,6 +12,7 @@ from pdserve.planning.catalog import load_catalog
 from pdserve.planning.observed import Observed, observed_workload
 from pdserve.planning.output import Plan, Ranked, render
 from pdserve.planning.search import (
+    Candidate,
     Targets,
     best_floor,
     candidates,
@@ -20,6 +21,7 @@ from pdserve.planning.search import (
     resize,
 )
 from pdserve.planning.shapes import PlanInputError, resolve_shape
+from pdserve.planning.validate import Checked, SimulatedTrace, validate
 from pdserve.planning.workload import BUILTIN_WORKLOADS, Workload, load_workload
 
 SHOWN_CANDIDATES = 8
@@ -58,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cost-per-hour", type=float, help="only candidates at most this")
     p.add_argument("--disaggregation", choices=("auto", "disaggregated", "aggregated"),
                    default="auto", help="consider P/D, aggregated or both (default)")
+    p.add_argument("--no-simulate", action="store_true",
+                   help="rank by the model alone: skip replaying the workload through the "
+                   "cheapest candidates in the simulator")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the simulator's synthetic trace (default 0)")
     p.add_argument("--output", choices=("table", "json", "yaml"), default="table")
     p.add_argument("--name", default=None,
                    help="the LLMService's name for --output yaml (default: the workload's)")
@@ -141,13 +148,34 @@ def plan(argv: list[str]) -> tuple[Plan, str, str]:
                   if args.max_cost_per_hour is not None else "")
         raise PlanInputError(f"no configuration meets the targets{budget}: "
                              f"{best_floor(shapes, workload, rate, targets)}")
-    ranked = [Ranked(c, goodput(c.deployment, workload, targets)) for c in found[:SHOWN_CANDIDATES]]
-    growth = [(m, resize(found[0], workload, rate * m, targets)) for m in multiples]
+    checked, simulation = _checked(found, workload, rate, targets, args)
+    ranked = [Ranked(c.candidate, goodput(c.candidate.deployment, workload, targets),
+                     c.simulated_attainment) for c in checked]
+    growth = [(m, resize(ranked[0].candidate, workload, rate * m, targets)) for m in multiples]
     default_name = (args.llmservice or "").partition("/")[2] if observed else Path(
         args.workload).stem
     name = _name(args.name, default_name)
-    return (Plan(shape, args.dtype, workload, rate, targets, ranked, growth, observed),
-            args.output, name)
+    return (Plan(shape, args.dtype, workload, rate, targets, ranked, growth, observed,
+                 simulation), args.output, name)
+
+
+def _checked(found: list[Candidate], workload: Workload, rate: float, targets: Targets,
+             args: argparse.Namespace) -> tuple[list[Checked], SimulatedTrace | None]:
+    """The candidates shown, best first: the cheapest meeting the targets, then those the
+    simulator found missing them (so the reader sees why a cheaper one is not first)."""
+    if args.no_simulate:
+        return [Checked(c, None) for c in found[:SHOWN_CANDIDATES]], None
+    validation = validate(found, workload, rate, targets, args.seed)
+    meeting = [c for c in validation.ranked if c.meets(targets)]
+    missing = [c for c in validation.ranked if not c.meets(targets)]
+    if not meeting:
+        best = max(missing, key=lambda c: c.simulated_attainment or 0.0)
+        raise PlanInputError(
+            f"no configuration meets the targets in the simulator: the best simulated "
+            f"attainment is {best.simulated_attainment:.1%} "
+            f"({best.candidate.deployment.chips} chips, ${best.candidate.cost_per_hour:.2f}/"
+            f"hour) against {targets.attainment:.0%} (--no-simulate: the model's ranking)")
+    return meeting[:SHOWN_CANDIDATES] + missing, validation.trace
 
 
 def main(argv: list[str]) -> int:

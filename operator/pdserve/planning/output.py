@@ -7,11 +7,15 @@ JSON schema (`schema: pdserve.dev/plan/v1`):
   candidates: [{rank, disaggregated, short_prompt_threshold,
                 prefill {accelerator, count, replicas}, decode {accelerator, count, replicas},
                 predicted {ttft_p50_ms, ttft_p90_ms, tpot_p50_ms, tpot_p90_ms, goodput_rps,
-                           attainment},
+                           attainment, simulated_attainment},
                 cost_per_hour, cost_per_million_output_tokens, binding}],
+  simulation (null with --no-simulate) {seed, requests, seconds, prefix_hit},
   growth: [{multiple, rate_rps, prefill {...}, decode {...}, chips, cost_per_hour} | null-sized]
 An aggregated candidate's prefill names the decode pods' accelerator with 0 replicas, as its
-LLMService does.
+LLMService does. `attainment` is the model's; `simulated_attainment` the simulator's on the
+`simulation` trace, null where the candidate was not simulated (planning/validate.py). The
+candidates run cheapest first, except that those whose simulated attainment misses the target
+come last.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pdserve.api.resource import API_VERSION, KIND, LLMService
 from pdserve.planning.observed import Observed
 from pdserve.planning.search import Candidate, Targets
 from pdserve.planning.shapes import ModelShape, PlanInputError
+from pdserve.planning.validate import SimulatedTrace
 from pdserve.planning.workload import Workload
 
 SCHEMA = "pdserve.dev/plan/v1"
@@ -39,6 +44,7 @@ SCHEMA = "pdserve.dev/plan/v1"
 class Ranked:
     candidate: Candidate
     goodput_rps: float
+    simulated_attainment: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class Plan:
     ranked: list[Ranked]
     growth: list[tuple[float, Candidate | None]]
     observed: Observed | None = None
+    simulation: SimulatedTrace | None = None
 
 
 def _role(candidate: Candidate, role: str) -> dict[str, Any]:
@@ -84,7 +91,9 @@ def to_json(plan: Plan) -> dict[str, Any]:
             "predicted": {"ttft_p50_ms": _ms(p.ttft_p50), "ttft_p90_ms": _ms(p.ttft_p90),
                           "tpot_p50_ms": _ms(p.tpot_p50), "tpot_p90_ms": _ms(p.tpot_p90),
                           "goodput_rps": round(item.goodput_rps, 3),
-                          "attainment": round(p.attainment, 4)},
+                          "attainment": round(p.attainment, 4),
+                          "simulated_attainment": None if item.simulated_attainment is None
+                          else round(item.simulated_attainment, 4)},
             "cost_per_hour": round(c.cost_per_hour, 2),
             "cost_per_million_output_tokens": round(_per_million_output(plan, c.cost_per_hour),
                                                     3),
@@ -102,12 +111,16 @@ def to_json(plan: Plan) -> dict[str, Any]:
         "mean_output_tokens": round(plan.observed.mean_output_tokens, 1),
         "prefix_hit": round(plan.workload.prefix_hit, 3),
         "burst_factor": round(plan.workload.arrival_scv, 2)}
+    simulation = None if plan.simulation is None else {
+        "seed": plan.simulation.seed, "requests": plan.simulation.requests,
+        "seconds": round(plan.simulation.seconds, 1),
+        "prefix_hit": round(plan.simulation.prefix_hit, 3)}
     return {"schema": SCHEMA, "model": plan.shape.name, "dtype": plan.dtype,
             "workload": plan.workload.name, "observed": observed, "rate_rps": plan.rate,
             "targets": {"ttft_ms": plan.targets.ttft_seconds * 1e3,
                         "tpot_ms": plan.targets.tpot_seconds * 1e3,
                         "attainment": plan.targets.attainment},
-            "candidates": candidates, "growth": growth}
+            "candidates": candidates, "simulation": simulation, "growth": growth}
 
 
 def _pods(role: dict[str, Any]) -> str:
@@ -127,8 +140,8 @@ def to_table(plan: Plan) -> str:
                      f"prefix cache), {o['mean_output_tokens']:g} generated, a request")
     lines.append("")
     header = ("#", "mode", "prefill pods", "decode pods", "TTFT p50/p90 ms", "TPOT p50/p90 ms",
-              "goodput req/s", "$/hour", "$/M out tok", "binds")
-    rows = [header]
+              "goodput req/s", "sim attain", "$/hour", "$/M out tok", "binds")
+    rows: list[tuple[str, ...]] = [header]
     for c in data["candidates"]:
         p = c["predicted"]
         mode = (f"P/D (<{c['short_prompt_threshold']} tok on decode)"
@@ -136,9 +149,20 @@ def to_table(plan: Plan) -> str:
         rows.append((str(c["rank"]), mode, _pods(c["prefill"]) if c["disaggregated"] else "-",
                      _pods(c["decode"]), f"{p['ttft_p50_ms']:.0f}/{p['ttft_p90_ms']:.0f}",
                      f"{p['tpot_p50_ms']:.1f}/{p['tpot_p90_ms']:.1f}",
-                     f"{p['goodput_rps']:.1f}", f"{c['cost_per_hour']:.2f}",
+                     f"{p['goodput_rps']:.1f}", _share(p["simulated_attainment"]),
+                     f"{c['cost_per_hour']:.2f}",
                      f"{c['cost_per_million_output_tokens']:.2f}", c["binding"]))
+    simulated = data["simulation"] is not None
+    if not simulated:  # --no-simulate: no simulated figures, so no column for them
+        column = header.index("sim attain")
+        rows = [row[:column] + row[column + 1:] for row in rows]
     lines += _columns(rows)
+    if simulated:
+        sim = data["simulation"]
+        lines += [f"sim attain: the simulator's share of requests meeting both targets on a "
+                  f"{sim['requests']}-request trace of the workload (seed {sim['seed']});",
+                  "  '-': not simulated (aggregated, short prompts on decode, or past the "
+                  "cheapest checked); below the target: ranked last"]
     if data["growth"]:
         lines += ["", "growth (the winner's pod shapes, sized for each rate):"]
         growth_rows = [("rate x", "req/s", "prefill pods", "decode pods", "chips", "$/hour")]
@@ -153,6 +177,10 @@ def to_table(plan: Plan) -> str:
                                 f"{g['cost_per_hour']:.2f}"))
         lines += _columns(growth_rows)
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
