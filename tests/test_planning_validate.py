@@ -44,7 +44,7 @@ def test_a_candidate_the_model_is_optimistic_about_is_ranked_below_one_that_meet
 
     validation = validate([optimistic, sized], SUMMARIZATION, RATE, TARGETS, seed=0)
 
-    first, last = validation.ranked
+    [first], [last] = validation.meeting, validation.missing
     assert first.candidate is sized and last.candidate is optimistic
     assert first.simulated_attainment is not None
     assert first.simulated_attainment >= TARGETS.attainment
@@ -57,7 +57,7 @@ def test_the_same_seed_gives_the_same_simulated_attainment() -> None:
     sized = _sized()
     runs = [validate([sized], BUILTIN_WORKLOADS["agentic"], RATE, TARGETS, seed)
             for seed in (5, 5, 6)]
-    attainments = [run.ranked[0].simulated_attainment for run in runs]
+    attainments = [(run.meeting + run.missing)[0].simulated_attainment for run in runs]
     assert attainments[0] == attainments[1]
     assert runs[0].trace == runs[1].trace != runs[2].trace
 
@@ -107,3 +107,14 @@ def test_no_simulate_ranks_by_the_model_alone(capsys: pytest.CaptureFixture[str]
     assert all(c["predicted"]["simulated_attainment"] is None for c in plan["candidates"])
     costs = [c["cost_per_hour"] for c in plan["candidates"]]
     assert costs == sorted(costs)
+
+
+def test_the_table_has_a_simulated_column_unless_skipped(capsys: pytest.CaptureFixture[str],
+                                                         small_catalog: Path) -> None:
+    args = ["--model", "llama-3.1-8b", "--workload", "story", "--rate", "5", "--ttft-ms",
+            "1000", "--tpot-ms", "50", "--catalog", str(small_catalog)]
+    assert main(args) == 0
+    simulated = capsys.readouterr().out
+    assert "sim attain" in simulated.splitlines()[2] and "request trace" in simulated
+    assert main([*args, "--no-simulate"]) == 0
+    assert "sim attain" not in capsys.readouterr().out

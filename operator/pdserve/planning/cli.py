@@ -166,16 +166,14 @@ def _checked(found: list[Candidate], workload: Workload, rate: float, targets: T
     if args.no_simulate:
         return [Checked(c, None) for c in found[:SHOWN_CANDIDATES]], None
     validation = validate(found, workload, rate, targets, args.seed)
-    meeting = [c for c in validation.ranked if c.meets(targets)]
-    missing = [c for c in validation.ranked if not c.meets(targets)]
-    if not meeting:
-        best = max(missing, key=lambda c: c.simulated_attainment or 0.0)
+    if not validation.meeting:
+        best = max(validation.missing, key=lambda c: c.simulated_attainment or 0.0)
         raise PlanInputError(
             f"no configuration meets the targets in the simulator: the best simulated "
             f"attainment is {best.simulated_attainment:.1%} "
             f"({best.candidate.deployment.chips} chips, ${best.candidate.cost_per_hour:.2f}/"
             f"hour) against {targets.attainment:.0%} (--no-simulate: the model's ranking)")
-    return meeting[:SHOWN_CANDIDATES] + missing, validation.trace
+    return validation.meeting[:SHOWN_CANDIDATES] + validation.missing, validation.trace
 
 
 def main(argv: list[str]) -> int:

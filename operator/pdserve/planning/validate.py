@@ -63,7 +63,10 @@ class Checked:
 
 @dataclass(frozen=True)
 class Validation:
-    ranked: list[Checked]  # meeting the targets first, cheapest first; then the ones not
+    # Each cheapest first: the candidates meeting the targets (or not simulated), and those
+    # whose simulated attainment misses them, which rank after every one of the first.
+    meeting: list[Checked]
+    missing: list[Checked]
     trace: SimulatedTrace
 
 
@@ -99,7 +102,7 @@ def simulated_attainment(candidate: Candidate, trace: Trace, targets: Targets) -
 
 def validate(found: Sequence[Candidate], workload: Workload, rate: float, targets: Targets,
              seed: int) -> Validation:
-    """`found` cheapest first (the search's order), checked and ranked again."""
+    """`found` cheapest first (the search's order), checked."""
     trace = trace_for(workload, rate, seed)
     checked: list[Checked] = []
     simulated = passed = 0
@@ -113,7 +116,7 @@ def validate(found: Sequence[Candidate], workload: Workload, rate: float, target
         simulated += 1
         passed += attainment >= targets.attainment
         checked.append(Checked(candidate, attainment))
-    ranked = ([c for c in checked if c.meets(targets)]
-              + [c for c in checked if not c.meets(targets)])
-    return Validation(ranked, SimulatedTrace(seed, len(trace.requests), trace.duration,
-                                             prefix_hit(trace)))
+    return Validation([c for c in checked if c.meets(targets)],
+                      [c for c in checked if not c.meets(targets)],
+                      SimulatedTrace(seed, len(trace.requests), trace.duration,
+                                     prefix_hit(trace)))
