@@ -98,6 +98,14 @@ def json_error(status: int, message: str, *, type_: str, param: str | None = Non
                              status=status)
 
 
+def not_serving(message: str) -> web.Response:
+    """503 from a worker that takes no request now (loading, draining, engine stopped): with
+    Retry-After, which tells the router that nothing was done and another worker may serve it."""
+    response = json_error(503, message, type_="service_unavailable")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """User errors become OpenAI-style 4xx bodies; anything else a 500 that names the failure."""
@@ -111,7 +119,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         type_ = "invalid_request_error" if exc.status < 500 else "server_error"
         return json_error(exc.status, exc.reason, type_=type_)
     except EngineDeadError as exc:
-        return json_error(503, str(exc), type_="service_unavailable")
+        return not_serving(str(exc))
     except Exception as exc:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return json_error(500, f"internal error: {exc!r}", type_="internal_error")
@@ -121,11 +129,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _admission(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     if not state.loaded and request.path not in _ALWAYS_SERVED:
-        return json_error(503, "the model is still loading", type_="service_unavailable")
+        return not_serving("the model is still loading")
     if request.method not in _ADMITTING_METHODS:
         return await handler(request)
     if state.draining:
-        return json_error(503, "this worker is shutting down", type_="service_unavailable")
+        return not_serving("this worker is shutting down")
     state.begin_request()
     try:
         return await handler(request)
