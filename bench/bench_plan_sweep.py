@@ -20,14 +20,11 @@ from pathlib import Path
 
 from pdserve.planning.catalog import default_catalog
 from pdserve.planning.perf import replica_perf
-from pdserve.planning.predict import predict
+from pdserve.planning.predict import Deployment, predict
 from pdserve.planning.search import PodShape, Targets, size_disaggregated
 from pdserve.planning.shapes import KNOWN_SHAPES
-from pdserve.planning.sim.cluster import SimConfig, Simulation
-from pdserve.planning.sim.observer import ObserverConfig
-from pdserve.planning.sim.policies import StaticPolicy
-from pdserve.planning.sim.report import report
 from pdserve.planning.sim.traces import KINDS, Trace, build_trace
+from pdserve.planning.validate import simulated_attainment
 from pdserve.planning.workload import Lengths, Priority, Workload
 
 RATES = {"summarization": (30.0, 60.0), "story": (60.0, 120.0), "agentic": (40.0, 80.0)}
@@ -48,19 +45,14 @@ def _workload(trace: Trace) -> Workload:
     requests = trace.requests
     prompts = Lengths(tuple((float(r.prompt), 1 / len(requests)) for r in requests))
     outputs = Lengths(tuple((float(r.output), 1 / len(requests)) for r in requests))
-    hit = sum(r.shared_prefix for r in requests) / sum(r.prompt for r in requests)
-    return Workload(trace.name, prompts, outputs, hit, 1.0, (Priority("default", 1.0),),
-                    "balanced")
+    return Workload(trace.name, prompts, outputs, trace.prefix_hit(), 1.0,
+                    (Priority("default", 1.0),), "balanced")
 
 
 def _simulated_attainment(trace: Trace, prefill: int, decode: int) -> float:
-    config = SimConfig(perf=PERF, budget=prefill + decode, ttft_target=TARGETS.ttft_seconds,
-                       itl_target=TARGETS.tpot_seconds, pool_accelerators=prefill + decode,
-                       observer=ObserverConfig(noise=0.0), tail=120.0)
-    run = trace.fresh()
-    sim = Simulation(run, config, StaticPolicy(prefill, decode), (prefill, decode),
-                     warm=True).run()
-    return report(sim, "static").attainment
+    """`pdserve plan`'s check of a split, every request counted."""
+    return simulated_attainment(Deployment(PERF, prefill, PERF, decode), trace, TARGETS,
+                                warmup_share=0.0)
 
 
 def _sweep(trace: Trace) -> tuple[tuple[int, int] | None, int]:

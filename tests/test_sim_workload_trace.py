@@ -5,7 +5,7 @@ import itertools
 import statistics
 from dataclasses import replace
 
-from pdserve.planning.sim.workload_trace import prefix_hit, workload_trace
+from pdserve.planning.sim.workload_trace import workload_trace
 from pdserve.planning.workload import BUILTIN_WORKLOADS
 
 SUMMARIZATION = BUILTIN_WORKLOADS["summarization"]
@@ -22,7 +22,7 @@ def test_the_trace_has_the_workload_s_rate_and_lengths() -> None:
     outputs = statistics.fmean(r.output for r in requests)
     assert abs(prompts / SUMMARIZATION.input_tokens.mean - 1) < 0.05
     assert abs(outputs / SUMMARIZATION.output_tokens.mean - 1) < 0.05
-    assert prefix_hit(trace) == 0 and all(r.session == -1 for r in requests)
+    assert trace.prefix_hit() == 0 and all(r.session == -1 for r in requests)
 
 
 def test_the_same_seed_gives_the_same_trace_and_another_seed_another() -> None:
@@ -36,7 +36,7 @@ def test_the_same_seed_gives_the_same_trace_and_another_seed_another() -> None:
 
 def test_sessions_repeat_the_workload_s_share_of_prompt_tokens() -> None:
     trace = workload_trace(AGENTIC, 20.0, 200.0, seed=0)
-    assert abs(prefix_hit(trace) - AGENTIC.prefix_hit) < 0.02
+    assert abs(trace.prefix_hit() - AGENTIC.prefix_hit) < 0.02
     turns: dict[int, list[int]] = {}
     for r in trace.requests:
         turns.setdefault(r.session, []).append(r.prompt)

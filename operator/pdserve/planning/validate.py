@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pdserve.planning.predict import Deployment
 from pdserve.planning.search import Candidate, Targets
 from pdserve.planning.sim.cluster import SimConfig, Simulation
 from pdserve.planning.sim.observer import ObserverConfig
 from pdserve.planning.sim.policies import StaticPolicy
 from pdserve.planning.sim.report import slo_ratio
 from pdserve.planning.sim.traces import Trace
-from pdserve.planning.sim.workload_trace import prefix_hit, workload_trace
+from pdserve.planning.sim.workload_trace import workload_trace
 from pdserve.planning.workload import Workload
 
 # The cheapest candidates the simulator can express are checked, at least this many, and more
@@ -83,9 +84,10 @@ def trace_for(workload: Workload, rate: float, seed: int) -> Trace:
     return workload_trace(workload, rate, seconds, seed)
 
 
-def simulated_attainment(candidate: Candidate, trace: Trace, targets: Targets) -> float:
-    """The share of the requests arriving after the warm-up that meet both targets."""
-    deployment = candidate.deployment
+def simulated_attainment(deployment: Deployment, trace: Trace, targets: Targets,
+                         warmup_share: float = WARMUP_SHARE) -> float:
+    """The share of the requests arriving after the warm-up that meet both targets, the
+    deployment's pods warm and at its fixed split."""
     split = (deployment.prefill_replicas, deployment.decode_replicas)
     config = SimConfig(perf=deployment.decode, budget=deployment.chips,
                        ttft_target=targets.ttft_seconds, itl_target=targets.tpot_seconds,
@@ -94,7 +96,7 @@ def simulated_attainment(candidate: Candidate, trace: Trace, targets: Targets) -
     run = trace.fresh()
     Simulation(run, config, StaticPolicy(*split), split, warm=True).run()
     counted = [r for r in run.requests
-               if r.arrival >= WARMUP_SHARE * run.duration] or run.requests
+               if r.arrival >= warmup_share * run.duration] or run.requests
     met = sum(1 for r in counted
               if slo_ratio(r, targets.ttft_seconds, targets.tpot_seconds) <= 1.0)
     return met / len(counted)
@@ -112,11 +114,11 @@ def validate(found: Sequence[Candidate], workload: Workload, rate: float, target
         if not (wanted and expressible(candidate)):
             checked.append(Checked(candidate, None))
             continue
-        attainment = simulated_attainment(candidate, trace, targets)
+        attainment = simulated_attainment(candidate.deployment, trace, targets)
         simulated += 1
         passed += attainment >= targets.attainment
         checked.append(Checked(candidate, attainment))
     return Validation([c for c in checked if c.meets(targets)],
                       [c for c in checked if not c.meets(targets)],
                       SimulatedTrace(seed, len(trace.requests), trace.duration,
-                                     prefix_hit(trace)))
+                                     trace.prefix_hit()))

@@ -44,6 +44,11 @@ class Trace:
         """A copy with no results recorded, for another run."""
         return replace(self, requests=[replace(r) for r in self.requests])
 
+    def prefix_hit(self) -> float:
+        """The share of the prompt tokens that repeat their session's previous turn."""
+        total = sum(r.prompt for r in self.requests)
+        return sum(r.shared_prefix for r in self.requests) / total if total else 0.0
+
 
 def _lognormal(rng: random.Random, mean: float, sigma: float, low: int, high: int) -> int:
     mu = math.log(mean) - sigma * sigma / 2

@@ -74,9 +74,3 @@ def workload_trace(workload: Workload, rate: float, seconds: float, seed: int) -
     if workload.prefix_hit > 0:
         _sessions(requests, workload.prefix_hit, max(1, round(rate * TURN_GAP_SECONDS)))
     return Trace(workload.name, max(seconds, t), requests)
-
-
-def prefix_hit(trace: Trace) -> float:
-    """The share of the trace's prompt tokens that repeat their session's previous turn."""
-    total = sum(r.prompt for r in trace.requests)
-    return sum(r.shared_prefix for r in trace.requests) / total if total else 0.0
