@@ -7,10 +7,10 @@ through each checked candidate, its pods warm from the start and held at the can
 replicas (a fixed split: a plan sizes a fixed deployment for a steady rate, and with the
 planner in the loop the run would judge the autoscaler's choices rather than the candidate).
 Requests arriving in the first `WARMUP_SHARE` of the trace, while the empty pods fill, are not
-counted. The simulator runs prefill pods and decode pods of any kinds and chip counts; it has
-no decode pods that prefill (aggregated candidates, and P/D ones keeping short prompts on
-decode) and no priority classes (it serves first come, first served): those candidates keep
-the model's figures alone.
+counted. The simulator runs prefill pods and decode pods of any kinds and chip counts, and
+serves every request first come, first served (no priority classes); it has no decode pods
+that prefill, so aggregated candidates and P/D ones keeping short prompts on decode keep the
+model's figures alone.
 """
 
 from __future__ import annotations
