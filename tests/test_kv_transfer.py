@@ -10,6 +10,7 @@ import torch
 
 from pdserve.runtime.checkpoints.identity import ModelIdentity
 from pdserve.runtime.disagg.kv_transfer import (
+    DecodeFullError,
     KVReceiverServer,
     KVSender,
     KVTransferError,
@@ -53,7 +54,7 @@ class RecordingHooks:
         self.offers = {**getattr(self, "offers", {}), offer.transfer_id: offer}
         num_blocks = -(-num_kv // LAYOUT.block_size)
         if num_blocks > 30:
-            raise KVTransferError("no free KV blocks for this prompt")
+            raise DecodeFullError("no free KV blocks for this prompt")
         ids = list(range(10, 10 + num_blocks - self.num_cached))
         self.reserved[offer.transfer_id] = ids
         return self.num_cached, ids
@@ -157,11 +158,16 @@ def test_a_peer_of_another_model_is_refused_naming_what_differs(receiver):
     assert not hooks.reserved and not hooks.completed  # refused before any block was written
 
 
-def test_refused_reservation_is_reported(receiver):
-    server = receiver(RecordingHooks())
+def test_a_refusal_for_lack_of_blocks_is_distinct_and_keeps_the_connection(receiver):
+    hooks = RecordingHooks()
+    server = receiver(hooks)
     sender = KVSender(make_cache(), "tcp", identity=IDENTITY, timeout=5)
-    with pytest.raises(KVTransferError, match="no free KV blocks"):
-        sender.push(f"127.0.0.1:{server.port}", Offer("big", list(range(200)), 4), [0] * 50)
+    target = f"127.0.0.1:{server.port}"
+    with pytest.raises(DecodeFullError, match="no free KV blocks"):
+        sender.push(target, Offer("big", list(range(200)), 4), [0] * 50)
+    kept = sender._idle[target][0]
+    sender.push(target, Offer("small", list(range(8)), 4), [0, 1])  # on the same connection
+    assert sender._idle[target] == [kept] and "small" in hooks.completed
 
 
 def test_peer_dying_mid_transfer_frees_the_reservation(receiver):

@@ -18,7 +18,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdserve.runtime.disagg.kv_transfer import KVTransferError, Offer
+from pdserve.runtime.disagg.kv_transfer import DecodeFullError, KVTransferError, Offer
 from pdserve.runtime.engine.async_engine import AsyncEngine
 from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.grammar.compiler import GrammarError
@@ -89,7 +89,7 @@ class DecodeTransfers:
         except ValueError as exc:
             raise KVTransferError(f"decode worker cannot take the request: {exc}") from None
         if reservation is None:
-            raise KVTransferError("no free KV blocks on the decode worker for this prompt now")
+            raise DecodeFullError("no free KV blocks on the decode worker for this prompt now")
         transfer = IncomingTransfer(offer, request_id, params, time.monotonic() + self.timeout)
         transfer.expiry = self.loop.call_later(self.timeout, self._expire, offer.transfer_id)
         self.transfers[offer.transfer_id] = transfer

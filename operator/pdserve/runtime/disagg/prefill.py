@@ -1,11 +1,15 @@
 """Role `prefill`: computes a prompt's KV and first token, and pushes the KV to a decode worker.
 
 The router sends the client's request here with `x-pdserve-transfer-id` and
-`x-pdserve-kv-target` (the chosen decode worker's KV address). The prompt is prefilled with this
-worker's own prefix cache (`engine.prefill_only`), its blocks stay pinned while the KV is pushed
-(only blocks the decode worker lacks travel), then are released. The answer is the usual OpenAI
-response holding just the first token, sent once the decode worker has acknowledged the KV; a
-failed push answers 502 so that the router retries elsewhere.
+`x-pdserve-kv-targets` (KV addresses of decode workers, its choice first: kv_targets.py). The
+prompt is prefilled once with this worker's own prefix cache (`engine.prefill_only`), its blocks
+stay pinned while the KV is pushed (only blocks the decode worker lacks travel) to the first
+target with room, then are released. The answer is the usual OpenAI response holding just the
+first token, sent once a decode worker has acknowledged the KV, with `x-pdserve-kv-receiver`
+naming it. When no target had room until --kv-timeout the answer is 503 with
+`x-pdserve-kv-refused: no-room` (the router then lets decode recompute, never re-prefills); any
+other failed push answers 502 so that the router retries elsewhere. The prompt tokens computed
+for KV that no decode worker took count in pdserve_kv_wasted_prefill_tokens_total.
 """
 
 from __future__ import annotations
@@ -13,13 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 
 from pdserve.runtime.disagg.decode import TRANSFER_HEADER, FinishedStream
-from pdserve.runtime.disagg.kv_transfer import KVSender, KVTransferError, Offer
+from pdserve.runtime.disagg.headers import (
+    KV_RECEIVER_HEADER,
+    KV_REFUSED_HEADER,
+    KV_REFUSED_NO_ROOM,
+    KV_TARGETS_HEADER,
+)
+from pdserve.runtime.disagg.kv_targets import parse_targets as parse_kv_targets
+from pdserve.runtime.disagg.kv_targets import push_to_first_with_room
+from pdserve.runtime.disagg.kv_transfer import DecodeFullError, KVSender, KVTransferError, Offer
 from pdserve.runtime.disagg.kv_transfer.auth import kv_secret
 from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.serving.load_route import install_load_route
@@ -29,18 +42,18 @@ from pdserve.runtime.serving.openai_serving import OutputStream
 from pdserve.runtime.serving.server import STATE, WorkerState
 
 log = logging.getLogger(__name__)
-KV_TARGET_HEADER = "x-pdserve-kv-target"
 SENDER: web.AppKey[list[KVSender]] = web.AppKey("pdserve_kv_sender", list)
+RECEIVER_KEY = "pdserve_kv_receiver"  # request key: the KV address that took the request's KV
 
 
 async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list[int],
                          params: SamplingParams, priority: int) -> OutputStream:
     state = request.app[STATE]
     transfer_id = request.headers.get(TRANSFER_HEADER)
-    target = request.headers.get(KV_TARGET_HEADER)
-    if not transfer_id or not target:
+    targets = parse_kv_targets(request.headers)
+    if not transfer_id or targets is None:
         raise RequestError(f"a prefill worker serves the pdserve router: headers {TRANSFER_HEADER}"
-                           f" and {KV_TARGET_HEADER} are required")
+                           f" and {KV_TARGETS_HEADER} are required")
     engine = state.engine
     # admit() aborts a request whose caller is cancelled while prefill_only is still queued,
     # so a cancelled prefill never keeps its KV blocks pinned.
@@ -57,14 +70,34 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
         raise web.HTTPInternalServerError(reason=f"prefill of {request_id} failed "
                                           f"({first.finish_reason if first else 'no output'})")
     first_logprobs = asdict(first.logprobs[-1]) if first.logprobs else None
+    handed_off = False
     try:
         num_kv = await engine.call(lambda e: e.prefilled_kv_tokens(request_id))
-        await push(request.app[SENDER][0], state, request_id, Offer(
-            transfer_id, prompt_ids, first.token_ids[-1], asdict(params), priority,
-            first_logprobs, num_kv if num_kv < len(prompt_ids) else None), target)
+        offer = Offer(transfer_id, prompt_ids, first.token_ids[-1], asdict(params), priority,
+                      first_logprobs, num_kv if num_kv < len(prompt_ids) else None)
+        sender = request.app[SENDER][0]
+        request[RECEIVER_KEY], _ = await push_to_first_with_room(
+            lambda target: push(sender, state, request_id, offer, target), targets,
+            time.monotonic() + state.settings["kv_timeout"])
+        handed_off = True
+    except DecodeFullError as exc:
+        state.metrics.kv_transfer_failures.inc()
+        log.warning("KV of %s not pushed: %s", request_id, exc)
+        raise web.HTTPServiceUnavailable(reason=f"KV transfer failed: {exc}",
+                                         headers={KV_REFUSED_HEADER: KV_REFUSED_NO_ROOM}) from None
     finally:
+        if not handed_off:  # computed for nothing: no decode worker holds this KV
+            state.metrics.kv_wasted_prefill_tokens.inc(first.num_prompt_tokens
+                                                      - first.num_cached_tokens)
         await engine.call(lambda e: e.release(request_id))
     return FinishedStream(first)
+
+
+async def name_kv_receiver(request: web.Request, response: web.StreamResponse) -> None:
+    """Tells the router which decode worker holds the KV (its answer may be a redirect)."""
+    receiver = request.get(RECEIVER_KEY)
+    if receiver:
+        response.headers[KV_RECEIVER_HEADER] = receiver
 
 
 async def push(sender: KVSender, state: WorkerState, request_id: str, offer: Offer,
@@ -80,6 +113,8 @@ async def push(sender: KVSender, state: WorkerState, request_id: str, offer: Off
         with contextlib.suppress(Exception):
             await sending
         raise
+    except DecodeFullError:
+        raise  # a shortage, not a failure: the caller tries the next target
     except KVTransferError as exc:
         state.metrics.kv_transfer_failures.inc()
         log.warning("KV push of %s to %s failed: %s", request_id, target, exc)
@@ -109,6 +144,7 @@ async def close_sender(app: web.Application) -> None:
 def install(app: web.Application, state: WorkerState) -> None:
     app[SENDER] = []
     app.on_cleanup.append(close_sender)
+    app.on_response_prepare.append(name_kv_receiver)
     install_load_route(app)
     add_openai_routes(app, prefill_submit)
     state.on_loaded.append(lambda s: start_sender(app, s))

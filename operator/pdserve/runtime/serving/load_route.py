@@ -3,7 +3,7 @@
 {"ready", "role", "kv_port" (decode: where prefill workers push KV; null elsewhere),
  "identity" (the model identity's digest: the router pairs prefill and decode workers whose
  digests are equal), "num_waiting", "num_running", "kv_usage", "num_free_blocks",
- "num_blocks", "max_num_seqs"}
+ "num_blocks", "block_size" (tokens a KV block holds), "max_num_seqs"}
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ async def load_handler(request: web.Request) -> web.Response:
                     num_running=stats.num_running,
                     kv_usage=stats.kv_usage, num_free_blocks=stats.num_free_blocks,
                     num_blocks=stats.num_blocks,
+                    block_size=state.engine.engine.config.block_size,
                     max_num_seqs=state.engine.engine.config.max_num_seqs)
     return web.json_response(body, status=200 if ready else 503)
 

@@ -114,6 +114,9 @@ class WorkerMetrics:
                                               "KV transfers of compressed prompts")
         self.kv_transfer_fallbacks = counter("pdserve_kv_transfer_fallbacks",
                                              "Requests whose prompt KV was recomputed locally")
+        self.kv_wasted_prefill_tokens = counter(
+            "pdserve_kv_wasted_prefill_tokens",
+            "Prompt tokens a prefill worker computed whose KV no decode worker took")
         self.registry.register(_EngineCollector(engine_stats, [role, model]))
 
     def render(self) -> tuple[bytes, str]:

@@ -9,6 +9,7 @@ as framed raw bytes. See README "How the KV handoff works".
 """
 
 from pdserve.runtime.disagg.kv_transfer.protocol import (
+    DecodeFullError,
     KVTransferError,
     LayoutMismatchError,
     ModelMismatchError,
@@ -17,6 +18,5 @@ from pdserve.runtime.disagg.kv_transfer.protocol import (
 from pdserve.runtime.disagg.kv_transfer.receiver import KVReceiverServer, ReceiverHooks
 from pdserve.runtime.disagg.kv_transfer.sender import KVSender, PushResult
 
-__all__ = ["KVReceiverServer", "KVSender", "KVTransferError", "LayoutMismatchError",
-           "ModelMismatchError", "Offer",
-           "PushResult", "ReceiverHooks"]
+__all__ = ["DecodeFullError", "KVReceiverServer", "KVSender", "KVTransferError",
+           "LayoutMismatchError", "ModelMismatchError", "Offer", "PushResult", "ReceiverHooks"]

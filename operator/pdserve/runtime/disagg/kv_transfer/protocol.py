@@ -15,8 +15,10 @@ then any number of transfers, one at a time:
     prefill -> decode   DATA... (tcp; nixl writes the blocks itself)  DONE {bytes}
     decode  -> prefill  ACK    {}
 
-Either side may answer ERROR {message} instead; a mismatched layout or model (the identity of
-checkpoints/identity.py: weights, tokenizer, dtype, block size) is refused at HELLO.
+Either side may answer ERROR {message, code} instead; a mismatched layout or model (the identity
+of checkpoints/identity.py: weights, tokenizer, dtype, block size) is refused at HELLO. An OFFER
+the decode worker has no free blocks for is refused with code `no_room` (`DecodeFullError`): the
+connection stays usable, and the prefill worker may offer the same KV to another decode worker.
 
 A compressed prompt (KV compression) travels as `num_kv_tokens` slots, fewer than its tokens,
 packed from the first block; kept K carries its rotary position, so the slots are all the
@@ -44,6 +46,7 @@ KIND_NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", OFFER: "OFFER", NEED: "NEED", DA
               DONE: "DONE", ACK: "ACK", ERROR: "ERROR", AUTH: "AUTH", XFER_META: "XFER_META"}
 LAYOUT_FIELDS = ("num_layers", "num_kv_heads", "head_dim", "block_size", "dtype")
 COMPRESSED_KV = "compressed-kv"
+NO_ROOM = "no_room"  # ERROR code: the decode worker has no free KV blocks for the offer now
 FEATURES = [COMPRESSED_KV]
 
 
@@ -58,6 +61,11 @@ class LayoutMismatchError(KVTransferError):
 class ModelMismatchError(KVTransferError):
     """The two workers serve different models (weights, tokenizer, dtype or block size): KV of
     one is garbage to the other, even where the layouts agree."""
+
+
+class DecodeFullError(KVTransferError):
+    """The decode worker refused an OFFER for lack of free KV blocks (a shortage, not a fault:
+    another decode worker, or the same one a little later, can take the KV)."""
 
 
 @dataclass
@@ -143,8 +151,8 @@ class FramedSocket:
         self.sock.sendall(HEADER.pack(kind, view.nbytes))
         self.sock.sendall(view)
 
-    def send_error(self, message: str) -> None:
-        self.send_json(ERROR, {"message": message})
+    def send_error(self, message: str, code: str | None = None) -> None:
+        self.send_json(ERROR, {"message": message, "code": code})
 
     def recv_header(self) -> tuple[int, int]:
         header = bytearray(HEADER.size)
@@ -174,9 +182,12 @@ class FramedSocket:
         kind, length = self.recv_header()
         payload = self.recv_payload(length)
         if kind == ERROR:
-            message = json.loads(payload).get("message", "unknown error")
+            refusal = json.loads(payload)
+            message = refusal.get("message", "unknown error")
             error: type[KVTransferError] = KVTransferError
-            if "layout mismatch" in message:
+            if refusal.get("code") == NO_ROOM:
+                error = DecodeFullError
+            elif "layout mismatch" in message:
                 error = LayoutMismatchError
             elif "model mismatch" in message:
                 error = ModelMismatchError

@@ -32,8 +32,10 @@ from pdserve.runtime.disagg.kv_transfer.protocol import (
     FEATURES,
     HELLO,
     NEED,
+    NO_ROOM,
     OFFER,
     PROTOCOL_VERSION,
+    DecodeFullError,
     FramedSocket,
     KVTransferError,
     Offer,
@@ -51,7 +53,8 @@ class ReceiverHooks(Protocol):
 
     def reserve(self, offer: Offer) -> tuple[int, list[int]]:
         """Hold blocks for the prompt: (leading blocks already cached, ids for the missing ones).
-        Raises KVTransferError when the request cannot be taken (no room, duplicate id)."""
+        Raises DecodeFullError when there are not enough free blocks now, KVTransferError when
+        the request cannot be taken otherwise (duplicate id, bad params)."""
         ...
 
     def complete(self, transfer_id: str, nbytes: int, seconds: float) -> None: ...
@@ -158,8 +161,8 @@ class KVReceiverServer:
         offer = Offer.from_json(json.loads(framed.recv_payload(length)))
         try:
             num_cached, dst_ids = self.hooks.reserve(offer)
-        except KVTransferError as exc:
-            framed.send_error(str(exc))
+        except KVTransferError as exc:  # refused before any block is held: the connection goes on
+            framed.send_error(str(exc), NO_ROOM if isinstance(exc, DecodeFullError) else None)
             return True
         start = time.perf_counter()
         try:

@@ -34,6 +34,7 @@ from pdserve.runtime.disagg.kv_transfer.protocol import (
     NEED,
     OFFER,
     PROTOCOL_VERSION,
+    DecodeFullError,
     FramedSocket,
     KVTransferError,
     Offer,
@@ -92,6 +93,9 @@ class KVSender:
         conn, reused = self._checkout(target)
         try:
             result = self._push_on(conn, offer, src_block_ids)
+        except DecodeFullError:  # refused at OFFER, nothing sent: the connection stays good
+            self._keep(target, conn)
+            raise
         except (OSError, KVTransferError) as exc:
             conn.framed.close()
             if offer.transfer_id in self._cancelled or not (reused and _is_stale(exc)):
@@ -103,9 +107,12 @@ class KVSender:
             except (OSError, KVTransferError) as retry_exc:
                 conn.framed.close()
                 raise _transfer_error(target, retry_exc) from retry_exc
+        self._keep(target, conn)
+        return result
+
+    def _keep(self, target: str, conn: _Connection) -> None:
         with self._lock:
             self._idle.setdefault(target, []).append(conn)
-        return result
 
     def cancel(self, transfer_id: str) -> None:
         """Cut a transfer in flight (its request went away): the push fails at once and the
