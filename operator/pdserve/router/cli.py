@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--routing-policy", choices=POLICIES, default="prefix-affinity")
     p.add_argument("--short-prompt-threshold", type=int, default=32,
                    help="prompts estimated shorter than this many tokens skip the prefill tier")
+    p.add_argument("--decode-admission", choices=("on", "off"), default="on",
+                   help="off: no decode admission before prefill and no KV redirection (the "
+                        "behaviour before them): a baseline for bench/bench_overload.py only")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -50,7 +53,7 @@ def main(argv: list[str]) -> int:
         decode = WorkerSet("decode", parse_endpoints(args.decode_endpoints),
                            args.decode_service or None)
         config = RouterConfig(args.served_model_name, args.short_prompt_threshold,
-                              args.routing_policy)
+                              args.routing_policy, args.decode_admission == "on")
         app = build_app(config, prefill, decode, args.resolve_interval)
     except ValueError as exc:
         p.error(str(exc))

@@ -122,6 +122,9 @@ class WorkerSet:
             worker.load.running = int(payload.get("num_running", 0))
             worker.load.kv_usage = float(payload.get("kv_usage", 0.0))
             worker.load.max_num_seqs = int(payload.get("max_num_seqs", 0))
+            free_blocks = payload.get("num_free_blocks")
+            worker.load.free_blocks = int(free_blocks) if free_blocks is not None else None
+            worker.load.block_size = int(payload.get("block_size") or 0)
             identity = payload.get("identity")
             worker.load.identity = str(identity) if identity else None
 

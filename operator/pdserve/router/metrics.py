@@ -14,8 +14,9 @@ SHORT_PROMPT: Disaggregation = ("decode_only", "short_prompt")
 NO_PREFILL_PEER: Disaggregation = ("decode_only", "no_prefill_peer")
 NO_KV_TARGET: Disaggregation = ("decode_only", "no_kv_target")
 PREFILL_FAILED: Disaggregation = ("fallback", "prefill_failed")
+DECODE_FULL: Disaggregation = ("fallback", "decode_full")
 DISAGGREGATIONS = (PREFILL_DECODE, SHORT_PROMPT, NO_PREFILL_PEER, NO_KV_TARGET,
-                   PREFILL_FAILED)
+                   PREFILL_FAILED, DECODE_FULL)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -35,13 +36,18 @@ class RouterMetrics:
         self.prefill_retries = Counter("pdserve_router_prefill_retries",
                                        "Prefill attempts retried on another worker",
                                        registry=self.registry)
+        self.kv_redirects = Counter(
+            "pdserve_router_kv_redirects",
+            "Prefilled KV that a decode worker without free blocks passed on to another decode "
+            "worker (instead of a second prefill)", registry=self.registry)
         self.disaggregation = Counter(
             "pdserve_router_disaggregation",
             "Requests by how their prompt reached decode: prefill_decode (its KV handed over), "
             "decode_only (short_prompt; no_prefill_peer: no ready prefill worker of the decode "
             "worker's model; no_kv_target: no prefill tier or a decode worker without a KV "
-            "port) or fallback (prefill_failed: every prefill attempt failed, decode follows "
-            "its --kv-fallback)", ["path", "reason"], registry=self.registry)
+            "port) or fallback (prefill_failed: every prefill attempt failed; decode_full: no "
+            "decode worker had KV room for the prefilled prompt within --kv-timeout; decode "
+            "follows its --kv-fallback)", ["path", "reason"], registry=self.registry)
         for decision in DISAGGREGATIONS:  # exported at 0 from the start: increase() sees the
             self.disaggregation.labels(*decision)  # first request of each kind too
 

@@ -1,13 +1,19 @@
 """One generation request through the router: optional prefill tier, then a decode worker.
 
-Flow (see README "How the KV handoff works"): pick a decode worker D; unless the prompt is short,
+Flow (see README "How the KV handoff works"): pick a decode worker D with KV room for the prompt
+(admission.py: the workers' free blocks less the router's claims); unless the prompt is short,
 pick a prefill worker P by prefix affinity and POST the client's body to it with headers naming
-the transfer (`x-pdserve-transfer-id`) and D's KV address (`x-pdserve-kv-target`); P prefills,
-pushes the KV to D and answers once D has it. Then POST the body to D with the transfer id: D
-admits the request with the received KV and streams the rest back, passed through to the client.
-A prefill that fails (connection error or 5xx) is retried on another prefill worker; when all fail
-D gets a transfer id it does not hold and applies its --kv-fallback policy. A client disconnect
-closes the upstream connection, which aborts the request on the worker serving it.
+the transfer (`x-pdserve-transfer-id`) and the decode workers to push the KV to
+(`x-pdserve-kv-targets`: D first, then the others of its model); P prefills once, pushes the KV
+to the first of them with room and answers, naming it (`x-pdserve-kv-receiver`), once it has the
+KV. Then POST the body to that decode worker with the transfer id: it admits the request with the
+received KV and streams the rest back, passed through to the client. A prefill that fails
+(connection error or 5xx) is retried on another prefill worker, except when no decode worker
+had room for the KV (a decode-side shortage: prefilling again would not help); then, and when
+all fail, D gets a transfer id it does not hold and applies its --kv-fallback policy. A client
+disconnect closes the upstream connection, which aborts the request on the worker serving it.
+`--decode-admission off` restores the behaviour before admission (one KV target, no claims,
+every 5xx retried on another prefill worker): a baseline for bench/bench_overload.py only.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from pdserve.router.admission import Claim, kv_targets, with_room
 from pdserve.router.discovery import WorkerSet
 from pdserve.router.metrics import (
+    DECODE_FULL,
     NO_KV_TARGET,
     NO_PREFILL_PEER,
     PREFILL_DECODE,
@@ -43,11 +51,17 @@ from pdserve.router.routing import (
     text_block_hashes,
 )
 from pdserve.runtime.compression.config import OPT_OUT_HEADER as KV_COMPRESSION_HEADER
+from pdserve.runtime.disagg.headers import (
+    KV_RECEIVER_HEADER,
+    KV_REFUSED_HEADER,
+    KV_REFUSED_NO_ROOM,
+    KV_TARGET_HEADER,
+    KV_TARGETS_HEADER,
+    TRANSFER_HEADER,
+)
 
 log = logging.getLogger(__name__)
 PRIORITY_HEADER = "x-pdserve-priority"
-TRANSFER_HEADER = "x-pdserve-transfer-id"
-KV_TARGET_HEADER = "x-pdserve-kv-target"
 MAX_PREFILL_ATTEMPTS = 3
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
@@ -57,6 +71,17 @@ class RouterConfig:
     served_model_name: str
     short_prompt_threshold: int = 32
     routing_policy: str = "prefix-affinity"
+    decode_admission: bool = True  # False: the behaviour before admission (a benchmark baseline)
+
+
+@dataclass
+class Handoff:
+    """How the prefill tier ended: the decision to count, the decode worker holding the KV
+    (or that recomputes the prompt), and the prefill's answer to a 4xx."""
+
+    decision: Disaggregation
+    decode: str
+    early: web.Response | None = None
 
 
 class BadRequest(Exception):
@@ -94,35 +119,57 @@ class Proxy:
     async def _serve(self, request: web.Request, path: str, body: dict[str, Any],
                      priority: int) -> web.StreamResponse:
         started = time.perf_counter()
-        hashes = text_block_hashes(prompt_text(body, path))
+        text = prompt_text(body, path)
+        hashes = text_block_hashes(text)
+        tokens = estimate_tokens(text)
         headers = {PRIORITY_HEADER: str(priority)}
         if KV_COMPRESSION_HEADER in request.headers:  # the per-request opt-out, to both tiers
             headers[KV_COMPRESSION_HEADER] = request.headers[KV_COMPRESSION_HEADER]
         tried: set[str] = set()
         while True:
-            decode = self.decode_policy.choose(self.decode.healthy_loads(), hashes,
-                                               frozenset(tried))
+            decode = self._choose_decode(hashes, tokens, frozenset(tried))
             if decode is None:
                 return error_response(503, "no decode worker is ready", "unavailable")
             tried.add(decode)
-            decision = self._disaggregation(body, path, decode)
-            if decision == PREFILL_DECODE:
-                handed_off, early = await self._prefill(path, body, headers, hashes, decode)
-                if early is not None:
-                    return early
-                decision = PREFILL_DECODE if handed_off else PREFILL_FAILED
+            claim = (Claim(self.decode.workers[decode].load, tokens)
+                     if self.config.decode_admission else None)
             try:
-                response = await self._decode(request, path, body, headers, decode, started)
-            except UPSTREAM_ERRORS as exc:
-                if request.transport is None or request.transport.is_closing():
-                    raise
-                log.warning("decode worker %s failed: %s", decode, exc)
-                self.decode.mark_unhealthy(decode)
-                headers.pop(TRANSFER_HEADER, None)
-                continue
+                decision = self._disaggregation(body, path, decode)
+                if decision == PREFILL_DECODE:
+                    handoff = await self._prefill(path, body, headers, hashes, decode, tokens)
+                    if handoff.early is not None:
+                        return handoff.early
+                    decision = handoff.decision
+                    if handoff.decode != decode:  # the KV went to another decode worker
+                        decode = handoff.decode
+                        tried.add(decode)
+                        if claim is not None:
+                            claim.move(self.decode.workers[decode].load)
+                try:
+                    response = await self._decode(request, path, body, headers, decode,
+                                                  started, claim)
+                except UPSTREAM_ERRORS as exc:
+                    if request.transport is None or request.transport.is_closing():
+                        raise
+                    log.warning("decode worker %s failed: %s", decode, exc)
+                    self.decode.mark_unhealthy(decode)
+                    headers.pop(TRANSFER_HEADER, None)
+                    continue
+            finally:
+                if claim is not None:
+                    claim.release()
             self.decode_policy.record(hashes, decode)
             self.metrics.count_disaggregation(decision)  # once, for the attempt that answered
             return response
+
+    def _choose_decode(self, hashes: list[int], tokens: int,
+                       tried: frozenset[str]) -> str | None:
+        """The decode policy's choice among the untried workers with KV room for the prompt,
+        or among all untried ones when none has room (the request then queues)."""
+        loads = {a: load for a, load in self.decode.healthy_loads().items() if a not in tried}
+        if self.config.decode_admission:
+            loads = with_room(loads, tokens) or loads
+        return self.decode_policy.choose(loads, hashes)
 
     def _disaggregation(self, body: dict[str, Any], path: str, decode: str) -> Disaggregation:
         """PREFILL_DECODE when the prompt goes through the prefill tier, else why decode
@@ -139,13 +186,30 @@ class Proxy:
         """The ready prefill workers of the decode worker's model."""
         return same_model(self.prefill.healthy_loads(), self.decode.workers[decode].load.identity)
 
+    def _kv_target_headers(self, decode: str, tokens: int) -> dict[str, str]:
+        """Where the prefill worker may push the KV: `decode` first, then the other ready
+        decode workers of its model with a KV port."""
+        chosen = self.decode.workers[decode]
+        assert chosen.kv_address is not None
+        if not self.config.decode_admission:
+            return {KV_TARGET_HEADER: chosen.kv_address}
+        peers = {a: load for a, load in same_model(self.decode.healthy_loads(),
+                                                   chosen.load.identity).items()
+                 if self.decode.workers[a].kv_address is not None}
+        addresses = [self.decode.workers[a].kv_address for a in kv_targets(decode, peers, tokens)]
+        return {KV_TARGETS_HEADER: ",".join(a for a in addresses if a is not None)}
+
+    def _decode_worker_of(self, kv_address: str | None, default: str) -> str:
+        for address, worker in self.decode.workers.items():
+            if kv_address is not None and worker.kv_address == kv_address:
+                return address
+        return default  # a prefill worker that names no receiver pushed to the one target
+
     async def _prefill(self, path: str, body: dict[str, Any], headers: dict[str, str],
-                       hashes: list[int], decode: str) -> tuple[bool, web.Response | None]:
-        """Runs the prefill tier and sets the transfer header: (whether a prefill worker handed
-        the KV to decode, the prefill's answer to a 4xx)."""
+                       hashes: list[int], decode: str, tokens: int) -> Handoff:
+        """Runs the prefill tier and sets the transfer header."""
         assert self.session is not None
-        kv_target = self.decode.workers[decode].kv_address
-        assert kv_target is not None
+        kv_headers = self._kv_target_headers(decode, tokens)
         tried: set[str] = set()
         for attempt in range(MAX_PREFILL_ATTEMPTS):
             worker = self.prefill_policy.choose(self._prefill_peers(decode), hashes,
@@ -160,16 +224,24 @@ class Proxy:
             load = self.prefill.workers[worker].load
             load.inflight += 1
             try:
-                async with self.session.post(
-                        f"http://{worker}{path}", json=body,
-                        headers={**headers, KV_TARGET_HEADER: kv_target}) as resp:
+                async with self.session.post(f"http://{worker}{path}", json=body,
+                                             headers={**headers, **kv_headers}) as resp:
                     payload = await resp.read()
                     if resp.status == 200:
                         self.prefill_policy.record(hashes, worker)
-                        return True, None
+                        receiver = self._decode_worker_of(resp.headers.get(KV_RECEIVER_HEADER),
+                                                          decode)
+                        if receiver != decode:
+                            self.metrics.kv_redirects.inc()
+                        return Handoff(PREFILL_DECODE, receiver)
                     if 400 <= resp.status < 500:
-                        return False, web.Response(status=resp.status, body=payload,
-                                                   content_type=resp.content_type)
+                        return Handoff(PREFILL_FAILED, decode, web.Response(
+                            status=resp.status, body=payload, content_type=resp.content_type))
+                    if (self.config.decode_admission
+                            and resp.headers.get(KV_REFUSED_HEADER) == KV_REFUSED_NO_ROOM):
+                        log.warning("no decode worker took the KV prefilled on %s: %s", worker,
+                                    payload[:200])
+                        return Handoff(DECODE_FULL, decode)  # another prefill would not help
                     log.warning("prefill on %s failed (HTTP %d): %s", worker, resp.status,
                                 payload[:200])
             except UPSTREAM_ERRORS as exc:
@@ -177,11 +249,11 @@ class Proxy:
                 self.prefill.mark_unhealthy(worker)
             finally:
                 load.inflight -= 1
-        return False, None
+        return Handoff(PREFILL_FAILED, decode)
 
     async def _decode(self, request: web.Request, path: str, body: dict[str, Any],
-                      headers: dict[str, str], decode: str,
-                      started: float) -> web.StreamResponse:
+                      headers: dict[str, str], decode: str, started: float,
+                      claim: Claim | None) -> web.StreamResponse:
         assert self.session is not None
         timer = StreamTimer(self.metrics, started)
         load = self.decode.workers[decode].load
@@ -189,6 +261,8 @@ class Proxy:
         try:
             async with self.session.post(f"http://{decode}{path}", json=body,
                                          headers=headers) as resp:
+                if claim is not None:  # the worker answers: its own /load counts the blocks
+                    claim.release()
                 if not resp.content_type.startswith("text/event-stream"):
                     payload = await resp.read()
                     timer.done()

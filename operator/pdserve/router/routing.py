@@ -38,6 +38,9 @@ class WorkerLoad:
     max_num_seqs: int = 0
     inflight: int = 0
     identity: str | None = None  # the model identity's digest (from /load)
+    free_blocks: int | None = None  # free KV blocks (from /load; None: not reported)
+    block_size: int = 0  # tokens a KV block holds (from /load; 0: not reported)
+    claimed_blocks: int = 0  # the router's own: blocks of prompts on their way (admission.py)
 
     @property
     def queue(self) -> int:
