@@ -1,10 +1,13 @@
-"""Accelerator kinds and the scheduling facts behind them: the one table in code.
+"""Accelerator kinds, the scheduling facts behind them and the figures `pdserve plan` relies
+on: the one place in code for the hardware facts, each with its source.
 
 The controller turns an accelerator kind into a resource request, node selector and tolerations;
-the planner and `pdserve plan` read the performance figures and prices. Sources: the vendors'
+the planner and `pdserve plan` read the performance figures, the prices, the calibration of the
+roofline per family and the measured speed of pdserve's KV transport. Sources: the vendors'
 data sheets (dense figures, no sparsity), cloud list prices (on-demand, USD, us-central1, late
-2026: assumptions that a `pdserve plan --catalog` file replaces), and for `cpu` the project's
-own 2-core build machines (bench/results/runtime.md).
+2026: assumptions that a `pdserve plan --catalog` file replaces), and for `cpu`, the
+calibration's CPU row and the KV transport pdserve's own measurements on the project's 2-core
+build machines (bench/results/).
 """
 
 from __future__ import annotations
@@ -134,6 +137,43 @@ ACCELERATORS: dict[str, AcceleratorFacts] = {
         spans_nodes=True, price_per_chip_hour=0.07,
     ),
 }
+
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How far below the roofline of the figures above a family runs: the efficiencies of
+    `pdserve plan`'s performance model (planning/perf.py)."""
+
+    # Matmul FLOP/s reached in prefill (large matrices), as a share of peak.
+    prefill_mfu: float
+    # Matmul FLOP/s reached in a decode step (a row per sequence), as a share of peak.
+    decode_mfu: float
+    # Weight and KV bytes read per second in a decode step, as a share of the bandwidth.
+    bandwidth_efficiency: float
+    prefill_overhead_seconds: float
+    decode_overhead_seconds: float
+    # Host work per sequence of a decode step (sampling, detokenizing): matters on CPU.
+    decode_per_sequence_seconds: float
+    # Work per prompt token outside the matmuls (norms, rotary, the KV write): CPU only.
+    prefill_per_token_seconds: float
+
+
+# Per family. GPU and TPU: the figures serving engines publish on dense models (prefill at
+# 45-50% of peak FLOP/s, decode reading weights and KV at ~80% of the memory bandwidth, a few
+# ms of host work a step). CPU: fitted to pdserve's own runtime on the 2-core build machines by
+# `python -m bench.bench_plan_calibration`; bench/results/plan.md prints the model against the
+# measured figures with the error.
+CALIBRATION: dict[str, Calibration] = {
+    "gpu": Calibration(0.45, 0.45, 0.8, 0.003, 0.002, 0.0, 0.0),
+    "tpu": Calibration(0.5, 0.5, 0.8, 0.003, 0.002, 0.0, 0.0),
+    "cpu": Calibration(0.86, 0.54, 0.96, 0.00077, 0.00043, 0.000018, 0.0000048),
+}
+
+# pdserve's KV transport (tcp, framed raw bytes): 2.15 GB/s measured between processes for a
+# 2,048-token Qwen3-0.6B KV (bench/bench_kv_transfer.py, README "KV transfer"). It bounds the
+# handoff between pods whatever the network offers.
+KV_TRANSPORT_BYTES_PER_S = 2.15e9
 
 ACCELERATOR_RESOURCES: tuple[str, ...] = (GPU_RESOURCE, TPU_RESOURCE)
 

@@ -1,6 +1,8 @@
 """The performance model of one replica (one pod of `chips` chips, tensor parallel): roofline
 times with calibrated efficiencies. `pdserve plan`, the planner's capacity priors and the
-simulator (`planning/sim`) all use this one model.
+simulator (`planning/sim`) all use this one model. Its figures (the accelerator table, the
+calibration table, the KV transport's measured speed) live in `api/accelerators.py`, with
+their sources; the constants below are the model's own assumptions.
 
 prefill(tokens)  = overhead + (linear + attention FLOPs) / (chips x peak x MFU)
                    + tokens x per-token cost + all-reduces
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pdserve.planning.calibration import CALIBRATION, Calibration
+from pdserve.api.accelerators import CALIBRATION, KV_TRANSPORT_BYTES_PER_S, Calibration
 from pdserve.planning.catalog import Accelerator
 from pdserve.planning.shapes import ModelShape
 
@@ -23,10 +25,6 @@ from pdserve.planning.shapes import ModelShape
 MEMORY_UTILIZATION = 0.9
 ALL_REDUCE_LATENCY_SECONDS = 10e-6
 ACTIVATION_BYTES = 2  # all-reduces move bf16 hidden states whatever the weights' dtype
-# pdserve's KV transport (tcp, framed raw bytes): 2.15 GB/s measured between processes for a
-# 2,048-token Qwen3-0.6B KV (bench/bench_kv_transfer.py, README "KV transfer"). It bounds the
-# handoff whatever the network offers.
-KV_TRANSPORT_BYTES_PER_S = 2.15e9
 
 
 def compute_dtype(accelerator: Accelerator, dtype: str) -> str:
