@@ -161,9 +161,10 @@ class Calibration:
 
 # Per family. GPU and TPU: the figures serving engines publish on dense models (prefill at
 # 45-50% of peak FLOP/s, decode reading weights and KV at ~80% of the memory bandwidth, a few
-# ms of host work a step). CPU: fitted to pdserve's own runtime on the 2-core build machines by
-# `python -m bench.bench_plan_calibration`; bench/results/plan.md prints the model against the
-# measured figures with the error.
+# ms of host work a step). CPU: pdserve's own runtime on the 2-core build machines, set from the
+# least-squares fit `python -m bench.bench_plan_calibration` prints, on an earlier run than the
+# one committed in bench/results/plan.md (the model against the measured figures with the
+# error, and that run's own fit, within a third of these figures).
 CALIBRATION: dict[str, Calibration] = {
     "gpu": Calibration(0.45, 0.45, 0.8, 0.003, 0.002, 0.0, 0.0),
     "tpu": Calibration(0.5, 0.5, 0.8, 0.003, 0.002, 0.0, 0.0),
