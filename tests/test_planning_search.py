@@ -119,9 +119,25 @@ def test_table_output_names_the_binding_resource(gpu_catalog: str,
     assert any(word in out for word in ("decode bandwidth", "KV memory", "prefill compute"))
 
 
+# Written beside the catalogue of each bad-input case; `{tmp}` in a flag's value is that folder.
+MALFORMED_FILES = {
+    "unclosed-workload.yaml": "input_tokens: {samples: [100, 200\n",
+    "scalar-lengths-workload.yaml": "input_tokens: 100\noutput_tokens: 50\n",
+    "unclosed-catalog.yaml": "accelerators: [{kind: nvidia-h100\n",
+    "new-kind-catalog.yaml": "accelerators:\n- {kind: nvidia-b200, price_per_chip_hour: 9}\n",
+}
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"--model": "gpt-17"}, "unknown model"),
     ({"--workload": "/nonexistent.yaml"}, "unknown workload"),
+    ({"--workload": "{tmp}/unclosed-workload.yaml"},
+     "not a readable YAML or JSON file (line 2, column 1: expected ',' or ']'"),
+    ({"--workload": "{tmp}/scalar-lengths-workload.yaml"}, "input_tokens: Input should be"),
+    ({"--catalog": "{tmp}/unclosed-catalog.yaml"},
+     "not a readable YAML or JSON file (line 2, column 1: expected ',' or '}'"),
+    ({"--catalog": "{tmp}/new-kind-catalog.yaml"},
+     "accelerators[0] (nvidia-b200): an unknown kind (not one of nvidia-h100, "),
     ({"--rate": "-3"}, "--rate must be a positive"),
     ({"--rate": "fast"}, "invalid float"),
     ({"--ttft-ms": "1"}, "no configuration meets the targets: the best achievable p90 TTFT"),
@@ -130,14 +146,16 @@ def test_table_output_names_the_binding_resource(gpu_catalog: str,
     ({"--name": "Bad_Name", "--output": "yaml"}, "DNS label"),
 ])
 def test_bad_input_is_one_message_and_exit_code_2(
-        gpu_catalog: str, capsys: pytest.CaptureFixture[str], change: dict[str, str],
-        message: str) -> None:
+        gpu_catalog: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        change: dict[str, str], message: str) -> None:
+    for name, text in MALFORMED_FILES.items():
+        (tmp_path / name).write_text(text)
     args = dict(zip(PLAN[::2], [*PLAN[1::2], gpu_catalog], strict=True))
-    args.update(change)
+    args.update({flag: value.format(tmp=tmp_path) for flag, value in change.items()})
     assert main([part for pair in args.items() for part in pair]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and "Traceback" not in captured.err
-    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.out == ""
 
 
 def test_a_model_that_fits_no_pod_is_refused(tmp_path: Path,

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pdserve.api.accelerators import ACCELERATORS, XLA_MAX_CHIPS_PER_REPLICA, AcceleratorFacts
-from pdserve.planning.shapes import PlanInputError
+from pdserve.planning.shapes import PlanInputError, read_input_file
 
 _TERA = 1e12
 _GB = 1e9
@@ -97,29 +96,30 @@ def load_catalog(path: Path | None) -> dict[str, Accelerator]:
     catalog = default_catalog()
     if path is None:
         return catalog
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as bad:
-        raise PlanInputError(f"{path}: not a readable YAML or JSON file ({bad})") from None
+    raw = read_input_file(path)
     entries = _entries(raw, str(path))
     merged: dict[str, Accelerator] = {} if raw.get("replace") else catalog
     for index, entry in enumerate(entries):
         kind = entry.get("kind")
         base = catalog.get(kind) if isinstance(kind, str) else None
-        fields = {**(base.model_dump() if base else {}), **entry}
         try:
-            merged[fields["kind"]] = Accelerator.model_validate(fields)
-        except (ValidationError, KeyError) as bad:
+            accelerator = Accelerator.model_validate({**(base.model_dump() if base else {}),
+                                                      **entry})
+        except ValidationError as bad:
             raise PlanInputError(f"{path}: accelerators[{index}] ({kind or 'no kind'}): "
-                                 f"{_first_error(bad)}") from None
+                                 f"{_fault(bad, kind, catalog)}") from None
+        merged[accelerator.kind] = accelerator
     if not merged:
         raise PlanInputError(f"{path}: the catalogue holds no accelerators")
     return merged
 
 
-def _first_error(error: Exception) -> str:
-    if isinstance(error, ValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        return f"{where}: {first['msg']}"
-    return f"missing field {error}"
+def _fault(error: ValidationError, kind: Any, defaults: dict[str, Accelerator]) -> str:
+    """The entry's fault in words: a new kind lacking fields names them all (it may be a
+    misspelt kind of the table: those are listed too)."""
+    missing = [str(e["loc"][0]) for e in error.errors() if e["type"] == "missing"]
+    if isinstance(kind, str) and missing:
+        return (f"an unknown kind (not one of {', '.join(defaults)}), so the entry must give "
+                f"every field; it lacks {', '.join(missing)}")
+    first = error.errors()[0]
+    return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"

@@ -1,5 +1,6 @@
 """Model shapes: what the cost model needs of a transformer (dense, grouped-query attention),
-read from a Hugging Face `config.json` or named from the table of known shapes."""
+read from a Hugging Face `config.json` or named from the table of known shapes. And the error
+of any bad input to `pdserve plan`, with the reader of its YAML/JSON files that raises it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from pdserve.runtime.checkpoints.presets import PRESETS, VOCAB_SIZE
 
@@ -17,6 +20,26 @@ DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float8": 1}
 
 class PlanInputError(ValueError):
     """Bad input to `pdserve plan` (model, workload, catalogue, targets): one clear message."""
+
+
+def read_input_file(path: Path) -> Any:
+    """A YAML or JSON file (workload, catalogue) parsed; PlanInputError in one line if not."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as bad:
+        raise PlanInputError(f"{path}: not a readable YAML or JSON file ({bad})") from None
+    except yaml.YAMLError as bad:
+        raise PlanInputError(f"{path}: not a readable YAML or JSON file "
+                             f"({_yaml_problem(bad)})") from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    # PyYAML's own message spans lines: it quotes the source under each position it names.
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(error).split())
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pdserve.planning.shapes import PlanInputError
+from pdserve.planning.shapes import PlanInputError, read_input_file
 
 QUANTILE_POINTS = 48
 
@@ -187,11 +186,9 @@ def load_workload(spec: str) -> Workload:
     if not path.is_file():
         raise PlanInputError(f"unknown workload {spec!r}: give a file or one of "
                              f"{', '.join(BUILTIN_WORKLOADS)}")
+    raw = read_input_file(path)
     try:
-        raw: Any = yaml.safe_load(path.read_text())
         parsed = _WorkloadFile.model_validate(raw)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as bad:
-        raise PlanInputError(f"{path}: not a readable YAML or JSON file ({bad})") from None
     except ValidationError as bad:
         first = bad.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the file"
