@@ -6,13 +6,14 @@ instead of the prompt being prefilled again), and no KV block stays in use."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
 from test_disagg_e2e import WORDS
 from test_disagg_failures import wait_all_free
 
-from e2e.local_processes import metric, router, running, wait_for_tiers, worker
+from e2e.local_processes import http_get, metric, router, running, wait_for_tiers, worker
 from pdserve.runtime.checkpoints.builtin import init_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -70,4 +71,24 @@ async def test_a_full_decode_worker_passes_the_kv_on_and_nothing_is_prefilled_tw
     for decode in (stack["small"], stack["roomy"]):
         assert metric(decode.url, "pdserve_kv_transfer_fallbacks_total") == 0  # no recompute
         await wait_all_free(decode)
+    await wait_all_free(prefill)
+
+
+async def test_kv_no_decode_worker_has_room_for_is_answered_no_room_and_counted_wasted(stack):
+    """Straight to the prefill worker: a prompt larger than the small decode worker's whole
+    pool waits for room until --kv-timeout (10 s here), then 503 says why."""
+    prefill, small = stack["prefill"], stack["small"]
+    kv_port = json.loads(http_get(small.url + "/load")[1])["kv_port"]
+    wasted = metric(prefill.url, "pdserve_kv_wasted_prefill_tokens_total")
+    words = ["zebra", *(WORDS[j % len(WORDS)] for j in range(260))]  # no prefix cached here
+    huge = {**body(0), "prompt": " ".join(words)}
+    async with aiohttp.ClientSession() as session, session.post(
+            prefill.url + "/v1/completions", json=huge,
+            headers={"x-pdserve-transfer-id": "too-big",
+                     "x-pdserve-kv-targets": f"127.0.0.1:{kv_port}"}) as resp:
+        assert resp.status == 503, await resp.text()
+        assert resp.headers["x-pdserve-kv-refused"] == "no-room"
+        assert "no decode worker had free KV blocks" in (await resp.json())["error"]["message"]
+    assert metric(prefill.url, "pdserve_kv_wasted_prefill_tokens_total") > wasted + 28 * 16
+    await wait_all_free(small)
     await wait_all_free(prefill)

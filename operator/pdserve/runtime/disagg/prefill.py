@@ -43,7 +43,11 @@ from pdserve.runtime.serving.server import STATE, WorkerState
 
 log = logging.getLogger(__name__)
 SENDER: web.AppKey[list[KVSender]] = web.AppKey("pdserve_kv_sender", list)
-RECEIVER_KEY = "pdserve_kv_receiver"  # request key: the KV address that took the request's KV
+# Request keys, turned into response headers by name_kv_receiver (also on error responses,
+# which the server's error middleware renders anew): the KV address that took the request's KV;
+# that no decode worker had room for it.
+RECEIVER_KEY = "pdserve_kv_receiver"
+NO_ROOM_KEY = "pdserve_kv_no_room"
 
 
 async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list[int],
@@ -83,8 +87,8 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
     except DecodeFullError as exc:
         state.metrics.kv_transfer_failures.inc()
         log.warning("KV of %s not pushed: %s", request_id, exc)
-        raise web.HTTPServiceUnavailable(reason=f"KV transfer failed: {exc}",
-                                         headers={KV_REFUSED_HEADER: KV_REFUSED_NO_ROOM}) from None
+        request[NO_ROOM_KEY] = True
+        raise web.HTTPServiceUnavailable(reason=f"KV transfer failed: {exc}") from None
     finally:
         if not handed_off:  # computed for nothing: no decode worker holds this KV
             state.metrics.kv_wasted_prefill_tokens.inc(first.num_prompt_tokens
@@ -94,10 +98,13 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
 
 
 async def name_kv_receiver(request: web.Request, response: web.StreamResponse) -> None:
-    """Tells the router which decode worker holds the KV (its answer may be a redirect)."""
+    """Tells the router which decode worker holds the KV (its answer may be a redirect), or
+    that none had room (the router then does not prefill the prompt again)."""
     receiver = request.get(RECEIVER_KEY)
     if receiver:
         response.headers[KV_RECEIVER_HEADER] = receiver
+    if request.get(NO_ROOM_KEY):
+        response.headers[KV_REFUSED_HEADER] = KV_REFUSED_NO_ROOM
 
 
 async def push(sender: KVSender, state: WorkerState, request_id: str, offer: Offer,
