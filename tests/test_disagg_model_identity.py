@@ -84,3 +84,56 @@ async def test_a_push_to_another_models_decode_worker_is_refused(stack):
     assert "weights: decode" in body["error"]["message"]
     stats = json.loads(http_get(stack["new"].url + "/debug/engine")[1])
     assert stats["num_free_blocks"] == stats["num_blocks"]  # nothing reserved or written
+
+
+async def test_a_rolling_update_under_load_answers_with_one_models_output(stack, tmp_path):
+    """Old prefill and decode workers replaced by new ones of the other model while clients
+    keep sending: every request answered 200 with one model's own greedy output."""
+    old_model, new_model = stack["old"].args[stack["old"].args.index("--model") + 1], \
+        stack["new"].args[stack["new"].args.index("--model") + 1]
+    old = [worker("prefill", old_model, tmp_path), worker("decode", old_model, tmp_path)]
+    new = [worker("prefill", new_model, tmp_path), worker("decode", new_model, tmp_path)]
+    prompts = [prompt(i) for i in range(12)]
+    async with aiohttp.ClientSession() as session:
+        references = {}
+        for name in ("old", "new"):
+            answers = await asyncio.gather(*(_complete(session, stack[name].url, p)
+                                             for p in prompts))
+            references[name] = [body["choices"][0]["text"] for _, body in answers]
+        with running(*old):
+            gateway = router([old[0], new[0]], [old[1], new[1]], tmp_path,
+                             "--short-prompt-threshold", "0")
+            with running(gateway):
+                wait_for_tiers(gateway)
+                answers: list[tuple[int, int, dict]] = []
+                rolling = True
+
+                async def client(first: int) -> None:
+                    i = first
+                    while rolling:
+                        status, body = await _complete(session, gateway.url, prompts[i % 12])
+                        answers.append((i % 12, status, body))
+                        i += 4
+
+                clients = [asyncio.create_task(client(i)) for i in range(4)]
+                await asyncio.sleep(2)
+                for process in new:  # the new ReplicaSet's pods come up ...
+                    await asyncio.to_thread(process.start)
+                for process in new:
+                    await asyncio.to_thread(process.wait_ready, "/ready")
+                await asyncio.sleep(2)
+                for process in old:  # ... and the old ones drain (SIGTERM) and go
+                    await asyncio.to_thread(process.stop)
+                await asyncio.sleep(3)
+                rolling = False
+                await asyncio.gather(*clients)
+                for process in new:
+                    process.stop()
+    failed = [(i, status, body) for i, status, body in answers if status != 200]
+    assert not failed, failed[:3]
+    served = {"old": 0, "new": 0}
+    for i, _, body in answers:
+        text = body["choices"][0]["text"]
+        assert text in (references["old"][i], references["new"][i]), (i, text)
+        served["old" if text == references["old"][i] else "new"] += 1
+    assert served["old"] and served["new"], served

@@ -88,6 +88,11 @@ class BadRequest(Exception):
     """A client error, answered with HTTP 400."""
 
 
+class WorkerNotServing(Exception):
+    """A worker answered 503 with Retry-After (loading, draining, engine stopped): it did
+    nothing with the request, so another worker may take it."""
+
+
 class Proxy:
     def __init__(self, config: RouterConfig, prefill: WorkerSet, decode: WorkerSet,
                  metrics: RouterMetrics) -> None:
@@ -148,7 +153,7 @@ class Proxy:
                 try:
                     response = await self._decode(request, path, body, headers, decode,
                                                   started, claim)
-                except UPSTREAM_ERRORS as exc:
+                except (*UPSTREAM_ERRORS, WorkerNotServing) as exc:
                     if request.transport is None or request.transport.is_closing():
                         raise
                     log.warning("decode worker %s failed: %s", decode, exc)
@@ -265,6 +270,8 @@ class Proxy:
                     claim.release()
                 if not resp.content_type.startswith("text/event-stream"):
                     payload = await resp.read()
+                    if resp.status == 503 and "Retry-After" in resp.headers:
+                        raise WorkerNotServing(payload[:200].decode(errors="replace"))
                     timer.done()
                     return web.Response(status=resp.status, body=payload,
                                         content_type=resp.content_type)
