@@ -2,7 +2,10 @@
 and the HTTP requests that claim them.
 
 A transfer's life: the receiver thread calls `reserve` (engine.admit_with_kv on the engine
-thread: blocks held, cached prefix blocks shared) -> the KV lands in the reserved blocks ->
+thread: blocks held, cached prefix blocks shared; without free blocks the OFFER is refused
+(DecodeFullError, so that the prefill worker can try another decode worker) or, when it asks to
+wait, queued first come, first served until blocks free up, for at most WAIT_SHARE of
+--kv-timeout) -> the KV lands in the reserved blocks ->
 `complete` (ready) or `fail` (blocks freed at once). The decode request for it, sent by the
 router once the prefill worker answered, `claim`s it and admits it as running. A transfer
 that is not claimed within --kv-timeout of its reservation is aborted, which frees its blocks
@@ -14,17 +17,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 from pdserve.runtime.disagg.kv_transfer import DecodeFullError, KVTransferError, Offer
 from pdserve.runtime.engine.async_engine import AsyncEngine
+from pdserve.runtime.engine.block_manager import KVReservation
 from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.grammar.compiler import GrammarError
 from pdserve.runtime.serving.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+ROOM_POLL_SECONDS = 0.005  # how often the head of the queue asks the engine for blocks
+# Of --kv-timeout, how long an OFFER may queue for blocks: the prefill worker waits for NEED up
+# to the whole timeout, so it must hear back before that.
+WAIT_SHARE = 0.8
 
 
 @dataclass
@@ -48,6 +57,7 @@ class DecodeTransfers:
         self.timeout = timeout
         self.loop = loop
         self.transfers: dict[str, IncomingTransfer] = {}
+        self._waiting: deque[str] = deque()  # transfer ids of OFFERs queued for blocks, in order
 
     # ---- receiver threads ----------------------------------------------------------------
 
@@ -81,19 +91,44 @@ class DecodeTransfers:
         except TypeError as exc:
             raise KVTransferError(f"bad sampling params in OFFER: {exc}") from None
         request_id = f"kv-{offer.transfer_id}"
+        # Queued OFFERs come first: one that does not wait is refused rather than overtake them.
+        reservation = (await self._admit(offer, params, request_id) if not self._waiting
+                       else None)
+        if reservation is None and offer.wait_for_room:
+            reservation = await self._wait_for_room(offer, params, request_id)
+        if reservation is None:
+            waited = f" within {WAIT_SHARE * self.timeout:.1f}s" if offer.wait_for_room else " now"
+            raise DecodeFullError(f"no free KV blocks on the decode worker for this prompt{waited}")
+        transfer = IncomingTransfer(offer, request_id, params, time.monotonic() + self.timeout)
+        transfer.expiry = self.loop.call_later(self.timeout, self._expire, offer.transfer_id)
+        self.transfers[offer.transfer_id] = transfer
+        return reservation.num_cached_blocks, list(reservation.missing_block_ids)
+
+    async def _admit(self, offer: Offer, params: SamplingParams,
+                     request_id: str) -> KVReservation | None:
         try:
-            reservation = await self.engine.call(lambda e: e.admit_with_kv(
+            return await self.engine.call(lambda e: e.admit_with_kv(
                 request_id, offer.prompt_token_ids, offer.first_token, params,
                 priority=offer.priority, timeout=self.timeout,
                 num_kv_tokens=offer.num_kv_tokens))
         except ValueError as exc:
             raise KVTransferError(f"decode worker cannot take the request: {exc}") from None
-        if reservation is None:
-            raise DecodeFullError("no free KV blocks on the decode worker for this prompt now")
-        transfer = IncomingTransfer(offer, request_id, params, time.monotonic() + self.timeout)
-        transfer.expiry = self.loop.call_later(self.timeout, self._expire, offer.transfer_id)
-        self.transfers[offer.transfer_id] = transfer
-        return reservation.num_cached_blocks, list(reservation.missing_block_ids)
+
+    async def _wait_for_room(self, offer: Offer, params: SamplingParams,
+                             request_id: str) -> KVReservation | None:
+        """Queue behind the OFFERs already waiting; the head asks for blocks every few ms."""
+        deadline = time.monotonic() + WAIT_SHARE * self.timeout
+        self._waiting.append(offer.transfer_id)
+        try:
+            while time.monotonic() < deadline:
+                if self._waiting[0] == offer.transfer_id:
+                    reservation = await self._admit(offer, params, request_id)
+                    if reservation is not None:
+                        return reservation
+                await asyncio.sleep(ROOM_POLL_SECONDS)
+            return None
+        finally:
+            self._waiting.remove(offer.transfer_id)
 
     def _complete(self, transfer_id: str, nbytes: int, seconds: float) -> None:
         transfer = self.transfers.get(transfer_id)

@@ -4,9 +4,10 @@ The router sends the client's request here with `x-pdserve-transfer-id` and
 `x-pdserve-kv-targets` (KV addresses of decode workers, its choice first: kv_targets.py). The
 prompt is prefilled once with this worker's own prefix cache (`engine.prefill_only`), its blocks
 stay pinned while the KV is pushed (only blocks the decode worker lacks travel) to the first
-target with room, then are released. The answer is the usual OpenAI response holding just the
-first token, sent once a decode worker has acknowledged the KV, with `x-pdserve-kv-receiver`
-naming it. When no target had room until --kv-timeout the answer is 503 with
+target with room, or queued at the first target until it has room, then are released. The answer
+is the usual OpenAI response holding just the first token, sent once a decode worker has
+acknowledged the KV, with `x-pdserve-kv-receiver` naming it. When no target had room in time the
+answer is 503 with
 `x-pdserve-kv-refused: no-room` (the router then lets decode recompute, never re-prefills); any
 other failed push answers 502 so that the router retries elsewhere. The prompt tokens computed
 for KV that no decode worker took count in pdserve_kv_wasted_prefill_tokens_total.
@@ -17,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from aiohttp import web
@@ -81,8 +81,8 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
                       first_logprobs, num_kv if num_kv < len(prompt_ids) else None)
         sender = request.app[SENDER][0]
         request[RECEIVER_KEY], _ = await push_to_first_with_room(
-            lambda target: push(sender, state, request_id, offer, target), targets,
-            time.monotonic() + state.settings["kv_timeout"])
+            lambda target, wait: push(sender, state, request_id,
+                                      replace(offer, wait_for_room=wait), target), targets)
         handed_off = True
     except DecodeFullError as exc:
         state.metrics.kv_transfer_failures.inc()

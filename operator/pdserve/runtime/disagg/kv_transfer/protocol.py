@@ -10,7 +10,7 @@ then any number of transfers, one at a time:
     both ways           XFER_META {...}         (nixl only: each side's NIXL agent, nixl.py)
     per transfer:
     prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token, params, priority,
-                               first_logprobs, num_kv_tokens}
+                               first_logprobs, num_kv_tokens, wait_for_room}
     decode  -> prefill  NEED   {num_cached_blocks, block_ids}   (block_ids: where missing blocks go)
     prefill -> decode   DATA... (tcp; nixl writes the blocks itself)  DONE {bytes}
     decode  -> prefill  ACK    {}
@@ -18,7 +18,8 @@ then any number of transfers, one at a time:
 Either side may answer ERROR {message, code} instead; a mismatched layout or model (the identity
 of checkpoints/identity.py: weights, tokenizer, dtype, block size) is refused at HELLO. An OFFER
 the decode worker has no free blocks for is refused with code `no_room` (`DecodeFullError`): the
-connection stays usable, and the prefill worker may offer the same KV to another decode worker.
+connection stays usable, and the prefill worker may offer the same KV to another decode worker;
+an OFFER with `wait_for_room` queues instead (first come, first served) until blocks free up.
 
 A compressed prompt (KV compression) travels as `num_kv_tokens` slots, fewer than its tokens,
 packed from the first block; kept K carries its rotary position, so the slots are all the
@@ -79,12 +80,13 @@ class Offer:
     priority: int = 0
     first_logprobs: dict[str, Any] | None = None  # the first token's, when logprobs were asked
     num_kv_tokens: int | None = None  # slots of a compressed prompt's KV; None: every token
+    wait_for_room: bool = False  # without free blocks: queue for them (False: refuse at once)
 
     def to_json(self) -> dict[str, Any]:
         return {"transfer_id": self.transfer_id, "prompt_token_ids": self.prompt_token_ids,
                 "first_token": self.first_token, "params": self.params,
                 "priority": self.priority, "first_logprobs": self.first_logprobs,
-                "num_kv_tokens": self.num_kv_tokens}
+                "num_kv_tokens": self.num_kv_tokens, "wait_for_room": self.wait_for_room}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Offer:
@@ -98,7 +100,8 @@ class Offer:
                 raise ValueError(f"num_kv_tokens {num_kv} for a prompt of {len(prompt)}")
             return cls(str(obj["transfer_id"]), prompt, int(obj["first_token"]), params,
                        int(obj.get("priority", 0)), obj.get("first_logprobs"),
-                       None if num_kv is None else int(num_kv))
+                       None if num_kv is None else int(num_kv),
+                       bool(obj.get("wait_for_room", False)))
         except (KeyError, TypeError, ValueError) as exc:
             raise KVTransferError(f"malformed OFFER: {exc!r}") from None
 
