@@ -45,7 +45,7 @@ def _reference(engine: LLMEngine, rid: str, ids: list[int],
 
 
 def _disaggregated(prefill: LLMEngine, decode: LLMEngine, rid: str, ids: list[int],
-                   params: SamplingParams = PARAMS):  # fmt: skip
+                   params: SamplingParams = PARAMS, first_at_once: bool = False):  # fmt: skip
     prefill.prefill_only(rid, ids, params)
     (first,) = [o for o in _drain(prefill) if o.request_id == rid]
     assert first.finished and len(first.token_ids) == 1
@@ -59,7 +59,10 @@ def _disaggregated(prefill: LLMEngine, decode: LLMEngine, rid: str, ids: list[in
     decode.kv_cache.write_blocks(missing, data)
     assert prefill.release(rid)
     decode.complete_kv(rid)
-    outs = [o for o in _drain(decode) if o.request_id == rid]
+    early = [decode.emit_pending(rid)] if first_at_once else []  # before any decode step
+    outs = early + [o for o in _drain(decode) if o.request_id == rid]
+    if first_at_once:
+        assert outs[0].token_ids == first.token_ids and not outs[0].finished
     tokens = [t for o in outs for t in o.token_ids]
     assert outs[0].token_ids[0] == first.token_ids[0]
     assert outs[-1].finished and outs[-1].finish_reason == "length"
@@ -80,6 +83,16 @@ def test_kv_handoff_gives_the_same_greedy_output(engines):
     for engine in engines:
         stats = engine.stats()
         assert stats.num_free_blocks == stats.num_blocks
+
+
+def test_the_first_token_reported_at_once_changes_no_token_or_text(engines):
+    single, prefill, decode = engines
+    for i, text in enumerate([SYSTEM + "Count to three.", "x " * 40]):
+        ids = single.tokenizer.encode(text)
+        expected = _reference(single, f"ref-early-{i}", ids)
+        tokens, text_out, _ = _disaggregated(prefill, decode, f"pd-early-{i}", ids,
+                                             first_at_once=True)
+        assert (tokens, text_out) == expected
 
 
 def test_seeded_sampling_continues_as_on_one_engine(engines):

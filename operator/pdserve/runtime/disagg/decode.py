@@ -2,7 +2,8 @@
 
 On load it starts the KV receiver on --kv-port. A generation request carrying
 `x-pdserve-transfer-id` (set by the router) claims that transfer: the request is admitted with
-the received KV and its first token, and only decoding runs here. When the transfer failed,
+the received KV and its first token, which goes to the client at once (before the first decode
+step, which may wait behind a batch), and only decoding runs here. When the transfer failed,
 expired or never arrived, --kv-fallback decides: `recompute` prefills locally, `fail` answers
 503. Requests without the header (short prompts the router sends straight here) run locally.
 """
@@ -35,22 +36,22 @@ TRANSFERS: web.AppKey[list[DecodeTransfers]] = web.AppKey("pdserve_decode_transf
 RECEIVER: web.AppKey[list[KVReceiverServer]] = web.AppKey("pdserve_kv_receiver", list)
 
 
-class FirstTokenLogprobs:
-    """Adds the first token's logprobs (computed on the prefill worker) to the first output."""
+class FirstThenStream:
+    """The output of the token a request arrived with, then the engine's outputs."""
 
-    def __init__(self, stream: OutputStream, first: TokenLogprobs) -> None:
+    def __init__(self, first: StepOutput, stream: OutputStream) -> None:
+        self._first: StepOutput | None = first
         self._stream = stream
-        self._first: TokenLogprobs | None = first
 
-    def __aiter__(self) -> FirstTokenLogprobs:
+    def __aiter__(self) -> FirstThenStream:
         return self
 
     async def __anext__(self) -> StepOutput:
-        output: StepOutput = await self._stream.__anext__()
-        if self._first is not None and output.logprobs is not None:
-            output.logprobs = [self._first, *output.logprobs]
-            self._first = None
-        return output
+        if self._first is not None:
+            output, self._first = self._first, None
+            return output
+        result: StepOutput = await self._stream.__anext__()
+        return result
 
     def close(self) -> None:
         self._stream.close()
@@ -102,7 +103,7 @@ async def admit_claimed(state: WorkerState, transfer: IncomingTransfer) -> Outpu
     request_id = transfer.request_id
     stream = engine.open_stream(request_id)
     try:
-        done = await engine.call(lambda e: _admit_in_engine(e, transfer))
+        first = await engine.call(lambda e: _admit_in_engine(e, transfer))
     except KeyError:  # the reservation expired on the engine side
         engine.forget(request_id)
         return None
@@ -110,25 +111,25 @@ async def admit_claimed(state: WorkerState, transfer: IncomingTransfer) -> Outpu
         engine.abort(request_id)
         raise
     lp = transfer.offer.first_logprobs
-    first = TokenLogprobs(lp["token_id"], lp["logprob"], [(t, p) for t, p in lp["top"]]) \
+    first_logprobs = TokenLogprobs(lp["token_id"], lp["logprob"], [(t, p) for t, p in lp["top"]]) \
         if lp and transfer.params.logprobs is not None else None
-    if done is not None:
+    first.logprobs = [first_logprobs] if first_logprobs else None
+    if first.finished:
         engine.forget(request_id)
-        done.logprobs = [first] if first else None
-        return FinishedStream(done)
-    return FirstTokenLogprobs(stream, first) if first else stream
+        return FinishedStream(first)
+    return FirstThenStream(first, stream)
 
 
-def _admit_in_engine(engine: Any, transfer: IncomingTransfer) -> StepOutput | None:
-    """On the engine thread: a request its first token already ends is answered at once;
-    otherwise it joins the running batch."""
+def _admit_in_engine(engine: Any, transfer: IncomingTransfer) -> StepOutput:
+    """On the engine thread: the output of the first token, sent at once. A request it already
+    ends is answered; otherwise it joins the running batch."""
     params, offer = transfer.params, transfer.offer
     first = offer.first_token
     stops = (not params.ignore_eos and first in engine.scheduler.eos_token_ids) \
         or first in params.stop_token_ids
     if not stops and params.max_tokens > 1:
         engine.complete_kv(transfer.request_id)
-        return None
+        return engine.emit_pending(transfer.request_id)
     detokenizer = IncrementalDetokenizer(engine.tokenizer, offer.prompt_token_ids, params.stop)
     text = detokenizer.add_tokens([first], True)
     engine.abort(transfer.request_id)

@@ -7,7 +7,8 @@ Disaggregation: a prefill worker calls `prefill_only` (the request stops after i
 and keeps its prompt KV blocks pinned; `prefilled_blocks` lists them until `release`). A decode
 worker calls `admit_with_kv` (reserves blocks, sharing locally cached prefix blocks; the returned
 reservation says which blocks still need data), writes the KV with `kv_pool.write_blocks`, then
-`complete_kv` admits the request as running; its first StepOutput carries the first token too.
+`complete_kv` admits the request as running; its first StepOutput carries the first token too,
+unless `emit_pending` reports it at once (a decode worker streams it before its first step).
 """
 
 from __future__ import annotations
@@ -353,6 +354,23 @@ class LLMEngine:
         seq = self.block_manager.complete_reservation(request_id)
         seq.output_token_ids = list(request.pending)
         self.scheduler.add(seq)
+
+    def emit_pending(self, request_id: str) -> StepOutput:
+        """The tokens a request holds unreported (a handed-over request's first token) as an
+        output now rather than with its next step's; a stop string or grammar they complete
+        finishes the request."""
+        request = self._requests[request_id]
+        seq = request.seq
+        tokens = list(request.pending)
+        request.pending.clear()
+        text = request.detokenizer.add_tokens(tokens, False)
+        grammar_done = request.grammar is not None and request.grammar.is_terminated()
+        if request.detokenizer.stopped or grammar_done:
+            self.scheduler.finish(request_id, "stop")
+            text += request.detokenizer.add_tokens([], True)
+            self._requests.pop(request_id, None)
+        return StepOutput(request_id, tokens, text, None, seq.is_finished, seq.finish_reason,
+                          seq.num_prompt_tokens, seq.num_cached_tokens)
 
 
 def _first_token_only(params: SamplingParams) -> SamplingParams:
