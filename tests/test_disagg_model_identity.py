@@ -116,19 +116,21 @@ async def test_a_rolling_update_under_load_answers_with_one_models_output(stack,
                         i += 4
 
                 clients = [asyncio.create_task(client(i)) for i in range(4)]
-                await asyncio.sleep(2)
-                for process in new:  # the new ReplicaSet's pods come up ...
-                    await asyncio.to_thread(process.start)
-                for process in new:
-                    await asyncio.to_thread(process.wait_ready, "/ready")
-                await asyncio.sleep(2)
-                for process in old:  # ... and the old ones drain (SIGTERM) and go
-                    await asyncio.to_thread(process.stop)
-                await asyncio.sleep(3)
-                rolling = False
-                await asyncio.gather(*clients)
-                for process in new:
-                    process.stop()
+                try:
+                    await asyncio.sleep(2)
+                    for process in new:  # the new ReplicaSet's pods come up ...
+                        await asyncio.to_thread(process.start)
+                    for process in new:
+                        await asyncio.to_thread(process.wait_ready, "/ready")
+                    await asyncio.sleep(2)
+                    for process in old:  # ... and the old ones drain (SIGTERM) and go
+                        await asyncio.to_thread(process.stop)
+                    await asyncio.sleep(3)
+                finally:
+                    rolling = False
+                    await asyncio.gather(*clients, return_exceptions=True)
+                    for process in new:
+                        process.stop()
     failed = [(i, status, body) for i, status, body in answers if status != 200]
     assert not failed, failed[:3]
     served = {"old": 0, "new": 0}
