@@ -11,7 +11,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from pdserve.router.admission import Claim, blocks_for, has_room, kv_targets, with_room
+from pdserve.router.admission import (
+    Claim,
+    blocks_for,
+    candidates,
+    has_room,
+    kv_targets,
+    with_room,
+)
 from pdserve.router.app import build_app
 from pdserve.router.discovery import WorkerSet
 from pdserve.router.proxy import RouterConfig
@@ -30,6 +37,13 @@ def test_room_is_free_blocks_less_the_routers_claims():
     assert not has_room(load(8, claimed=4), 70)
     assert has_room(load(None), 10_000)  # a worker that reports no blocks is not judged
     assert set(with_room({"a": load(9), "b": load(2), "c": load(None)}, 70)) == {"a", "c"}
+
+
+def test_without_room_anywhere_the_shortest_backlog_is_the_candidate():
+    loads = {"a": load(4, claimed=30), "b": load(2, claimed=10), "c": load(1, claimed=9)}
+    assert set(candidates(loads, 70)) == {"b", "c"}  # 8 blocks short each
+    assert set(candidates({**loads, "d": load(40)}, 70)) == {"d"}
+    assert candidates({}, 70) == {}
 
 
 def test_targets_are_the_choice_first_then_most_room_first():

@@ -5,8 +5,9 @@ Each decode worker's `GET /load` reports its free KV blocks and block size. The 
 own claims: the blocks of prompts it has sent toward a worker and whose decode request that
 worker has not started answering yet (its next /load counts them itself). A worker has room for
 a prompt when free minus claimed blocks hold the prompt's estimated tokens. The router picks its
-decode worker among those with room; when none has any it picks among all (the KV then waits on
-the prefill worker for room, kv_targets.py: overload queues, it does not fail). The prefill
+decode worker among those with room; when none has any, the one with the most room (claims
+include prompts queued there for blocks, so the shortest backlog), where the KV then queues for
+blocks (kv_targets.py: overload queues, it does not fail). The prefill
 worker gets the chosen worker first, then the others of the model by room, so a worker that
 turns out full passes the KV on instead of the prompt being prefilled again.
 """
@@ -37,6 +38,15 @@ def has_room(load: WorkerLoad, tokens: int) -> bool:
 def with_room(loads: dict[str, WorkerLoad], tokens: int) -> dict[str, WorkerLoad]:
     """The workers with room for a prompt of `tokens` (those that report no blocks count)."""
     return {address: load for address, load in loads.items() if has_room(load, tokens)}
+
+
+def candidates(loads: dict[str, WorkerLoad], tokens: int) -> dict[str, WorkerLoad]:
+    """The workers to choose among: those with room, else those with the most room."""
+    roomy = with_room(loads, tokens)
+    if roomy or not loads:
+        return roomy
+    most = max(room(load) or 0 for load in loads.values())
+    return {address: load for address, load in loads.items() if (room(load) or 0) == most}
 
 
 def kv_targets(chosen: str, loads: dict[str, WorkerLoad], tokens: int) -> list[str]:

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from pdserve.router.admission import Claim, kv_targets, with_room
+from pdserve.router.admission import Claim, candidates, kv_targets
 from pdserve.router.discovery import WorkerSet
 from pdserve.router.metrics import (
     DECODE_FULL,
@@ -170,10 +170,10 @@ class Proxy:
     def _choose_decode(self, hashes: list[int], tokens: int,
                        tried: frozenset[str]) -> str | None:
         """The decode policy's choice among the untried workers with KV room for the prompt,
-        or among all untried ones when none has room (the request then queues)."""
+        or with the most room when none has enough (the request then queues there)."""
         loads = {a: load for a, load in self.decode.healthy_loads().items() if a not in tried}
         if self.config.decode_admission:
-            loads = with_room(loads, tokens) or loads
+            loads = candidates(loads, tokens)
         return self.decode_policy.choose(loads, hashes)
 
     def _disaggregation(self, body: dict[str, Any], path: str, decode: str) -> Disaggregation:
