@@ -11,6 +11,7 @@ import urllib.request
 import openai
 import pytest
 
+from e2e import real_stack
 from e2e.cluster.session import Cluster
 from e2e.operator_harness import Api
 from e2e.real_node import Placement
@@ -101,3 +102,31 @@ def test_forced_tool_call_through_the_pods_is_valid(cluster: Cluster, real_relea
     arguments = json.loads(call.function.arguments)
     assert call.function.name == "get_weather" and len(arguments["city"]) <= 12
     assert arguments["unit"] in unit["enum"] and result.choices[0].finish_reason == "tool_calls"
+
+
+def test_kv_moves_between_pods_over_nixl(cluster: Cluster, api: Api, real_release: str,
+                                         placement: Placement) -> None:
+    """kvTransfer.transport nixl from the image: NIXL's UCX finds its way between two pods
+    (their own PID, IPC and network namespaces: TCP over the pod network) under the restricted
+    security context and read-only root filesystem."""
+    name = "chat-nixl"
+    real_stack.apply_and_wait_ready(cluster, api, real_release, name, real_stack.cpu_service_spec(
+        placement, kvTransfer={"transport": "nixl"}), pods=3)
+    try:
+        router = cluster.get("service", f"{name}-router", "-n", real_release)
+        client = openai.OpenAI(
+            base_url=f"http://{router['spec']['clusterIP']}:{ROUTER_HTTP_PORT}/v1",
+            api_key="none", max_retries=0, timeout=120)
+        [prefill] = role_pods(api, real_release, name, "prefill")
+        [decode] = role_pods(api, real_release, name, "decode")
+        notes = " ".join(f"note {i} says hello." for i in range(80))  # long: through both tiers
+        for turn in range(2):
+            answer = client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": f"Summarize {turn}: {notes}"}],
+                max_tokens=8, temperature=0)
+            assert answer.choices[0].message.content
+        assert worker_metric(decode, "pdserve_kv_transfer_bytes_total") > 0
+        assert worker_metric(prefill, "pdserve_kv_transfer_failures_total") == 0
+        assert worker_metric(decode, "pdserve_kv_transfer_fallbacks_total") == 0
+    finally:
+        cluster.kubectl("delete", "llmservice", name, "-n", real_release, "--wait=false")
