@@ -49,14 +49,14 @@ def test_kv_that_never_arrives_counts_as_recomputed():
     # Prefill answered 200 but decode did not hold the transfer (expired): it recomputed.
     verdict = assess(figures(handoff=20, recomputed=15, transfers=20, failures=0), "p")
     assert (verdict.status, verdict.reason) == ("False", "KVTransferFailing")
-    assert "15 never arrived" in verdict.message
+    assert "15 handed-off KV never arrived" in verdict.message
 
 
 def test_no_prefill_peer_is_false_and_says_the_prefill_tier_is_idle():
     verdict = assess(figures(no_peer=12, prefill=0), "p")
     assert (verdict.status, verdict.reason) == ("False", "NoPrefillPeer")
     assert "no ready prefill worker serves the decode workers' model" in verdict.message
-    assert "the prefill tier prefilled 0 prompts" in verdict.message
+    assert "the prefill workers answered 0 requests" in verdict.message
 
 
 def test_long_prompts_without_a_prefill_tier_are_false():

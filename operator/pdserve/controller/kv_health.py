@@ -52,7 +52,7 @@ class KVFigures:
     transfers: float = NAN  # pushes the prefill workers completed
     transfer_failures: float = NAN  # pushes the prefill workers failed
     recomputed: float = NAN  # transfers decode did not hold: it prefilled the prompt itself
-    prefill_requests: float = NAN  # prompts the prefill workers prefilled
+    prefill_requests: float = NAN  # requests the prefill workers answered
 
     def decided(self, reason: str) -> float:
         value = self.decisions.get(reason, 0.0)
@@ -118,7 +118,8 @@ def assess(figures: KVFigures, source: str) -> Verdict:
     with_kv = handoffs - lost
     without = long - with_kv
     transfers, failures = _known(figures.transfers), _known(figures.transfer_failures)
-    prefill_tier = (f"; the prefill tier prefilled {_n(figures.prefill_requests)} prompts"
+    # Prefill workers count a request they answered (their KV pushed): not one refused later.
+    prefill_tier = (f"; the prefill workers answered {_n(figures.prefill_requests)} requests"
                     if math.isfinite(figures.prefill_requests) else "")
     counted = (f"; prefill workers completed {_n(transfers)} KV transfers and failed "
                f"{_n(failures)}" if math.isfinite(figures.transfers) else "")
@@ -126,9 +127,9 @@ def assess(figures: KVFigures, source: str) -> Verdict:
     if without > with_kv:
         causes = {
             "KVTransferFailing": (failed + lost, f"{head}: KV transfers from prefill to decode "
-                                  f"fail ({_n(failed)} failed on every prefill worker tried, "
-                                  f"{_n(lost)} never arrived) and decode recomputes the prompt"
-                                  f"{counted}{prefill_tier}"),
+                                  f"fail ({_n(failed)} handoffs failed on every prefill worker "
+                                  f"tried, {_n(lost)} handed-off KV never arrived) and decode "
+                                  f"recomputes the prompt{counted}"),
             "NoPrefillPeer": (no_peer, f"{head}: no ready prefill worker serves the decode "
                               f"workers' model ({_n(no_peer)} prefilled on decode)"
                               f"{prefill_tier}"),
