@@ -139,6 +139,13 @@ def test_an_offer_claiming_more_slots_than_tokens_is_malformed():
                          "num_kv_tokens": 5})
 
 
+def test_an_offer_says_whether_it_waits_for_room_and_an_older_one_does_not():
+    offer = Offer("w", [1, 2], 3, wait_for_room=True)
+    assert Offer.from_json(offer.to_json()) == offer
+    older = {"transfer_id": "x", "prompt_token_ids": [1, 2], "first_token": 3}
+    assert Offer.from_json(older).wait_for_room is False
+
+
 def test_layout_mismatch_is_a_clear_error(receiver):
     server = receiver(RecordingHooks())
     other = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8, block_size=8, dtype="bfloat16")
