@@ -20,10 +20,11 @@ from pdserve.controller.router_counters import decisions, ready_router_addresses
 NAN = math.nan
 
 
-def figures(handoff=0.0, short=0.0, no_peer=0.0, no_target=0.0, failed=0.0, transfers=NAN,
-            failures=NAN, recomputed=NAN, prefill=NAN) -> KVFigures:
+def figures(handoff=0.0, short=0.0, no_peer=0.0, no_target=0.0, failed=0.0, full=0.0,
+            transfers=NAN, failures=NAN, recomputed=NAN, prefill=NAN) -> KVFigures:
     return KVFigures(60, {"handoff": handoff, "short_prompt": short, "no_prefill_peer": no_peer,
-                          "no_kv_target": no_target, "prefill_failed": failed},
+                          "no_kv_target": no_target, "prefill_failed": failed,
+                          "decode_full": full},
                      transfers=transfers, transfer_failures=failures, recomputed=recomputed,
                      prefill_requests=prefill)
 
@@ -57,6 +58,12 @@ def test_no_prefill_peer_is_false_and_says_the_prefill_tier_is_idle():
     assert (verdict.status, verdict.reason) == ("False", "NoPrefillPeer")
     assert "no ready prefill worker serves the decode workers' model" in verdict.message
     assert "the prefill workers answered 0 requests" in verdict.message
+
+
+def test_decode_without_room_is_false_naming_the_overload():
+    verdict = assess(figures(handoff=3, full=9, recomputed=9, transfers=3), "p")
+    assert (verdict.status, verdict.reason) == ("False", "DecodeFull")
+    assert "9 of 12 long prompts" in verdict.message and "overloaded" in verdict.message
 
 
 def test_long_prompts_without_a_prefill_tier_are_false():

@@ -33,6 +33,7 @@ SHORT_PROMPT = router.SHORT_PROMPT[1]
 NO_PREFILL_PEER = router.NO_PREFILL_PEER[1]
 NO_KV_TARGET = router.NO_KV_TARGET[1]
 PREFILL_FAILED = router.PREFILL_FAILED[1]
+DECODE_FULL = router.DECODE_FULL[1]
 DECISIONS_METRIC = "pdserve_router_disaggregation_total"
 
 
@@ -104,8 +105,8 @@ def assess(figures: KVFigures, source: str) -> Verdict:
     window = f"the last {_n(figures.window_seconds)}s ({source})"
     handoffs = figures.decided(HANDOFF)
     no_peer, no_target = figures.decided(NO_PREFILL_PEER), figures.decided(NO_KV_TARGET)
-    failed = figures.decided(PREFILL_FAILED)
-    long = handoffs + no_peer + no_target + failed
+    failed, full = figures.decided(PREFILL_FAILED), figures.decided(DECODE_FULL)
+    long = handoffs + no_peer + no_target + failed + full
     if round(long) < 1:
         short = figures.decided(SHORT_PROMPT)
         return Verdict("Unknown", "NoTraffic",
@@ -113,8 +114,9 @@ def assess(figures: KVFigures, source: str) -> Verdict:
                        + (f" ({_n(short)} short ones, which decode prefills itself)"
                           if round(short) else "") + ": nothing to judge the KV path by")
     # Decode recomputes a prompt whose transfer it does not hold: after every prefill attempt
-    # failed (counted by the router too), or after a handoff whose KV never arrived.
-    lost = min(handoffs, max(0.0, _known(figures.recomputed) - failed))
+    # failed or no decode worker had room (both counted by the router too), or after a handoff
+    # whose KV never arrived.
+    lost = min(handoffs, max(0.0, _known(figures.recomputed) - failed - full))
     with_kv = handoffs - lost
     without = long - with_kv
     transfers, failures = _known(figures.transfers), _known(figures.transfer_failures)
@@ -133,6 +135,9 @@ def assess(figures: KVFigures, source: str) -> Verdict:
             "NoPrefillPeer": (no_peer, f"{head}: no ready prefill worker serves the decode "
                               f"workers' model ({_n(no_peer)} prefilled on decode)"
                               f"{prefill_tier}"),
+            "DecodeFull": (full, f"{head}: no decode worker had free KV blocks for the "
+                           f"prefilled prompt ({_n(full)} recomputed on decode): decode is "
+                           "overloaded"),
             "PrefillNotUsed": (no_target, f"{head}: the router has no prefill tier or the "
                                f"decode workers report no KV port ({_n(no_target)} prefilled "
                                f"on decode){prefill_tier}"),
@@ -147,7 +152,8 @@ def assess(figures: KVFigures, source: str) -> Verdict:
     message = f"{_n(with_kv)} of {_n(long)} long prompts in {window} reached decode with their KV"
     if round(without):
         message += (f" ({_n(without)} without: {_n(no_peer)} no prefill peer, {_n(no_target)} "
-                    f"no KV target, {_n(failed)} failed handoffs, {_n(lost)} KV never arrived)")
+                    f"no KV target, {_n(failed)} failed handoffs, {_n(full)} decode full, "
+                    f"{_n(lost)} KV never arrived)")
     return Verdict("True", "KVMoving", message + counted)
 
 
