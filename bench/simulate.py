@@ -22,6 +22,8 @@ from bench.sim.tuning import tune
 
 MAIN = "h100-llama8b"
 EVALUATION = (("shifting", 11), ("shifting-bursty", 12), ("step", 13))
+# NVIDIA Dynamo issue #10528's load (its own deployment: targets and budget differ).
+BURSTS = ("h100-llama8b-10528", "dynamo-10528", 14)
 OTHERS = ("l4-llama1b", "tpu-v5e-llama8b", "cpu-tiny")
 
 
@@ -33,6 +35,7 @@ def specs_for(deployment: str, trace: str, seed: int, robustness: bool) -> list[
                   RunSpec(deployment, trace, seed, "planner", capacity_error=1.3),
                   RunSpec(deployment, trace, seed, "planner", cold=True)]
     specs.append(RunSpec(deployment, trace, seed, "hpa"))
+    specs.append(RunSpec(deployment, trace, seed, "clamp"))
     specs += [RunSpec(deployment, trace, seed, s) for s in statics(dep)]
     return specs
 
@@ -53,7 +56,7 @@ def main(argv: list[str]) -> int:
     if args.quick:
         groups = groups[:1]
     else:
-        groups += [(d, "shifting", 11) for d in OTHERS]
+        groups += [BURSTS] + [(d, "shifting", 11) for d in OTHERS]
     specs = [s for d, t, seed in groups for s in specs_for(d, t, seed, robustness=d == MAIN)]
     results = run_all(specs, args.processes)
     sections = [

@@ -7,9 +7,21 @@ import multiprocessing
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.sim.scenarios import DEPLOYMENTS, Deployment, load_step, planner_config, shifting
+from bench.sim.scenarios import (
+    DEPLOYMENTS,
+    Deployment,
+    dynamo_10528,
+    load_step,
+    planner_config,
+    shifting,
+)
 from pdserve.planning.sim.cluster import SimConfig, Simulation
-from pdserve.planning.sim.policies import HpaPolicy, PlannerPolicy, StaticPolicy
+from pdserve.planning.sim.policies import (
+    HpaPolicy,
+    PlannerPolicy,
+    ProportionalClampPolicy,
+    StaticPolicy,
+)
 from pdserve.planning.sim.report import RunReport, report
 from pdserve.planning.sim.traces import Trace
 
@@ -24,7 +36,7 @@ class RunSpec:
     deployment: str
     trace: str  # shifting | shifting-bursty | step | tune-*
     seed: int
-    policy: str  # planner | hpa | static:P
+    policy: str  # planner | hpa | clamp | static:P
     capacity_error: float = 1.0
     cold: bool = False
     settings: tuple[tuple[str, float], ...] | None = None
@@ -59,6 +71,8 @@ def trace_for(deployment: str, name: str, seed: int) -> Trace:
         return shifting(dep, seed, bursty=True)
     if name == "step":
         return load_step(dep, seed)
+    if name == "dynamo-10528":
+        return dynamo_10528(dep, seed)
     return next(t for t in tuning_traces(dep, seed) if t.name == name)
 
 
@@ -77,6 +91,30 @@ def hpa_policy(dep: Deployment) -> HpaPolicy:
                      dep.budget, ((1, high), (1, high)), dep.perf.accelerators_per_replica)
 
 
+def clamp_policy(dep: Deployment) -> ProportionalClampPolicy:
+    """The Dynamo-style baseline, its profiled throughput from the same performance model."""
+    from bench.sim.scenarios import capacity_prior
+
+    perf = dep.perf
+    prior = capacity_prior(perf, dep.ttft_target, dep.itl_target)
+
+    def decode_rate(context: float) -> float:
+        """Best generated tokens/s of one replica with the step within the ITL target."""
+        best, batch = 0.0, 1
+        fit = perf.kv_capacity_tokens() / max(context, 1.0)
+        while batch <= min(perf.max_num_seqs, max(1.0, fit)):
+            step = perf.decode_step_seconds(batch, batch * context)
+            if step > dep.itl_target:
+                break
+            best = batch / step
+            batch += 1
+        return best or 1.0 / perf.decode_step_seconds(1, context)
+
+    a = perf.accelerators_per_replica
+    return ProportionalClampPolicy(prior.prefill_tokens_per_second, decode_rate, dep.budget,
+                                   dep.budget // a - 1, a)
+
+
 def run(spec: RunSpec) -> RunResult:
     dep = DEPLOYMENTS[spec.deployment]
     trace = trace_for(spec.deployment, spec.trace, spec.seed).fresh()
@@ -85,11 +123,13 @@ def run(spec: RunSpec) -> RunResult:
     nan_actions = 0
     if spec.policy.startswith("static:"):
         prefill = int(spec.policy.split(":")[1])
-        policy: StaticPolicy | PlannerPolicy | HpaPolicy = StaticPolicy(prefill,
-                                                                      replicas - prefill)
+        policy: StaticPolicy | PlannerPolicy | HpaPolicy | ProportionalClampPolicy = (
+            StaticPolicy(prefill, replicas - prefill))
         initial, warm = (prefill, replicas - prefill), True
     elif spec.policy == "hpa":
         policy, initial, warm = hpa_policy(dep), half, True
+    elif spec.policy == "clamp":
+        policy, initial, warm = clamp_policy(dep), half, True
     else:
         settings = dict(spec.settings) if spec.settings else None
         policy = PlannerPolicy(planner_config(dep, spec.capacity_error, settings))

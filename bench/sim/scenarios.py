@@ -3,12 +3,19 @@ planner settings (chosen on the tuning traces, then frozen for the evaluation tr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from bench.sim.perf import PROFILES
 from pdserve.autoscaler import CapacityPrior, PlannerConfig, RoleBounds
 from pdserve.planning.perf import ReplicaPerf
-from pdserve.planning.sim.traces import Trace, build_trace, mix_curve, piecewise
+from pdserve.planning.sim.traces import (
+    Trace,
+    build_trace,
+    build_uniform_trace,
+    mix_curve,
+    piecewise,
+)
 
 # Chosen with `python bench/simulate.py --tune` on the tuning traces, then frozen.
 FROZEN_SETTINGS = {
@@ -46,6 +53,9 @@ DEPLOYMENTS = {
     # Llama-3.1-8B needs a 2x2 v5e slice per pod (16 GB per chip): 4 chips per replica.
     "tpu-v5e-llama8b": Deployment(PROFILES["tpu-v5e-llama8b"], 48, 1.0, 0.030, rate=55.0),
     "cpu-tiny": Deployment(PROFILES["cpu-tiny"], 8, 20.0, 0.25, rate=0.8, duration=3600.0),
+    # NVIDIA Dynamo issue #10528's load on one H100 a replica: 1 <-> 24 req/s, 8,000-token
+    # prompts, 1,000-token answers, TTFT 3 s / ITL 35 ms; 32 GPUs hold its peak.
+    "h100-llama8b-10528": Deployment(PROFILES["h100-llama8b"], 32, 3.0, 0.035, rate=24.0),
 }
 
 
@@ -101,6 +111,17 @@ def shifting(dep: Deployment, seed: int, bursty: bool = False) -> Trace:
                      (0.7 * d, STORIES), (0.85 * d, AGENTIC), (d, AGENTIC)])
     name = "shifting-bursty" if bursty else "shifting"
     return build_trace(name, d, lambda t: dep.rate * rate(t), mix, seed, bursty)
+
+
+def dynamo_10528(dep: Deployment, seed: int) -> Trace:
+    """NVIDIA Dynamo issue #10528: a sinusoidal load between 1 and 24 req/s (period 900 s, from
+    1 req/s), 8,000-token prompts and 1,000-token outputs, as its load generator sends them."""
+    low, high, period = 1.0 / 24.0, 1.0, 900.0
+
+    def rate(t: float) -> float:
+        return dep.rate * (low + (high - low) * (1 - math.cos(2 * math.pi * t / period)) / 2)
+
+    return build_uniform_trace("dynamo-10528", dep.duration, rate, 8000, 1000, seed)
 
 
 def load_step(dep: Deployment, seed: int) -> Trace:

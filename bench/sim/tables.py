@@ -6,9 +6,9 @@ import math
 
 from bench.sim.experiment import RunResult
 
-HEADER = ("| policy | attain | p90 ratio | p99 ratio | goodput/acc | acc-h | actions | reversals "
-          "| recovery | aborted | over budget | NaN actions |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| policy | attain | p90 ratio | p99 ratio | goodput req/s | goodput/acc | acc-h | "
+          "actions | reversals | recovery | aborted | over budget | NaN actions |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _ratio(value: float) -> str:
@@ -27,7 +27,7 @@ def table(results: list[RunResult]) -> str:
         r = result.report
         rows.append(
             f"| {r.policy} | {100 * r.attainment:.1f}% | {_ratio(r.p90_ratio)} | "
-            f"{_ratio(r.p99_ratio)} | {r.goodput_per_accelerator:.2f} | "
+            f"{_ratio(r.p99_ratio)} | {r.goodput:.2f} | {r.goodput_per_accelerator:.2f} | "
             f"{r.accelerator_hours:.2f} | {r.actions} | {r.reversals} | "
             f"{_recovery(r.recovery_seconds)} | {r.aborted} | "
             f"{r.over_budget_accelerator_seconds:.0f} | {r.actions_on_nan} |")

@@ -1,12 +1,14 @@
-"""Scaling policies compared by the simulator: the real planner, static splits, and an
-HPA-like queue-length autoscaler per role. All see only the Observer and pod counts."""
+"""Scaling policies compared by the simulator: the real planner, static splits, an HPA-like
+queue-length autoscaler per role, and a Dynamo-style proportional budget clamp. All see only
+the Observer and pod counts."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pdserve.autoscaler import PlannerConfig, PlannerState, plan
+from pdserve.autoscaler import MetricsSnapshot, PlannerConfig, PlannerState, plan
 from pdserve.planning.sim.cluster import Simulation
 
 
@@ -106,3 +108,52 @@ class HpaPolicy:
                 break
             final[index] -= 1
         sim.set_replicas(final[0], final[1])
+
+
+@dataclass
+class ProportionalClampPolicy:
+    """Dynamo's SLA planner as its documentation describes it, as a baseline: every
+    `interval` (its default adjustment interval, 180 s) it predicts the next interval's load as
+    the last one's (the constant predictor), sizes each role from profiled per-replica
+    throughput within the targets (prefill: prompt tokens/s; decode: generated tokens/s at the
+    ITL target and the observed context), and, when the sum exceeds the budget, shrinks both
+    roles by budget / total (prefill rounded down, at least one, decode takes what is left).
+    It sees no queue: a prefill backlog does not change its estimate (the gap issue #10528
+    reports). The correction factors from observed latency are left out."""
+
+    prefill_tokens_per_second: float
+    decode_tokens_per_second: Callable[[float], float]  # context tokens -> per replica
+    budget: int
+    max_replicas: int
+    accelerators_per_replica: int = 1
+    interval: float = 180.0
+    name: str = "dynamo-style clamp"
+
+    def desired(self, snapshot: MetricsSnapshot) -> tuple[int, int] | None:
+        p, d = snapshot.prefill, snapshot.decode
+        rates = (snapshot.arrival_rate, p.token_rate, p.request_rate, d.token_rate,
+                 d.request_rate)
+        if not all(math.isfinite(v) for v in rates) or p.request_rate <= 0 or d.request_rate <= 0:
+            return None
+        isl = p.token_rate / p.request_rate
+        osl = d.token_rate / d.request_rate
+        prefill = math.ceil(snapshot.arrival_rate * isl / self.prefill_tokens_per_second)
+        decode = math.ceil(snapshot.arrival_rate * osl
+                           / self.decode_tokens_per_second(isl + osl / 2))
+        return max(1, prefill), max(1, decode)
+
+    def clamp(self, prefill: int, decode: int) -> tuple[int, int]:
+        a = self.accelerators_per_replica
+        if (prefill + decode) * a <= self.budget:
+            return min(prefill, self.max_replicas), min(decode, self.max_replicas)
+        scale = self.budget / ((prefill + decode) * a)
+        max_prefill = (self.budget - a) // a  # leaves one decode replica
+        prefill = max(1, min(max_prefill, math.floor(prefill * scale)))
+        decode = max(1, min(decode, (self.budget - prefill * a) // a))
+        return prefill, decode
+
+    def act(self, sim: Simulation, now: float) -> None:
+        snapshot = sim.observer.snapshot(now)
+        wanted = self.desired(snapshot) if snapshot is not None else None
+        if wanted is not None:
+            sim.set_replicas(*self.clamp(*wanted))

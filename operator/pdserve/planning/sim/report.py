@@ -22,6 +22,7 @@ class RunReport:
     p90_ratio: float
     p99_ratio: float
     goodput_per_accelerator: float  # requests meeting both targets per accelerator-second
+    goodput: float  # requests meeting both targets per second of the trace
     accelerator_hours: float
     actions: int
     reversals: int
@@ -93,6 +94,7 @@ def report(sim: Simulation, policy_name: str, actions_on_nan: int = 0) -> RunRep
         attainment=good / len(requests) if requests else math.nan,
         p90_ratio=_percentile(ordered, 0.9), p99_ratio=_percentile(ordered, 0.99),
         goodput_per_accelerator=good / sim.accelerator_seconds if sim.accelerator_seconds else 0,
+        goodput=good / sim.trace.duration if sim.trace.duration else 0.0,
         accelerator_hours=sim.accelerator_seconds / 3600,
         actions=actions, reversals=reversals,
         recovery_seconds=recovery_seconds(requests, ratios, step, sim.trace.duration),

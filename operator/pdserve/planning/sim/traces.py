@@ -76,6 +76,16 @@ def _arrival_times(rng: random.Random, rate: Callable[[float], float], duration:
             times.append(t)
 
 
+def build_uniform_trace(name: str, duration: float, rate: Callable[[float], float],
+                        prompt: int, output: int, seed: int) -> Trace:
+    """One request shape (a load generator's fixed input and output lengths) under a Poisson
+    arrival rate `rate(t)`."""
+    rng = random.Random(seed)
+    requests = [Request(i, t, prompt, output, "uniform")
+                for i, t in enumerate(_arrival_times(rng, rate, duration, bursty=False))]
+    return Trace(name, duration, requests)
+
+
 def _grid(duration: float) -> list[float]:
     return [duration * i / 200 for i in range(201)]
 
