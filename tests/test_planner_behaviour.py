@@ -54,8 +54,44 @@ def test_scales_each_role_to_its_load():
 
 
 def test_step_is_bounded():
-    d = plan(snap(0, 90_000, 200), replicas(1, 1), config(max_step=2), PlannerState(), 0)
+    d = plan(snap(0, 90_000, 200), replicas(1, 1), config(max_step=2, panic_threshold=100),
+             PlannerState(), 0)
     assert d.prefill_replicas == 3
+
+
+def test_panic_scales_up_at_once_and_never_down_while_it_lasts():
+    # Needing 9x the ready prefill replicas is a burst: no max step (KPA's panic mode).
+    d = plan(snap(0, 90_000, 200), replicas(1, 1), config(max_step=2), PlannerState(), 0)
+    assert d.prefill_replicas == 10 and d.inputs["panic"] == "yes"
+    # The load is gone 30 s later, but the panic window (60 s) holds the replicas.
+    d2 = plan(snap(30, 1_000, 200), replicas(10, 1), config(max_step=2), d.state, 30)
+    assert d2.prefill_replicas == 10 and d2.inputs["panic"] == "yes"
+    d3 = plan(snap(90, 1_000, 200), replicas(10, 1), config(max_step=2), d2.state, 90)
+    assert d3.inputs["panic"] == "no"
+
+
+def test_panic_stays_within_the_budget():
+    d = plan(snap(0, 90_000, 200), replicas(1, 1), config(budget=6, max_step=2),
+             PlannerState(), 0)
+    assert d.prefill_replicas + d.decode_replicas <= 6 and d.prefill_replicas == 5
+
+
+def test_growing_prefill_queue_starts_panic():
+    # 1,000 prompts of 2,000 tokens wait: 50 s of the 4 replicas' work, far past the TTFT aim.
+    pre = RoleMetrics(20_000, 10.0, 0.5, 2.0, 1_000.0, NAN)
+    dec = RoleMetrics(400, 1.0, 0.025, 10.0, 0.0, 0.3)
+    d = plan(MetricsSnapshot(0, pre, dec), replicas(4, 5), config(max_step=1), PlannerState(), 0)
+    assert d.inputs["panic"] == "yes"
+    assert d.prefill_replicas > 5  # the queue's drain, past max_step
+
+
+def test_decode_slots_are_learned_from_full_replicas():
+    # The fullest pod runs 20 sequences while others wait: its KV holds 20, not the prior's 64.
+    dec = RoleMetrics(1_000, 1.0, 0.025, 40.0, 30.0, 0.9, running_max=20.0)
+    pre = RoleMetrics(8_000, 1.0, 0.5, 0.0, 0.0, NAN)
+    d = plan(MetricsSnapshot(0, pre, dec), replicas(2, 2), config(max_step=10), PlannerState(), 0)
+    assert d.state.decode_slots == 20.0
+    assert d.decode_replicas >= 5  # 70 sequences over 20 slots at the KV watermark
 
 
 def test_latency_miss_adds_replicas_even_when_capacity_model_says_enough():

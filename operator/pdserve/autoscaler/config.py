@@ -76,6 +76,15 @@ class PlannerConfig:
     # from the trend over the last `trend_window_seconds`.
     forecast_seconds: float = 90.0
     trend_window_seconds: float = 180.0
+    # Prompt (and sequence) length at the 90th percentile over the mean: a prefill's service
+    # time in the queue model is a p90 prompt's (a lognormal of sigma 0.5 gives 1.7).
+    length_p90_over_mean: float = 1.7
+    # Panic mode (Knative KPA style): a role whose need reaches this multiple of its ready
+    # replicas, or whose waiting queue grows while its wait exceeds the latency aim, scales up
+    # at once (no stabilization, no max step; still within the budget and drain-safe), and
+    # nothing scales down until `panic_seconds` after the last such interval.
+    panic_threshold: float = 2.0
+    panic_seconds: float = 60.0
     # A replica Pending this long is reported as ScalingLimited.
     pending_grace_seconds: float = 60.0
 
@@ -91,6 +100,8 @@ class PlannerConfig:
             raise PlannerConfigError("latency aim must be in (0, 1]")
         if not 0.0 < self.peak_utilization <= 1.0:
             raise PlannerConfigError("peak utilization must be in (0, 1]")
+        if not (self.length_p90_over_mean >= 1.0 and self.panic_threshold > 1.0):
+            raise PlannerConfigError("length p90/mean must be >= 1 and panic threshold > 1")
         if not 0.0 < self.target_utilization <= 1.0:
             raise PlannerConfigError("target utilization must be in (0, 1]")
         budget = self.accelerator_budget

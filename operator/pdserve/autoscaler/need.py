@@ -72,13 +72,43 @@ def demand(metrics: RoleMetrics, arrival_rate: float) -> float:
     return served
 
 
+def queue_wait(metrics: RoleMetrics, ready: int, per_replica: float) -> float:
+    """Seconds the prompts waiting now take to be reached: queued tokens over the ready
+    replicas' rate (the gauge is fresh where the mean TTFT trails a rate window)."""
+    waiting = _finite(metrics.waiting)
+    if waiting <= 0 or not (known(metrics.request_rate) and metrics.request_rate > 0):
+        return 0.0
+    if ready <= 0 or per_replica <= 0:
+        return math.inf
+    mean_prompt = _finite(metrics.token_rate) / metrics.request_rate
+    return waiting * mean_prompt / (ready * per_replica)
+
+
+def prefill_utilization(metrics: RoleMetrics, per_replica: float, cfg: PlannerConfig) -> float:
+    """The busiest a prefill replica may run with TTFT = queue wait + prefill time within the
+    aim: a p90 prompt's prefill time S leaves slack = aim - S for the wait, and an M/D/1 queue
+    waits S * rho / (2 (1 - rho)); between `target_utilization` (a prompt too long for the aim
+    is not helped by more replicas) and `peak_utilization`."""
+    if not (known(metrics.request_rate) and metrics.request_rate > 0 and per_replica > 0):
+        return cfg.peak_utilization
+    p90_prompt = _finite(metrics.token_rate) / metrics.request_rate * cfg.length_p90_over_mean
+    service = p90_prompt / per_replica
+    slack = cfg.ttft_target_seconds * cfg.latency_aim - service
+    if service <= 0:
+        return cfg.peak_utilization
+    x = max(0.0, slack) / service
+    return max(cfg.target_utilization, min(cfg.peak_utilization, 2 * x / (1 + 2 * x)))
+
+
 def prefill_need(metrics: RoleMetrics, asked: float, peak: float, ready: int,
                  correction: float, cfg: PlannerConfig) -> RoleNeed:
     """`asked`: prompt tokens/s to plan for (demand, or its forecast); `peak`: the recent
-    short-term peak of demand, planned at `peak_utilization`."""
+    short-term peak of demand, times the burst factor, planned at the utilization the queue
+    model allows (TTFT = queue wait + prefill time of a p90 prompt)."""
     per_replica = cfg.capacity.prefill_tokens_per_second * correction
     capacity = per_replica * cfg.target_utilization
-    asked = max(asked, peak * cfg.target_utilization / cfg.peak_utilization)
+    rho = prefill_utilization(metrics, per_replica, cfg)
+    asked = max(asked, peak * cfg.target_utilization / rho)
     waiting = _finite(metrics.waiting)
     if waiting > 0 and known(metrics.request_rate) and metrics.request_rate > 0:
         mean_prompt = _finite(metrics.token_rate) / metrics.request_rate
@@ -91,19 +121,36 @@ def prefill_need(metrics: RoleMetrics, asked: float, peak: float, ready: int,
     return RoleNeed(by_tokens, ratio, f"{asked:.0f} prompt tok/s")
 
 
+def learned_slots(previous: float, metrics: RoleMetrics, prior: float) -> float:
+    """Sequences one decode replica holds, learned: the fullest replica's running sequences
+    while sequences wait (its KV is full: long contexts hold fewer than the prior's), raised
+    whenever a replica runs more than that without anyone waiting; the prior at most."""
+    fullest = _finite(metrics.running_max)
+    if fullest <= 0:
+        return previous
+    if _finite(metrics.waiting) >= 1.0:
+        return max(1.0, min(prior, fullest))
+    return min(prior, max(previous, fullest))
+
+
 def decode_need(metrics: RoleMetrics, asked: float, peak: float, growth: float,
-                incoming: float, ready: int, correction: float, cfg: PlannerConfig) -> RoleNeed:
+                incoming: float, ready: int, correction: float, cfg: PlannerConfig,
+                slots: float | None = None) -> RoleNeed:
     """`asked`: generated tokens/s to plan for; `peak`: its recent short-term peak (planned at
     `peak_utilization`); `growth`: forecast over current demand, applied to the concurrent
     sequences too; `incoming`: requests queued in prefill, which will want decode slots next
-    (a drained prefill backlog floods decode)."""
+    (a drained prefill backlog floods decode); `slots`: sequences a replica holds (learned),
+    which scale its generated tokens/s down from the prior's when fewer."""
     u = cfg.target_utilization
-    capacity = cfg.capacity.decode_tokens_per_second * correction * u
+    prior_slots = cfg.capacity.decode_max_sequences
+    slots = prior_slots if slots is None else max(1.0, min(prior_slots, slots))
+    capacity = cfg.capacity.decode_tokens_per_second * correction * u * slots / prior_slots
     asked = max(asked, peak * u / cfg.peak_utilization)
     by_tokens = asked / capacity
     in_decode = _finite(metrics.running) + _finite(metrics.waiting)
     sequences = in_decode * growth + _finite(incoming)
-    by_sequences = sequences / (cfg.capacity.decode_max_sequences * u)
+    # Learned slots are a hard limit (KV full), filled up to the KV watermark.
+    by_sequences = sequences / (slots * (u if slots >= prior_slots else cfg.kv_high_watermark))
     by_kv = ready * _finite(metrics.kv_usage) / cfg.kv_high_watermark
     ratio = latency_ratio(metrics, cfg.itl_target_seconds * cfg.latency_aim)
     floor = _latency_floor(ratio, ready, cfg)

@@ -14,7 +14,9 @@ from pdserve.autoscaler.need import (
     decode_need,
     demand,
     latency_ratio,
+    learned_slots,
     prefill_need,
+    queue_wait,
     updated_correction,
 )
 from pdserve.autoscaler.snapshot import MetricsSnapshot, RoleMetrics, known
@@ -71,9 +73,13 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
     p_peak = demand(snapshot.prefill, snapshot.peak_arrival_rate)
     d_peak = demand(snapshot.decode, snapshot.peak_arrival_rate)
     p_need = prefill_need(snapshot.prefill, p_asked, p_peak, pre.ready, p_corr, cfg)
+    prior_slots = cfg.capacity.decode_max_sequences
+    slots = learned_slots(state.decode_slots if state.decode_slots is not None else prior_slots,
+                          snapshot.decode, prior_slots)
+    state = replace(state, decode_slots=slots)
     d_need = decode_need(snapshot.decode, d_asked, d_peak,
                          d_asked / d_demand if d_demand > 0 else 1.0,
-                         snapshot.prefill.waiting, dec.ready, d_corr, cfg)
+                         snapshot.prefill.waiting, dec.ready, d_corr, cfg, slots)
     limited: list[str] = []
 
     raw = (cfg.prefill.clamp(_hysteresis(p_need.replicas, current[0], cfg.dead_band)),
@@ -95,9 +101,15 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
 
     window = max(cfg.scale_up_stabilization_seconds, cfg.scale_down_stabilization_seconds)
     state = state.remember(Recommendation(now, *raw), window)
-    target = [_stabilized(state, now, cfg, r, raw[r], current[r]) for r in (0, 1)]
-    target = [max(c - cfg.max_step, min(c + cfg.max_step, t)) for t, c in zip(target, current,
-                                                                             strict=True)]
+    state, panicking = _panic(snapshot, replicas, cfg, state, now, (p_need, d_need), p_corr)
+    if panicking:  # up at once to the recommendation, never down but to rebalance the budget
+        target = [max(c, r) for r, c in zip(raw, current, strict=True)]
+        if not fits(cfg, target[0], target[1], budget):
+            target = [max(c - cfg.max_step, r) for r, c in zip(raw, current, strict=True)]
+    else:
+        target = [_stabilized(state, now, cfg, r, raw[r], current[r]) for r in (0, 1)]
+        target = [max(c - cfg.max_step, min(c + cfg.max_step, t))
+                  for t, c in zip(target, current, strict=True)]
     for index, (name, pods) in enumerate((("prefill", pre), ("decode", dec))):
         if pods.pending > 0:
             target[index] = min(target[index], current[index])
@@ -113,10 +125,35 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
         "prefillForecast": p_asked, "decodeForecast": d_asked,
         "prefillCorrection": p_corr, "decodeCorrection": d_corr,
         "prefillReady": pre.ready, "decodeReady": dec.ready,
+        "panic": "yes" if panicking else "no", "decodeSlots": slots,
     })
     message = _message(current, final, p_need, d_need, deferred)
     return Decision(final[0], final[1], _reason(current, final), message, state,
                     limited="; ".join(limited) or None, inputs=_finite_inputs(inputs))
+
+
+def _panic(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerConfig,
+           state: PlannerState, now: float, needs: tuple[RoleNeed, RoleNeed],
+           p_corr: float) -> tuple[PlannerState, bool]:
+    """Knative-KPA-style panic: a role needing `panic_threshold` times its ready replicas, or a
+    waiting queue that grew since the last interval while it is already long (prefill: its
+    wait exceeds the TTFT aim; decode: sequences wait for slots), starts or extends a panic
+    window of `panic_seconds`."""
+    p_wait = snapshot.prefill.waiting if known(snapshot.prefill.waiting) else 0.0
+    d_wait = snapshot.decode.waiting if known(snapshot.decode.waiting) else 0.0
+    last_p, last_d = state.last_waiting
+    ready = (replicas.prefill.ready, replicas.decode.ready)
+    burst = any(need.replicas >= cfg.panic_threshold * max(r, 1)
+                for need, r in zip(needs, ready, strict=True))
+    per_replica = cfg.capacity.prefill_tokens_per_second * p_corr
+    aim = cfg.ttft_target_seconds * cfg.latency_aim
+    prefill_backlog = p_wait > last_p and queue_wait(snapshot.prefill, ready[0],
+                                                     per_replica) > aim
+    decode_backlog = d_wait > last_d and d_wait >= max(1.0, ready[1])
+    state = replace(state, last_waiting=(p_wait, d_wait))
+    if burst or prefill_backlog or decode_backlog:
+        state = replace(state, panic_until=now + cfg.panic_seconds)
+    return state, state.panic_until is not None and now < state.panic_until
 
 
 def _within_budget(cfg: PlannerConfig, replicas: Replicas, current: tuple[int, int],

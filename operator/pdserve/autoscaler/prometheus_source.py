@@ -81,6 +81,7 @@ def queries(sel: Selector) -> dict[str, str]:
         "prefill_waiting": f"sum(pdserve_requests_waiting{sel.labels('prefill')})",
         "decode_running": f"sum(pdserve_requests_running{sel.labels('decode')})",
         "decode_waiting": f"sum(pdserve_requests_waiting{sel.labels('decode')})",
+        "decode_running_max": f"max(pdserve_requests_running{sel.labels('decode')})",
         "decode_kv_usage": f"avg(pdserve_kv_usage_ratio{sel.labels('decode')})",
     }
 
@@ -141,7 +142,7 @@ class PrometheusSource:
             token_rate=v["decode_generation_rate"], request_rate=v["decode_request_rate"],
             latency_seconds=_first_known(v["router_itl"], v["decode_itl"]),
             running=v["decode_running"], waiting=v["decode_waiting"],
-            kv_usage=v["decode_kv_usage"])
+            kv_usage=v["decode_kv_usage"], running_max=v["decode_running_max"])
         return MetricsSnapshot(now, prefill, decode, arrival_rate=v["arrival_rate"],
                                peak_arrival_rate=v["peak_arrival_rate"])
 

@@ -24,7 +24,8 @@ class RoleMetrics:
     token_rate: prefill = prompt tokens computed per second (prefix-cache hits excluded);
     decode = generated tokens per second. request_rate: requests/s the role completed.
     latency_seconds: prefill = mean time to first token; decode = mean inter-token latency.
-    running/waiting: summed over pods. kv_usage: mean 0..1.
+    running/waiting: summed over pods. kv_usage: mean 0..1. running_max: the fullest pod's
+    running requests (with requests waiting: the sequences a pod holds).
 
     Token rates are throughput: a saturated role shows its capacity, not its demand. The
     planner scales them by arrivals (see MetricsSnapshot.arrival_rate).
@@ -36,6 +37,7 @@ class RoleMetrics:
     running: float = NAN
     waiting: float = NAN
     kv_usage: float = NAN
+    running_max: float = NAN
 
     def has_load_signal(self) -> bool:
         return known(self.token_rate)

@@ -44,6 +44,11 @@ class PlannerState:
     decode_correction: float = 1.0
     # (time, prefill demand, decode demand) in tokens/s, for the trend.
     demand_history: tuple[tuple[float, float, float], ...] = ()
+    # Panic mode lasts until this time; waiting queues (prefill, decode) last interval.
+    panic_until: float | None = None
+    # Sequences one decode replica holds, learned (None: the prior's).
+    decode_slots: float | None = None
+    last_waiting: tuple[float, float] = (0.0, 0.0)
 
     def remember_demand(self, now: float, prefill: float, decode: float,
                         keep_seconds: float) -> PlannerState:
@@ -62,6 +67,9 @@ class PlannerState:
             "prefillCorrection": self.prefill_correction,
             "decodeCorrection": self.decode_correction,
             "demandHistory": [list(h) for h in self.demand_history],
+            "panicUntil": self.panic_until,
+            "lastWaiting": list(self.last_waiting),
+            "decodeSlots": self.decode_slots,
         }
 
     @classmethod
@@ -76,7 +84,25 @@ class PlannerState:
             decode_correction=float(data.get("decodeCorrection", 1.0)),
             demand_history=tuple((float(t), float(p), float(d))
                                  for t, p, d in data.get("demandHistory", [])),
+            panic_until=data.get("panicUntil"),
+            last_waiting=_pair(data.get("lastWaiting")),
+            decode_slots=_optional(data.get("decodeSlots")),
         )
+
+
+def _optional(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _pair(value: Any) -> tuple[float, float]:
+    try:
+        first, second = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return 0.0, 0.0
+    return first, second
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,12 @@ class Observer:
     def _visible(self, samples: deque[PodSample], at: float) -> list[PodSample]:
         return [s for s in samples if s[0] <= at]
 
+    def _fullest(self, role: str, at: float) -> float:
+        """max(running) over the role's series (a gone pod's lingers like the others)."""
+        last = [v[-1][4] for r, samples in self.series.values() if r == role
+                for v in [self._visible(samples, at)] if v and v[-1][0] > at - self.cfg.lookback]
+        return max(last) if last else NAN
+
     def _role(self, role: str, at: float) -> tuple[float, float, float, float, float, float]:
         """(prompt rate, request rate, generation rate, running, waiting, mean kv) of one role."""
         rates = [0.0, 0.0, 0.0]
@@ -128,7 +134,8 @@ class Observer:
         return MetricsSnapshot(
             now,
             RoleMetrics(n(p_prompt), n(p_requests), n(ttft), p_running, p_waiting, NAN),
-            RoleMetrics(n(d_generation), n(d_requests), n(itl), d_running, d_waiting, n(d_kv)),
+            RoleMetrics(n(d_generation), n(d_requests), n(itl), d_running, d_waiting, n(d_kv),
+                        self._fullest("decode", at)),
             arrival_rate=n(arrivals), peak_arrival_rate=n(self._peak_arrivals(at)))
 
     def pod_in_flight(self, now: float) -> dict[str, float]:
