@@ -122,14 +122,17 @@ def prefill_need(metrics: RoleMetrics, asked: float, peak: float, ready: int,
 
 
 def learned_slots(previous: float, metrics: RoleMetrics, prior: float) -> float:
-    """Sequences one decode replica holds, learned: the fullest replica's running sequences
-    while sequences wait (its KV is full: long contexts hold fewer than the prior's), raised
-    whenever a replica runs more than that without anyone waiting; the prior at most."""
+    """Sequences one decode replica holds (the prior at most): what a full KV cache holds of
+    the current mix (running over KV usage), and no more than the fullest replica runs while
+    sequences wait for room; without either, the last estimate, raised whenever a replica runs
+    more than it."""
     fullest = _finite(metrics.running_max)
-    if fullest <= 0:
-        return previous
-    if _finite(metrics.waiting) >= 1.0:
-        return max(1.0, min(prior, fullest))
+    estimates = [metrics.kv_sequences] if known(metrics.kv_sequences) and (
+        metrics.kv_sequences > 0) else []
+    if _finite(metrics.waiting) >= 1.0 and fullest > 0:
+        estimates.append(fullest)
+    if estimates:
+        return max(1.0, min(prior, *estimates))
     return min(prior, max(previous, fullest))
 
 
@@ -145,7 +148,9 @@ def decode_need(metrics: RoleMetrics, asked: float, peak: float, growth: float,
     prior_slots = cfg.capacity.decode_max_sequences
     slots = prior_slots if slots is None else max(1.0, min(prior_slots, slots))
     capacity = cfg.capacity.decode_tokens_per_second * correction * u * slots / prior_slots
-    asked = max(asked, peak * u / cfg.peak_utilization)
+    # No queue in decode until its slots fill: a peak costs step time, which the prior holds
+    # below the ITL target at full capacity.
+    asked = max(asked, peak * u)
     by_tokens = asked / capacity
     in_decode = _finite(metrics.running) + _finite(metrics.waiting)
     sequences = in_decode * growth + _finite(incoming)

@@ -82,6 +82,8 @@ def queries(sel: Selector) -> dict[str, str]:
         "decode_running": f"sum(pdserve_requests_running{sel.labels('decode')})",
         "decode_waiting": f"sum(pdserve_requests_waiting{sel.labels('decode')})",
         "decode_running_max": f"max(pdserve_requests_running{sel.labels('decode')})",
+        "decode_kv_sequences": (f"avg(pdserve_requests_running{sel.labels('decode')} / "
+                                f"(pdserve_kv_usage_ratio{sel.labels('decode')} >= 0.1))"),
         "decode_kv_usage": f"avg(pdserve_kv_usage_ratio{sel.labels('decode')})",
     }
 
@@ -142,7 +144,8 @@ class PrometheusSource:
             token_rate=v["decode_generation_rate"], request_rate=v["decode_request_rate"],
             latency_seconds=_first_known(v["router_itl"], v["decode_itl"]),
             running=v["decode_running"], waiting=v["decode_waiting"],
-            kv_usage=v["decode_kv_usage"], running_max=v["decode_running_max"])
+            kv_usage=v["decode_kv_usage"], running_max=v["decode_running_max"],
+            kv_sequences=v["decode_kv_sequences"])
         return MetricsSnapshot(now, prefill, decode, arrival_rate=v["arrival_rate"],
                                peak_arrival_rate=v["peak_arrival_rate"])
 

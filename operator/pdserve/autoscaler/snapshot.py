@@ -25,7 +25,9 @@ class RoleMetrics:
     decode = generated tokens per second. request_rate: requests/s the role completed.
     latency_seconds: prefill = mean time to first token; decode = mean inter-token latency.
     running/waiting: summed over pods. kv_usage: mean 0..1. running_max: the fullest pod's
-    running requests (with requests waiting: the sequences a pod holds).
+    running requests (with requests waiting: the sequences a pod holds). kv_sequences: running
+    over KV usage, averaged over pods at least 10% full: the sequences of the current mix a
+    full KV cache holds.
 
     Token rates are throughput: a saturated role shows its capacity, not its demand. The
     planner scales them by arrivals (see MetricsSnapshot.arrival_rate).
@@ -38,6 +40,7 @@ class RoleMetrics:
     waiting: float = NAN
     kv_usage: float = NAN
     running_max: float = NAN
+    kv_sequences: float = NAN
 
     def has_load_signal(self) -> bool:
         return known(self.token_rate)

@@ -79,6 +79,13 @@ class Observer:
                 for v in [self._visible(samples, at)] if v and v[-1][0] > at - self.cfg.lookback]
         return max(last) if last else NAN
 
+    def _kv_sequences(self, role: str, at: float) -> float:
+        """avg(running / (kv usage >= 0.1)) over the role's series."""
+        values = [v[-1][4] / v[-1][6] for r, samples in self.series.values() if r == role
+                  for v in [self._visible(samples, at)]
+                  if v and v[-1][0] > at - self.cfg.lookback and v[-1][6] >= 0.1]
+        return sum(values) / len(values) if values else NAN
+
     def _role(self, role: str, at: float) -> tuple[float, float, float, float, float, float]:
         """(prompt rate, request rate, generation rate, running, waiting, mean kv) of one role."""
         rates = [0.0, 0.0, 0.0]
@@ -135,7 +142,7 @@ class Observer:
             now,
             RoleMetrics(n(p_prompt), n(p_requests), n(ttft), p_running, p_waiting, NAN),
             RoleMetrics(n(d_generation), n(d_requests), n(itl), d_running, d_waiting, n(d_kv),
-                        self._fullest("decode", at)),
+                        self._fullest("decode", at), self._kv_sequences("decode", at)),
             arrival_rate=n(arrivals), peak_arrival_rate=n(self._peak_arrivals(at)))
 
     def pod_in_flight(self, now: float) -> dict[str, float]:
