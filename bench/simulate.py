@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # `python bench/simulate.py`
 from bench.sim.experiment import RunSpec, run_all, statics, trace_for
 from bench.sim.plot import plot
 from bench.sim.scenarios import DEPLOYMENTS, FROZEN_SETTINGS
-from bench.sim.tables import best_static, goal_check, table
+from bench.sim.tables import attainment_goal, best_static, goal_check, table
 from bench.sim.tuning import tune
 
 MAIN = "h100-llama8b"
@@ -73,6 +73,8 @@ def main(argv: list[str]) -> int:
                      f"TTFT {dep.ttft_target:g} s, ITL {1000 * dep.itl_target:g} ms, "
                      f"{group[0].report.offered} requests)", "", table(group), "",
                      goal_check(group)]
+        if (deployment, trace) == BURSTS[:2]:
+            sections.append(attainment_goal(group, 0.9))
     sections += ["", "The per-replica model is `pdserve plan`'s; its error against the runtime "
                  "measured on this machine's CPU is in bench/results/plan.md."]
     text = "\n".join(sections) + "\n"

@@ -150,3 +150,22 @@ def test_prefill_pods_of_their_own_shape_hand_over_on_the_slower_link():
                         rel_tol=1e-9)
     handoff_and_step = prefill.kv_transfer_seconds(500) + PERF.decode_step_seconds(1, 501)
     assert math.isclose(r.finish - r.first_token, handoff_and_step, rel_tol=1e-9)
+
+
+def test_dynamo_10528_trace_swings_between_1_and_24_requests_a_second():
+    from bench.sim.experiment import trace_for
+
+    trace = trace_for("h100-llama8b-10528", "dynamo-10528", 14)
+    assert {(r.prompt, r.output) for r in trace.requests} == {(8000, 1000)}
+    trough = sum(1 for r in trace.requests if r.arrival < 60) / 60
+    crest = sum(1 for r in trace.requests if 420 <= r.arrival < 480) / 60
+    assert trough < 3 and 20 < crest < 28
+
+
+def test_proportional_clamp_shrinks_both_roles_to_the_budget():
+    from pdserve.planning.sim.policies import ProportionalClampPolicy
+
+    policy = ProportionalClampPolicy(10_000, lambda context: 1_000.0, budget=12, max_replicas=11)
+    assert policy.clamp(4, 6) == (4, 6)  # fits: unchanged
+    assert policy.clamp(8, 16) == (4, 8)  # 24 wanted, scale 0.5 each
+    assert policy.clamp(20, 2) == (10, 2)  # prefill leaves a decode replica; decode the rest

@@ -45,6 +45,8 @@ class RunSpec:
     @property
     def label(self) -> str:
         name = self.policy.replace("static:", "static ")
+        if self.policy == "clamp":
+            name = "dynamo-style clamp"
         if self.policy == "planner":
             if self.capacity_error != 1.0:
                 name += f" (capacity model x{self.capacity_error:.1f})"

@@ -65,3 +65,12 @@ def goal_check(results: list[RunResult]) -> str:
             f"{static.report.policy}"
             f" ({100 * static.report.attainment:.1f}%). Goal (>=95% at <=0.85x): "
             f"{'met' if met else 'NOT met'}")
+
+
+def attainment_goal(results: list[RunResult], goal: float) -> str:
+    """The burst trace's goal: attainment alone (the issue's >= 90%), with goodput."""
+    planner = next(r for r in results if r.spec.policy == "planner"
+                   and r.spec.capacity_error == 1.0 and not r.spec.cold)
+    p = planner.report
+    return (f"planner: {100 * p.attainment:.1f}% attainment, {p.goodput:.2f} req/s goodput. "
+            f"Goal (>={100 * goal:.0f}%): {'met' if p.attainment >= goal else 'NOT met'}")
