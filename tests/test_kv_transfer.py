@@ -338,3 +338,23 @@ def test_nixl_descriptors_merge_runs_consecutive_on_both_sides():
     rows = region.addresses([4, 5, 9], [(0, 2), (2, 1)]).tolist()
     # plane 0 then plane 1 (10 blocks of 8 bytes further on), each run one row
     assert rows == [[1032, 16, 0], [1072, 8, 0], [1112, 16, 0], [1152, 8, 0]]
+
+
+def test_an_idle_nixl_agent_burns_no_cpu(receiver):
+    """UCX's progress thread busy-polls a core for as long as its agent lives (a whole core per
+    worker, and per agent in this test process): the transport runs without it."""
+    import os
+    import time
+
+    server = receiver(RecordingHooks())
+    KVSender(make_cache(), "nixl", identity=IDENTITY, timeout=5).push(
+        f"127.0.0.1:{server.port}", Offer("idle", [1, 2, 3, 4], 4), [0])
+
+    def cpu_seconds():
+        times = os.times()
+        return times.user + times.system
+
+    started_cpu, started = cpu_seconds(), time.monotonic()
+    time.sleep(1.0)
+    busy = (cpu_seconds() - started_cpu) / (time.monotonic() - started)
+    assert busy < 0.3, f"the process used {busy:.0%} of a core while idle"

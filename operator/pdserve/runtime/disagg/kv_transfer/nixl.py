@@ -15,6 +15,7 @@ is `<connection id>/<transfer number>`: one connection carries one transfer at a
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
 import itertools
 import os
@@ -138,8 +139,12 @@ class _LocalAgent:
     def __init__(self, memory: torch.Tensor) -> None:
         api = importlib.import_module(NIXL_MODULE)
         self.name = f"pdserve-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # No progress thread: UCX's busy-polls a whole core for as long as the agent lives
+        # (measured: 100% of a core per idle agent); send_blocks and recv_blocks progress the
+        # agent themselves as they poll for completion.
         config = api.nixl_agent_config(
-            backends=["UCX"], sync_mode=api.nixl_thread_sync_t.NIXL_THREAD_SYNC_STRICT)
+            enable_prog_thread=False, backends=["UCX"],
+            sync_mode=api.nixl_thread_sync_t.NIXL_THREAD_SYNC_STRICT)
         self.agent = api.nixl_agent(self.name, config)
         self.memory = memory
         self.region = PoolRegion.of(memory)
@@ -225,8 +230,7 @@ class NixlTransport(Transport):
         agent, remote = self._agent, self._peer_region
         assert agent is not None and remote is not None, "send_blocks before the handshake"
         tag = self._next_tag()
-        if not src_ids:
-            agent.agent.send_notif(self._peer, tag)
+        if not src_ids:  # both sides know the list is empty: nothing to write or notify
             return 0
         if remote.plane_block_bytes != agent.region.plane_block_bytes or \
                 remote.num_planes != agent.region.num_planes or \
@@ -243,18 +247,24 @@ class NixlTransport(Transport):
             while state == "PROC":
                 if time.monotonic() > deadline:
                     raise KVTransferError("NIXL write did not complete in time")
+                # A cancelled push (its socket shut) or a decode worker gone stops waiting now:
+                # over UCX's TCP transport the write also needs the decode side's progress.
+                _fail_if_closed(conn.sock)
                 time.sleep(POLL_SECONDS)
                 state = api.check_xfer_state(handle)
             if state != "DONE":
                 raise KVTransferError(f"NIXL write failed ({state})")
         finally:
-            handle.release()
+            with contextlib.suppress(Exception):  # NIXL refuses to release some failed writes
+                handle.release()
         return len(src_ids) * block_nbytes(pool)
 
     def recv_blocks(self, conn: FramedSocket, pool: KVPool, dst_ids: list[int]) -> int:
         agent = self._agent
         assert agent is not None, "recv_blocks before the handshake"
         tag = self._next_tag()
+        if not dst_ids:
+            return 0
         deadline = time.monotonic() + (conn.sock.gettimeout() or 30.0)
         while not agent.notified(self._peer, tag):
             if time.monotonic() > deadline:
@@ -268,7 +278,7 @@ class NixlTransport(Transport):
 
 
 def _fail_if_closed(sock: socket.socket) -> None:
-    """A prefill worker that died mid-transfer never notifies: its closed socket says so."""
+    """A peer that died mid-transfer (or our own push, cancelled) shows as a closed socket."""
     readable, _, _ = select.select([sock], [], [], 0)
     if readable and not sock.recv(1, socket.MSG_PEEK):
         raise KVTransferError("connection closed by the peer mid-transfer")
