@@ -1,12 +1,15 @@
-"""How fast the operator creates children and how much memory it holds with 200 LLMServices.
+"""How fast the operator creates children and how much memory it holds with many LLMServices.
 
-Prints the figures (and writes them to bench/out/operator_scale.json); asserts only that every
-LLMService converged, never a timing.
+`make test` converges 40 (a few minutes on a busy 2-core machine); `bench/bench_operator_scale.py`
+runs the same test with 200 for the README's figures ($PDSERVE_SCALE_LLMSERVICES). Prints the
+figures (and writes them to bench/out/operator_scale.json); asserts only that every LLMService
+converged, never a timing.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -35,8 +38,8 @@ from pdserve.controller.render import render_children
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SERVICES = 200
-TIMED = 20  # applied one by one and timed; the rest are applied in one batch
+SERVICES = int(os.environ.get("PDSERVE_SCALE_LLMSERVICES", "40"))
+TIMED = min(20, SERVICES // 2)  # applied one by one and timed; the rest in one batch
 RESYNC_S = 30
 # Workers at 0 replicas and a tiny router: the operator's work per LLMService is the same, and
 # 200 router pods still fit the local CPU pool.
@@ -114,7 +117,7 @@ def scale_setup(
 
 
 @pytest.mark.timeout(1200)
-def test_children_latency_and_memory_with_200_llmservices(
+def test_children_latency_and_memory_with_many_llmservices(
     cluster: Cluster,
     scale_setup: tuple[str, OperatorProcess, Api],
     capsys: pytest.CaptureFixture[str],
