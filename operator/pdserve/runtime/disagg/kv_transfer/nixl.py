@@ -1,15 +1,26 @@
-"""`nixl` transport: the prefill worker writes the missing blocks straight into the decode
-worker's reserved blocks with NIXL (UCX underneath: shared memory or cross-memory attach between
-processes of one host, TCP or RDMA between hosts, CUDA IPC / GPUDirect for device memory).
+"""`nixl` transport: the decode worker READs the missing blocks from the prefill worker's pool
+straight into its own reserved blocks with NIXL (UCX underneath: shared memory or cross-memory
+attach between processes of one host, TCP or RDMA between hosts, CUDA IPC / GPUDirect for device
+memory).
 
 Each worker process has one NIXL agent with its KV pool registered once (host memory on CPU
 pools, device memory on CUDA pools). Right after ACCEPT (and AUTH) both sides send an XFER_META
-frame: the agent's metadata and where the pool lies (base address, blocks, memory kind), so no
-metadata service is needed. Per transfer, after NEED, the prefill side builds descriptor lists
-by block id (runs of consecutive blocks on both sides merged, one descriptor per (layer, K/V)
-plane and run), posts one WRITE carrying a notification tag, and waits for it locally; the
-decode side waits for the tag's notification, then both go on to DONE/ACK as with tcp. The tag
-is `<connection id>/<transfer number>`: one connection carries one transfer at a time.
+frame: the agent's metadata, where the pool lies (base address, blocks, memory kind) and the
+operation (READ; an older peer, which writes instead, is refused), so no metadata service is
+needed. Per transfer, after NEED, the prefill side sends its source block ids (XFER_BLOCKS);
+the decode side checks them against the prefill's region, builds descriptor lists by block id
+(runs of consecutive blocks on both sides merged, one descriptor per (layer, K/V) plane and
+run), posts one READ carrying a notification tag and polls it to completion. The prefill side,
+holding its blocks until ACK, polls for the tag's notification meanwhile (which also progresses
+its agent: UCX's TCP transport needs the read's target to progress), then both go on to DONE/ACK
+as with tcp. The tag is `<connection id>/<transfer number>`: one connection carries one transfer
+at a time.
+
+Why READ: the operation that lands data in the decode pool is the decode side's own. When a
+transfer fails (peer dead, push cancelled, timeout), the decode side waits for its READ to leave
+flight before it raises, so the receiver frees the reserved blocks only once nothing can land in
+them. A WRITE posted by the prefill side could still land after that (UCX over TCP applies it
+when the decode agent next progresses, RDMA at any time), into blocks another sequence holds.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import base64
 import contextlib
 import importlib
 import itertools
+import logging
 import os
 import select
 import socket
@@ -29,7 +41,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pdserve.runtime.disagg.kv_transfer.protocol import XFER_META, FramedSocket, KVTransferError
+from pdserve.runtime.disagg.kv_transfer.protocol import (
+    XFER_BLOCKS,
+    XFER_META,
+    FramedSocket,
+    KVTransferError,
+)
 from pdserve.runtime.disagg.kv_transfer.transport import (
     NIXL_PACKAGE,
     KVPool,
@@ -42,6 +59,10 @@ if TYPE_CHECKING:
 
 NIXL_MODULE = f"{NIXL_PACKAGE}._api"
 POLL_SECONDS = 0.0002  # between completion checks: short next to a transfer, kind to 2 cores
+SETTLE_POLL_SECONDS = 0.01  # between checks of a failed READ still in flight (may take long)
+SETTLE_WARN_SECONDS = 30.0
+OPERATION = "READ"  # XFER_META's `op`: who moves the blocks (the decode side reads)
+log = logging.getLogger(__name__)
 _CONNECTIONS = itertools.count()
 
 
@@ -141,7 +162,7 @@ class _LocalAgent:
         self.name = f"pdserve-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # No progress thread: UCX's busy-polls a whole core for as long as the agent lives
         # (measured: 100% of a core per idle agent); send_blocks and recv_blocks progress the
-        # agent themselves as they poll for completion.
+        # agent themselves as they poll for completion or notification.
         config = api.nixl_agent_config(
             enable_prog_thread=False, backends=["UCX"],
             sync_mode=api.nixl_thread_sync_t.NIXL_THREAD_SYNC_STRICT)
@@ -179,7 +200,7 @@ class _LocalAgent:
 
     def describe(self, connection: str) -> dict[str, Any]:
         return {"agent": base64.b64encode(self.metadata).decode(), "connection": connection,
-                "region": self.region.to_json()}
+                "region": self.region.to_json(), "op": OPERATION}
 
 
 def _read_meta(conn: FramedSocket) -> tuple[bytes, str, PoolRegion]:
@@ -189,6 +210,9 @@ def _read_meta(conn: FramedSocket) -> tuple[bytes, str, PoolRegion]:
         connection = str(meta["connection"])
     except (KeyError, ValueError) as exc:
         raise KVTransferError(f"malformed XFER_META: {exc!r}") from None
+    if meta.get("op") != OPERATION:
+        raise KVTransferError("the peer's nixl transport writes into the decode pool (an older "
+                              "pdserve): run prefill and decode on one version")
     return metadata, connection, PoolRegion.from_json(meta.get("region"))
 
 
@@ -227,54 +251,89 @@ class NixlTransport(Transport):
 
     def send_blocks(self, conn: FramedSocket, pool: KVPool, src_ids: list[int],
                     dst_ids: list[int]) -> int:
-        agent, remote = self._agent, self._peer_region
-        assert agent is not None and remote is not None, "send_blocks before the handshake"
+        agent = self._agent
+        assert agent is not None, "send_blocks before the handshake"
         tag = self._next_tag()
-        if not src_ids:  # both sides know the list is empty: nothing to write or notify
+        if not src_ids:  # both sides know the list is empty: nothing to read or notify
             return 0
-        if remote.plane_block_bytes != agent.region.plane_block_bytes or \
-                remote.num_planes != agent.region.num_planes or \
-                max(dst_ids) >= remote.num_blocks:
-            raise KVTransferError("the decode worker's NIXL region does not fit the blocks")
+        conn.send_json(XFER_BLOCKS, {"block_ids": src_ids})
+        deadline = time.monotonic() + (conn.sock.gettimeout() or 30.0)
+        # The caller holds the blocks until ACK; polling for the READ's notification progresses
+        # this agent, which UCX's TCP transport needs to serve the read.
+        while not agent.notified(self._peer, tag):
+            if time.monotonic() > deadline:
+                raise KVTransferError("the decode worker's NIXL read did not complete in time")
+            # A cancelled push, or a decode worker gone or failing the read, stops waiting now.
+            _fail_if_closed(conn.sock)
+            time.sleep(POLL_SECONDS)
+        return len(src_ids) * block_nbytes(pool)
+
+    def recv_blocks(self, conn: FramedSocket, pool: KVPool, dst_ids: list[int]) -> int:
+        agent, remote = self._agent, self._peer_region
+        assert agent is not None and remote is not None, "recv_blocks before the handshake"
+        tag = self._next_tag()
+        if not dst_ids:
+            return 0
+        src_ids = self._source_ids(conn, len(dst_ids))
         runs = common_runs(src_ids, dst_ids)
         api = agent.agent
-        local = api.get_xfer_descs(agent.region.addresses(src_ids, runs), agent.region.memory)
-        peer = api.get_xfer_descs(remote.addresses(dst_ids, runs), remote.memory)
+        local = api.get_xfer_descs(agent.region.addresses(dst_ids, runs), agent.region.memory)
+        peer = api.get_xfer_descs(remote.addresses(src_ids, runs), remote.memory)
         deadline = time.monotonic() + (conn.sock.gettimeout() or 30.0)
-        handle = api.initialize_xfer("WRITE", local, peer, self._peer, tag)
+        handle = api.initialize_xfer("READ", local, peer, self._peer, tag)
         try:
             state = api.transfer(handle)
             while state == "PROC":
                 if time.monotonic() > deadline:
-                    raise KVTransferError("NIXL write did not complete in time")
-                # A cancelled push (its socket shut) or a decode worker gone stops waiting now:
-                # over UCX's TCP transport the write also needs the decode side's progress.
-                _fail_if_closed(conn.sock)
+                    raise KVTransferError("NIXL read did not complete in time")
+                _fail_if_closed(conn.sock)  # the prefill worker died or cancelled the push
                 time.sleep(POLL_SECONDS)
                 state = api.check_xfer_state(handle)
             if state != "DONE":
-                raise KVTransferError(f"NIXL write failed ({state})")
+                raise KVTransferError(f"NIXL read failed ({state})")
+        except BaseException:
+            _settle(api, handle)
+            raise
         finally:
-            with contextlib.suppress(Exception):  # NIXL refuses to release some failed writes
+            with contextlib.suppress(Exception):  # NIXL refuses to release some failed reads
                 handle.release()
-        return len(src_ids) * block_nbytes(pool)
-
-    def recv_blocks(self, conn: FramedSocket, pool: KVPool, dst_ids: list[int]) -> int:
-        agent = self._agent
-        assert agent is not None, "recv_blocks before the handshake"
-        tag = self._next_tag()
-        if not dst_ids:
-            return 0
-        deadline = time.monotonic() + (conn.sock.gettimeout() or 30.0)
-        while not agent.notified(self._peer, tag):
-            if time.monotonic() > deadline:
-                raise KVTransferError("no NIXL completion from the prefill worker in time")
-            _fail_if_closed(conn.sock)
-            time.sleep(POLL_SECONDS)
         return len(dst_ids) * block_nbytes(pool)
+
+    def _source_ids(self, conn: FramedSocket, count: int) -> list[int]:
+        """The prefill side's block ids for this transfer, checked against its region so that a
+        buggy or hostile peer cannot make this side read outside the pool it registered."""
+        agent, remote = self._agent, self._peer_region
+        assert agent is not None and remote is not None
+        ids = conn.recv_json(XFER_BLOCKS).get("block_ids")
+        if not isinstance(ids, list) or len(ids) != count:
+            raise KVTransferError(f"XFER_BLOCKS must list {count} block ids")
+        if remote.plane_block_bytes != agent.region.plane_block_bytes or \
+                remote.num_planes != agent.region.num_planes:
+            raise KVTransferError("the prefill worker's NIXL region does not fit the blocks")
+        if not all(type(b) is int and 0 <= b < remote.num_blocks for b in ids):
+            raise KVTransferError("XFER_BLOCKS names blocks outside the prefill worker's pool")
+        return ids
 
     def _next_tag(self) -> bytes:
         return f"{self._connection}/{next(self._transfers)}".encode()
+
+
+def _settle(api: Any, handle: Any) -> None:
+    """Return once a failed READ can land nothing more in this side's blocks. UCX cannot cancel
+    an RMA operation in flight (releasing its handle leaves it running), so wait for it to
+    finish or fail: a dead peer fails it (UCX's peer error handling), a live one serves it."""
+    started = warned = time.monotonic()
+    while True:
+        try:
+            if api.check_xfer_state(handle) != "PROC":
+                return
+        except Exception:  # NIXL raises for a failed transfer, which is over too
+            return
+        if time.monotonic() - warned > SETTLE_WARN_SECONDS:
+            warned = time.monotonic()
+            log.warning("a failed NIXL read is still in flight after %.0fs; its blocks stay "
+                        "reserved until it ends", warned - started)
+        time.sleep(SETTLE_POLL_SECONDS)
 
 
 def _fail_if_closed(sock: socket.socket) -> None:

@@ -12,7 +12,8 @@ then any number of transfers, one at a time:
     prefill -> decode   OFFER  {transfer_id, prompt_token_ids, first_token, params, priority,
                                first_logprobs, num_kv_tokens, wait_for_room}
     decode  -> prefill  NEED   {num_cached_blocks, block_ids}   (block_ids: where missing blocks go)
-    prefill -> decode   DATA... (tcp; nixl writes the blocks itself)  DONE {bytes}
+    prefill -> decode   DATA... (tcp) | XFER_BLOCKS {block_ids} (nixl: the decode side reads
+                        them itself)  DONE {bytes}
     decode  -> prefill  ACK    {}
 
 Either side may answer ERROR {message, code} instead; a mismatched layout or model (the identity
@@ -43,8 +44,10 @@ MAX_CONTROL_BYTES = 64 * 1024 * 1024
 
 # Frame kinds; 3 is retired (the removed cuda-ipc transport's handle), not to be reused.
 HELLO, ACCEPT, OFFER, NEED, DATA, DONE, ACK, ERROR, AUTH, XFER_META = 1, 2, 4, 5, 6, 7, 8, 9, 10, 11
+XFER_BLOCKS = 12
 KIND_NAMES = {HELLO: "HELLO", ACCEPT: "ACCEPT", OFFER: "OFFER", NEED: "NEED", DATA: "DATA",
-              DONE: "DONE", ACK: "ACK", ERROR: "ERROR", AUTH: "AUTH", XFER_META: "XFER_META"}
+              DONE: "DONE", ACK: "ACK", ERROR: "ERROR", AUTH: "AUTH", XFER_META: "XFER_META",
+              XFER_BLOCKS: "XFER_BLOCKS"}
 LAYOUT_FIELDS = ("num_layers", "num_kv_heads", "head_dim", "block_size", "dtype")
 COMPRESSED_KV = "compressed-kv"
 NO_ROOM = "no_room"  # ERROR code: the decode worker has no free KV blocks for the offer now
