@@ -358,3 +358,47 @@ def test_an_idle_nixl_agent_burns_no_cpu(receiver):
     time.sleep(1.0)
     busy = (cpu_seconds() - started_cpu) / (time.monotonic() - started)
     assert busy < 0.3, f"the process used {busy:.0%} of a core while idle"
+
+
+def test_nixl_refuses_source_blocks_outside_the_prefill_pool(receiver):
+    """The decode side reads what the prefill side names: ids past its pool are refused before
+    any read, and the reservation is freed untouched."""
+    hooks = RecordingHooks()
+    server = receiver(hooks)
+    before = server.pool.kv.clone()
+    sender = KVSender(make_cache(), "nixl", identity=IDENTITY, timeout=5)
+    with pytest.raises(KVTransferError):
+        sender.push(f"127.0.0.1:{server.port}", Offer("oob", list(range(8)), 4), [0, 32])
+    assert hooks.done.wait(5) and "outside the prefill" in hooks.failed["oob"]
+    assert torch.equal(server.pool.kv, before)
+
+
+def test_a_failed_nixl_read_frees_its_blocks_only_once_out_of_flight(receiver, monkeypatch):
+    """UCX cannot cancel a READ in flight: when the push dies mid-read, the receiver frees the
+    blocks only after the READ has ended, so nothing lands in them once another sequence has
+    them."""
+    import importlib
+
+    from pdserve.runtime.disagg.kv_transfer.nixl import NIXL_MODULE
+
+    agent_type = importlib.import_module(NIXL_MODULE).nixl_agent
+    posted, ended = threading.Event(), threading.Event()
+    monkeypatch.setattr(agent_type, "transfer", lambda self, handle: posted.set() or "PROC")
+    monkeypatch.setattr(agent_type, "check_xfer_state",
+                        lambda self, handle: "ERR" if ended.is_set() else "PROC")
+    hooks = RecordingHooks()
+    server = receiver(hooks)
+    sender = KVSender(make_cache(), "nixl", identity=IDENTITY, timeout=5)
+
+    def push():
+        with contextlib.suppress(KVTransferError):
+            sender.push(f"127.0.0.1:{server.port}", Offer("cut", list(range(8)), 4), [0, 1])
+
+    pushing = threading.Thread(target=push)
+    pushing.start()
+    assert posted.wait(5)
+    sender.cancel("cut")
+    pushing.join(5)
+    assert not hooks.done.wait(0.5)  # the READ is still in flight: its blocks stay reserved
+    ended.set()
+    assert hooks.done.wait(5) and "cut" in hooks.failed
