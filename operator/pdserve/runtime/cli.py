@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the nodes of a replica meet: node 0's address and a port it listens on")
     add("--kv-transport", choices=TRANSPORTS,
         help="how a prefill worker moves KV to decode workers: tcp (framed bytes over a socket) "
-        "or nixl (NIXL/UCX writes into the decode pool: shared memory, RDMA, GPU memory); "
+        "or nixl (the decode worker reads with NIXL/UCX: shared memory, RDMA, GPU memory); "
         "default: tcp")
     add("--kv-timeout", type=_positive_float, help="seconds to wait for KV (default: 30)")
     add("--kv-fallback", choices=["recompute", "fail"], help="when KV does not arrive")
