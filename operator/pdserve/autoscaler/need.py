@@ -121,15 +121,16 @@ def prefill_need(metrics: RoleMetrics, asked: float, peak: float, ready: int,
     return RoleNeed(by_tokens, ratio, f"{asked:.0f} prompt tok/s")
 
 
-def learned_slots(previous: float, metrics: RoleMetrics, prior: float) -> float:
+def learned_slots(previous: float, metrics: RoleMetrics, prior: float, kv_full: float) -> float:
     """Sequences one decode replica holds (the prior at most): what a full KV cache holds of
     the current mix (running over KV usage), and no more than the fullest replica runs while
-    sequences wait for room; without either, the last estimate, raised whenever a replica runs
-    more than it."""
+    sequences wait for room (KV usage at `kv_full` or above: a decode worker's queue also holds
+    sequences whose KV is still arriving, which say nothing about room); without either, the
+    last estimate, raised whenever a replica runs more than it."""
     fullest = _finite(metrics.running_max)
     estimates = [metrics.kv_sequences] if known(metrics.kv_sequences) and (
         metrics.kv_sequences > 0) else []
-    if _finite(metrics.waiting) >= 1.0 and fullest > 0:
+    if _finite(metrics.waiting) >= 1.0 and fullest > 0 and _finite(metrics.kv_usage) >= kv_full:
         estimates.append(fullest)
     if estimates:
         return max(1.0, min(prior, *estimates))

@@ -75,7 +75,7 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
     p_need = prefill_need(snapshot.prefill, p_asked, p_peak, pre.ready, p_corr, cfg)
     prior_slots = cfg.capacity.decode_max_sequences
     slots = learned_slots(state.decode_slots if state.decode_slots is not None else prior_slots,
-                          snapshot.decode, prior_slots)
+                          snapshot.decode, prior_slots, cfg.kv_high_watermark)
     state = replace(state, decode_slots=slots)
     d_need = decode_need(snapshot.decode, d_asked, d_peak,
                          d_asked / d_demand if d_demand > 0 else 1.0,

@@ -49,6 +49,11 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
+# Sequences per full decode KV cache (running / usage) is noise while little KV is in use: the
+# query is empty below this usage, and the planner keeps its other estimates.
+KV_SEQUENCES_MIN_USAGE = 0.1
+
+
 def queries(sel: Selector) -> dict[str, str]:
     """The PromQL of every input, by name (also shown in docs and tests)."""
     w = sel.window
@@ -83,7 +88,8 @@ def queries(sel: Selector) -> dict[str, str]:
         "decode_waiting": f"sum(pdserve_requests_waiting{sel.labels('decode')})",
         "decode_running_max": f"max(pdserve_requests_running{sel.labels('decode')})",
         "decode_kv_sequences": (f"avg(pdserve_requests_running{sel.labels('decode')} / "
-                                f"(pdserve_kv_usage_ratio{sel.labels('decode')} >= 0.1))"),
+                                f"(pdserve_kv_usage_ratio{sel.labels('decode')} "
+                                f">= {KV_SEQUENCES_MIN_USAGE}))"),
         "decode_kv_usage": f"avg(pdserve_kv_usage_ratio{sel.labels('decode')})",
     }
 
