@@ -40,6 +40,8 @@ from pdserve.controller.names import LABEL_ROLE, LABEL_SERVICE
 pytestmark = [pytest.mark.e2e]
 
 CONVERGE_S = 150
+RESTRICTED = ["pod-security.kubernetes.io/enforce=restricted",
+              "pod-security.kubernetes.io/enforce-version=latest"]
 # Children with no event handler of their own come back with the periodic re-check (30 s).
 RESYNC_S = 150
 
@@ -148,6 +150,34 @@ def test_operator_identity_is_least_privilege(installed: Cluster) -> None:
     assert not can("create", "clusterroles.rbac.authorization.k8s.io")
 
 
+@pytest.mark.timeout(120)
+def test_operator_may_patch_only_a_pods_deletion_cost(installed: Cluster) -> None:
+    """RBAC grants `patch pods` (the planner's pod-deletion-cost); the chart's
+    ValidatingAdmissionPolicy refuses the operator's account every other change to a pod."""
+    account = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{OPERATOR}"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "patched", "labels": {"a": "1"}},
+           "spec": {"nodeSelector": {"pdserve.dev/pool": "none"},  # stays Pending
+                    "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}]}}
+    with installed.namespace("pod-patches") as namespace:
+        installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+
+        def as_operator(*args: str) -> tuple[bool, str]:
+            done = installed.kubectl(*args, "-n", namespace, "--as", account, check=False)
+            return done.returncode == 0, done.stderr
+
+        ok, _ = as_operator("annotate", "pod", "patched",
+                            "controller.kubernetes.io/pod-deletion-cost=-100")
+        assert ok
+        for change in (["label", "pod", "patched", "a=2", "--overwrite"],
+                       ["annotate", "pod", "patched", "other=1"],
+                       ["set", "image", "pod/patched", "main=registry.k8s.io/pause:3.9"]):
+            ok, stderr = as_operator(*change)
+            assert not ok and "may change only a pod's controller.kubernetes.io/pod-deletion-cost" \
+                in stderr, (change, stderr)
+        # Anyone else is not bound by it.
+        installed.kubectl("label", "pod", "patched", "a=2", "--overwrite", "-n", namespace)
+
+
 # --- the samples -------------------------------------------------------------------------------
 
 
@@ -157,8 +187,10 @@ def samples(
     operator: OperatorProcess,
     api: Api,
 ) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
-    """Every sample applied into one namespace and converged: (namespace, name -> object)."""
+    """Every sample applied into one namespace and converged: (namespace, name -> object). The
+    namespace enforces the restricted Pod Security Standard, as a careful cluster admin's would."""
     with cluster.namespace("samples") as namespace:
+        cluster.kubectl("label", "namespace", namespace, *RESTRICTED)
         cluster.kubectl(
             "apply", "-n", namespace, *[arg for path in SAMPLES for arg in ("-f", str(path))]
         )
@@ -187,6 +219,30 @@ def test_samples_get_their_children(
             assert labels["app.kubernetes.io/managed-by"] == "pdserve-operator"
         for role in ("prefill", "decode", "router"):
             assert ("Deployment", f"{name}-{role}") in children
+
+
+@pytest.mark.timeout(480)
+def test_every_sample_pod_is_admitted_under_the_restricted_standard(
+    samples: tuple[str, dict[str, dict[str, Any]]], cluster: Cluster, api: Api
+) -> None:
+    """The apiserver's PodSecurity admission would refuse a pod (a FailedCreate event of its
+    ReplicaSet or LeaderWorkerSet) that the restricted standard forbids."""
+    namespace, services = samples
+    labels = json.loads(cluster.kubectl("get", "namespace", namespace, "-o", "json").stdout)[
+        "metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    for name, service in services.items():
+        for role in ("prefill", "decode", "router"):
+            wanted = service["spec"][role].get("replicas", 1)
+            pods = api.pods(namespace, f"{LABEL_SERVICE}={name},{LABEL_ROLE}={role}")
+            assert len(pods) >= wanted, (name, role, len(pods), wanted)
+    refused = [
+        event["message"]
+        for event in json.loads(
+            cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+        if event.get("reason") == "FailedCreate" and "PodSecurity" in event.get("message", "")
+    ]
+    assert not refused, refused
 
 
 def node_matches(labels: dict[str, str], kind: str, topology: str | None) -> bool:

@@ -87,7 +87,23 @@ def test_helm_lint_is_clean(sets: list[str]) -> None:
 
 def test_default_objects() -> None:
     kinds = sorted(obj["kind"] for obj in render())
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+
+
+def test_the_pod_patch_policy_binds_the_operators_own_account() -> None:
+    """RBAC's `patch pods` is narrowed to the deletion-cost annotation for exactly the account
+    the operator runs as (e2e/test_operator_install.py tries it on the real apiserver)."""
+    objects = render("serviceAccount.name=custom-sa")
+    policy = one(objects, "ValidatingAdmissionPolicy")
+    [condition] = policy["spec"]["matchConditions"]
+    account = one(objects, "ServiceAccount")["metadata"]
+    assert account["name"] == "custom-sa"
+    assert condition["expression"] == (
+        f'request.userInfo.username == "system:serviceaccount:{RELEASE_NAMESPACE}:custom-sa"')
+    binding = one(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"],
+                               "validationActions": ["Deny"]}
 
 
 def test_every_object_carries_the_recommended_labels() -> None:

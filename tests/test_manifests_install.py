@@ -33,7 +33,8 @@ def test_install_yaml_applies_in_order() -> None:
     kinds = [obj["kind"] for obj in installed()]
     # kubectl apply goes in file order: the namespace and the CRD before what uses them.
     assert kinds[:2] == ["Namespace", "CustomResourceDefinition"]
-    assert set(kinds[2:]) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"}
+    assert set(kinds[2:]) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
+                              "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 @pytest.mark.timeout(10)
