@@ -53,3 +53,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "pdserve.discoveryName" -}}
 {{- printf "%s-%s-discovery" (include "pdserve.operatorName" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/* The pod-patch ValidatingAdmissionPolicy (cluster-scoped); the namespace keeps it unique. */}}
+{{- define "pdserve.podPatchPolicyName" -}}
+{{- printf "%s-%s-pod-patches" (include "pdserve.operatorName" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
