@@ -225,3 +225,12 @@ def test_backlog_while_pods_start_is_not_taken_for_a_capacity_error():
     starting = Replicas(RoleReplicas(6, 2, starting=4), RoleReplicas(1, 1))
     d = plan(snap(0, 8_000, 400, ttft=3.0), starting, config(), PlannerState(), 0)
     assert d.state.prefill_correction == 1.0
+
+
+def test_decode_slots_are_not_learned_from_sequences_waiting_for_their_kv():
+    # Sequences wait on a decode pod whose KV is nearly empty: their KV is still arriving (the
+    # handoff), so the fullest pod's 2 running says nothing about room.
+    dec = RoleMetrics(1_000, 1.0, 0.025, 3.0, 4.0, 0.01, running_max=2.0)
+    pre = RoleMetrics(8_000, 1.0, 0.5, 0.0, 0.0, NAN)
+    d = plan(MetricsSnapshot(0, pre, dec), replicas(2, 2), config(max_step=10), PlannerState(), 0)
+    assert d.state.decode_slots == config().capacity.decode_max_sequences

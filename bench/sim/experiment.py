@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from bench.sim.scenarios import (
     DEPLOYMENTS,
     Deployment,
+    capacity_prior,
     dynamo_10528,
     load_step,
     planner_config,
@@ -84,8 +85,6 @@ def sim_config(dep: Deployment, seed: int) -> SimConfig:
 
 
 def hpa_policy(dep: Deployment) -> HpaPolicy:
-    from bench.sim.scenarios import capacity_prior
-
     prior = capacity_prior(dep.perf, dep.ttft_target, dep.itl_target)
     high = dep.budget // dep.perf.accelerators_per_replica - 1
     return HpaPolicy(HPA_TARGETS["prefill"],
@@ -95,8 +94,6 @@ def hpa_policy(dep: Deployment) -> HpaPolicy:
 
 def clamp_policy(dep: Deployment) -> ProportionalClampPolicy:
     """The Dynamo-style baseline, its profiled throughput from the same performance model."""
-    from bench.sim.scenarios import capacity_prior
-
     perf = dep.perf
     prior = capacity_prior(perf, dep.ttft_target, dep.itl_target)
 

@@ -72,15 +72,22 @@ def demand(metrics: RoleMetrics, arrival_rate: float) -> float:
     return served
 
 
+def _mean_prompt(metrics: RoleMetrics) -> float | None:
+    """Prompt tokens per request (prefill's token rate over its request rate); None without
+    completed requests."""
+    if not (known(metrics.request_rate) and metrics.request_rate > 0):
+        return None
+    return _finite(metrics.token_rate) / metrics.request_rate
+
+
 def queue_wait(metrics: RoleMetrics, ready: int, per_replica: float) -> float:
     """Seconds the prompts waiting now take to be reached: queued tokens over the ready
     replicas' rate (the gauge is fresh where the mean TTFT trails a rate window)."""
-    waiting = _finite(metrics.waiting)
-    if waiting <= 0 or not (known(metrics.request_rate) and metrics.request_rate > 0):
+    waiting, mean_prompt = _finite(metrics.waiting), _mean_prompt(metrics)
+    if waiting <= 0 or mean_prompt is None:
         return 0.0
     if ready <= 0 or per_replica <= 0:
         return math.inf
-    mean_prompt = _finite(metrics.token_rate) / metrics.request_rate
     return waiting * mean_prompt / (ready * per_replica)
 
 
@@ -89,9 +96,10 @@ def prefill_utilization(metrics: RoleMetrics, per_replica: float, cfg: PlannerCo
     aim: a p90 prompt's prefill time S leaves slack = aim - S for the wait, and an M/D/1 queue
     waits S * rho / (2 (1 - rho)); between `target_utilization` (a prompt too long for the aim
     is not helped by more replicas) and `peak_utilization`."""
-    if not (known(metrics.request_rate) and metrics.request_rate > 0 and per_replica > 0):
+    mean_prompt = _mean_prompt(metrics)
+    if mean_prompt is None or per_replica <= 0:
         return cfg.peak_utilization
-    p90_prompt = _finite(metrics.token_rate) / metrics.request_rate * cfg.length_p90_over_mean
+    p90_prompt = mean_prompt * cfg.length_p90_over_mean
     service = p90_prompt / per_replica
     slack = cfg.ttft_target_seconds * cfg.latency_aim - service
     if service <= 0:
@@ -109,9 +117,8 @@ def prefill_need(metrics: RoleMetrics, asked: float, peak: float, ready: int,
     capacity = per_replica * cfg.target_utilization
     rho = prefill_utilization(metrics, per_replica, cfg)
     asked = max(asked, peak * cfg.target_utilization / rho)
-    waiting = _finite(metrics.waiting)
-    if waiting > 0 and known(metrics.request_rate) and metrics.request_rate > 0:
-        mean_prompt = _finite(metrics.token_rate) / metrics.request_rate
+    waiting, mean_prompt = _finite(metrics.waiting), _mean_prompt(metrics)
+    if waiting > 0 and mean_prompt is not None:
         asked += waiting * mean_prompt / cfg.backlog_drain_seconds
     by_tokens = asked / capacity
     ratio = latency_ratio(metrics, cfg.ttft_target_seconds * cfg.latency_aim)

@@ -26,8 +26,8 @@ class RoleMetrics:
     latency_seconds: prefill = mean time to first token; decode = mean inter-token latency.
     running/waiting: summed over pods. kv_usage: mean 0..1. running_max: the fullest pod's
     running requests (with requests waiting: the sequences a pod holds). kv_sequences: running
-    over KV usage, averaged over pods at least 10% full: the sequences of the current mix a
-    full KV cache holds.
+    over KV usage, averaged over pods past a usage floor (prometheus_source's
+    KV_SEQUENCES_MIN_USAGE): the sequences of the current mix a full KV cache holds.
 
     Token rates are throughput: a saturated role shows its capacity, not its demand. The
     planner scales them by arrivals (see MetricsSnapshot.arrival_rate).

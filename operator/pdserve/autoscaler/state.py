@@ -84,7 +84,7 @@ class PlannerState:
             decode_correction=float(data.get("decodeCorrection", 1.0)),
             demand_history=tuple((float(t), float(p), float(d))
                                  for t, p, d in data.get("demandHistory", [])),
-            panic_until=data.get("panicUntil"),
+            panic_until=_optional(data.get("panicUntil")),
             last_waiting=_pair(data.get("lastWaiting")),
             decode_slots=_optional(data.get("decodeSlots")),
         )

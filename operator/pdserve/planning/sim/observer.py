@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from pdserve.autoscaler import MetricsSnapshot, RoleMetrics
+from pdserve.autoscaler.prometheus_source import KV_SEQUENCES_MIN_USAGE
 from pdserve.planning.sim.pods import Pod
 
 NAN = math.nan
@@ -73,17 +74,20 @@ class Observer:
     def _visible(self, samples: deque[PodSample], at: float) -> list[PodSample]:
         return [s for s in samples if s[0] <= at]
 
-    def _fullest(self, role: str, at: float) -> float:
-        """max(running) over the role's series (a gone pod's lingers like the others)."""
-        last = [v[-1][4] for r, samples in self.series.values() if r == role
+    def _latest(self, role: str, at: float) -> list[PodSample]:
+        """Each of the role's series' newest sample within the lookback (an instant vector; a
+        gone pod's lingers like the others)."""
+        return [v[-1] for r, samples in self.series.values() if r == role
                 for v in [self._visible(samples, at)] if v and v[-1][0] > at - self.cfg.lookback]
-        return max(last) if last else NAN
+
+    def _fullest(self, role: str, at: float) -> float:
+        """max(running) over the role's series."""
+        running = [s[4] for s in self._latest(role, at)]
+        return max(running) if running else NAN
 
     def _kv_sequences(self, role: str, at: float) -> float:
-        """avg(running / (kv usage >= 0.1)) over the role's series."""
-        values = [v[-1][4] / v[-1][6] for r, samples in self.series.values() if r == role
-                  for v in [self._visible(samples, at)]
-                  if v and v[-1][0] > at - self.cfg.lookback and v[-1][6] >= 0.1]
+        """avg(running / (kv usage >= KV_SEQUENCES_MIN_USAGE)) over the role's series."""
+        values = [s[4] / s[6] for s in self._latest(role, at) if s[6] >= KV_SEQUENCES_MIN_USAGE]
         return sum(values) / len(values) if values else NAN
 
     def _role(self, role: str, at: float) -> tuple[float, float, float, float, float, float]:
