@@ -3,7 +3,9 @@ namespace per test, and for tests of real pods where they run and the image they
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,19 @@ from e2e import real_stack
 from e2e.cluster.session import Cluster, session_cluster
 from e2e.operator_harness import Api
 from e2e.real_node import Placement
+
+SESSION_STARTED = time.time()
+# Reads what the whole session did (the apiserver's audit log): runs after everything else.
+LAST = "test_rbac_audit.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: Path(str(item.fspath)).name == LAST)
+
+
+@pytest.fixture(scope="session")
+def session_started() -> float:
+    return SESSION_STARTED
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,8 @@ class OperatorProcess:
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Starts the operator; with `wait`, returns once its /healthz answers."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         command = [
             sys.executable,
@@ -84,7 +85,8 @@ class OperatorProcess:
         with self.log_path.open("ab") as log:
             log.write(f"\n==== start {' '.join(command)}\n".encode())
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        wait_until(self.healthy, 60, "the operator's /healthz", self)
+        if wait:
+            wait_until(self.healthy, 60, "the operator's /healthz", self)
 
     def healthy(self) -> bool:
         if not self.alive():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from e2e.cluster import lws, nodepools
+from e2e.cluster import audit, lws, nodepools
 from e2e.cluster.build import KWOK_STAGE_FILES, stages_dir
 from e2e.cluster.node import identity as node_identity
 
@@ -46,7 +46,9 @@ def command_lines(bins: Path, state_dir: Path, ports: dict[str, int]) -> dict[st
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",
+            # OwnerReferencesPermissionEnforcement (as OpenShift runs): a child with
+            # blockOwnerDeletion needs `update` on its owner's finalizers, which RBAC must grant.
+            "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
             f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
             f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             f"--kubelet-certificate-authority={pki / 'ca.crt'}",
@@ -58,6 +60,7 @@ def command_lines(bins: Path, state_dir: Path, ports: dict[str, int]) -> dict[st
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--profiling=false",
+            *audit.flags(state_dir),
         ],
         "kube-controller-manager": [
             str(bins / "kube-controller-manager"),

@@ -16,13 +16,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from e2e.cluster import certs, components, lws, nodepools, processes
+from e2e.cluster import audit, certs, components, lws, nodepools, processes
 from e2e.cluster.build import stages_dir
 from e2e.cluster.node import configs as node_configs
 from e2e.cluster.node import identity as node_identity
@@ -54,6 +54,8 @@ class ClusterState:
     pids: dict[str, int]
     started_at: float
     real_node: bool = False
+    # The ports picked at start: a component restarted alone gets its command line back.
+    ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def kubectl(self) -> str:
@@ -185,6 +187,7 @@ def _up(
     if with_node:
         node.check_can_run()
     certs.make_pki(state_dir / "pki")
+    audit.write_policy(state_dir)
     ports = {
         n: processes.free_port()
         for n in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler",
@@ -198,7 +201,8 @@ def _up(
         (state_dir / f"{client}.kubeconfig").write_text(certs.kubeconfig(server, pki, client))
     args = components.command_lines(bins, state_dir, ports)
     logs = state_dir / "logs"
-    state = ClusterState(str(state_dir), str(bins), server, str(kubeconfig), {}, time.time())
+    state = ClusterState(str(state_dir), str(bins), server, str(kubeconfig), {}, time.time(),
+                         ports=ports)
     try:
         start = functools.partial(_start, state, args=args, logs=logs, say=say, tie=tie_to_parent)
         start("etcd")
@@ -345,6 +349,30 @@ def is_healthy(state: ClusterState) -> bool:
     if not all(_running(state, name) for name in expected):
         return False
     return _Api(state.server, Path(state.state_dir) / "pki").ok("/readyz")
+
+
+def stop_components(state: ClusterState, names: tuple[str, ...]) -> None:
+    """Stops some components (an outage for a test); `start_components` brings them back."""
+    for name in names:
+        if _running(state, name):
+            processes.stop(state.pids[name])
+
+
+def start_components(state: ClusterState, names: tuple[str, ...]) -> None:
+    """Starts stopped components again with their first command lines, tied to this process;
+    returns once etcd and the apiserver, where started, answer their health checks."""
+    state_dir = Path(state.state_dir)
+    args = components.command_lines(Path(state.bin_dir), state_dir, state.ports)
+    logs = state_dir / "logs"
+    for name in names:
+        _start(state, name, args=args, logs=logs, say=lambda _msg: None, tie=True)
+    if "etcd" in names:
+        processes.wait_for(lambda: _http_ok(f"http://127.0.0.1:{state.ports['etcd']}/health"),
+                           START_TIMEOUT_S, "etcd /health", state.pids, logs)
+    if "kube-apiserver" in names:
+        api = _Api(state.server, state_dir / "pki")
+        processes.wait_for(lambda: api.ok("/readyz"), START_TIMEOUT_S,
+                           "kube-apiserver /readyz", state.pids, logs)
 
 
 def _stop_all(state: ClusterState) -> None:

@@ -48,6 +48,9 @@ class Cluster:
     # The local cluster's real node (containerd to import images into); None on a cluster
     # named by KUBECONFIG, whose nodes all run containers and get images their own way.
     node: NodePaths | None = None
+    # The local cluster's state (logs, the audit log among them, and its components, which a
+    # test may stop and start); None on a cluster named by KUBECONFIG.
+    state_dir: Path | None = None
     env: dict[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -182,7 +185,8 @@ def session_cluster() -> Iterator[Cluster]:
 
 def local_cluster(state: controlplane.ClusterState) -> Cluster:
     node = controlplane.node_paths(state) if state.real_node else None
-    return Cluster(Path(state.kubeconfig), Path(state.bin_dir), local=True, node=node)
+    return Cluster(Path(state.kubeconfig), Path(state.bin_dir), local=True, node=node,
+                   state_dir=Path(state.state_dir))
 
 
 def _remove_dead_private_clusters() -> None:
