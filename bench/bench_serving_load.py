@@ -79,6 +79,7 @@ def main() -> None:
         print(f"bench_serving_load: guidellm unavailable: {exc}", file=sys.stderr)
         sys.exit(2)
     processor = resolve_model_path(args.model)
+    load_before = os.getloadavg()[0]
     reports = (args.write.parent if args.write else REPO / "bench" / "out")
     load = Load(profile=args.profile, rate=args.rate, prompt_tokens=args.prompt_tokens,
                 output_tokens=args.output_tokens, max_seconds=args.seconds, sample_size=10)
@@ -115,7 +116,8 @@ def main() -> None:
         f"`python -m bench.bench_serving_load --profile {args.profile} --rate {args.rate:g} "
         f"--prompt-tokens {args.prompt_tokens} --output-tokens {args.output_tokens} --seconds "
         f"{args.seconds:g} --rounds {args.rounds}` ({time.strftime('%Y-%m-%d', time.gmtime())}, "
-        f"{platform.machine()} CPU, {_cores()} cores shared with the load generator).",
+        f"{platform.machine()} CPU, {_cores()} cores shared with the load generator; 1-minute "
+        f"load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after).",
         "",
         f"Load: guidellm {GUIDELLM_VERSION} (`bench/load_tool.py`; its own environment, ready in "
         f"{install_s:.0f}s this run), OpenAI `/v1/completions` streaming, synthetic prompts of "
