@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from kubernetes.client import ApiException
 
 from pdserve.api.resource import GROUP, PLURAL, VERSION
 from pdserve.controller import metrics, periodic
@@ -71,7 +72,12 @@ def sync(kube: Kube, namespace: str, name: str, *, apply: bool, trigger: str) ->
         previous = current.get("status") or {}
         _announce(kube, current, previous, status)
         if status_changed(previous, status):
-            kube.apply_status(namespace, name, status, FIELD_MANAGER)
+            try:
+                kube.apply_status(namespace, name, status, FIELD_MANAGER)
+            except ApiException as exc:
+                if exc.status == 404:  # deleted during the pass: no status left to write
+                    return
+                raise
             metrics.STATUS_PATCHES.inc()
 
 
