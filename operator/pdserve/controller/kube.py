@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,22 @@ _COLLECTIONS: dict[str, str] = {
     "LLMService": f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}",
 }
 REQUEST_TIMEOUT_S = 30
+APPLY_PATCH = "application/apply-patch+yaml"
+# A UTF-16 surrogate pair escape (not one preceded by an odd number of backslashes, which
+# would make it literal text) in json.dumps's output.
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def apply_patch_body(body: Any) -> bytes:
+    """An apply-patch+yaml body: JSON (which is YAML), with each character beyond U+FFFF
+    written as itself in UTF-8. json.dumps escapes those as a surrogate pair (\\ud83d\\ude00),
+    which the apiserver's YAML parser refuses ("found invalid Unicode character escape code"),
+    so any such character in a spec failed every child's apply."""
+    def joined(match: re.Match[str]) -> str:
+        high, low = int(match.group(2), 16), int(match.group(3), 16)
+        return match.group(1) + chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+
+    return _SURROGATE_PAIR.sub(joined, json.dumps(body)).encode()
 
 
 def _without_nulls(value: Any) -> Any:
@@ -53,6 +70,8 @@ class Kube:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
+        if content_type == APPLY_PATCH and body is not None:
+            body = apply_patch_body(body)
         request = self.api.param_serialize(
             method, path, query_params=query or [], header_params=headers, body=body,
             auth_settings=["BearerToken"],
