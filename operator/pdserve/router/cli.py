@@ -12,6 +12,10 @@ from pdserve.router.discovery import WorkerSet, parse_endpoints
 from pdserve.router.proxy import RouterConfig
 from pdserve.router.routing import POLICIES
 
+# Connections waiting to be accepted: aiohttp's default of 128 drops the SYNs of a larger burst
+# of clients (retried 1 s, 3 s later); as the worker's (runtime/serving/server.py).
+LISTEN_BACKLOG = 2048
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pdserve router", description=__doc__)
@@ -58,5 +62,6 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         p.error(str(exc))
     web.run_app(app, host=args.host, port=args.port, handler_cancellation=True,
+                backlog=LISTEN_BACKLOG,
                 print=lambda msg: logging.getLogger(__name__).info(msg))
     return 0

@@ -115,9 +115,16 @@ class Proxy:
         except BadRequest as exc:
             outcome = "bad_request"
             return error_response(400, str(exc), "invalid_request_error")
-        except (asyncio.CancelledError, ConnectionResetError):
+        except RecursionError:  # decoding the body, or encoding it again for a worker
+            outcome = "bad_request"
+            return error_response(400, "request body's JSON is nested too deeply",
+                                  "invalid_request_error")
+        except asyncio.CancelledError:
             outcome = "cancelled"
             raise
+        except ConnectionResetError:  # the client left mid-stream before aiohttp cancelled this
+            outcome = "cancelled"  # handler: raising would log a 500 that reaches no one
+            return web.Response(status=499)
         finally:
             self.metrics.requests.labels(path, outcome).inc()
 
@@ -308,10 +315,10 @@ async def parse_request(request: web.Request) -> tuple[dict[str, Any], int]:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    raw = request.headers.get(PRIORITY_HEADER, body.get("priority", 0))
+    raw = request.headers.get(PRIORITY_HEADER, body.get("priority"))
     try:
-        priority = int(raw)
-    except (TypeError, ValueError):
+        priority = 0 if raw is None else int(raw)  # null: the default, as the worker takes it
+    except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"priority must be an integer, got {raw!r}") from None
     return body, priority
 

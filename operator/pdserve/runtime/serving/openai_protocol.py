@@ -69,9 +69,11 @@ class SamplingFields(_Request):
     # Unset: the model's generation_config.json default, else OpenAI's (1.0, 1.0, off).
     temperature: float | None = Field(default=None, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
+    # What the sampler's int64 tensors and torch.Generator.manual_seed hold: a larger top_k
+    # failed the engine step of every request batched with it, a larger seed gave a vague 400.
+    top_k: int | None = Field(default=None, ge=0, le=2**63 - 1)
     n: int = 1
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
@@ -294,6 +296,8 @@ def parse_request(model: type[RequestT], raw: bytes) -> RequestT:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError("request body's JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise RequestError("request body must be a JSON object")
     try:

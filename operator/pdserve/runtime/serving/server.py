@@ -29,6 +29,7 @@ from pdserve.runtime.serving.openai_protocol import RequestError, error_body
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LISTEN_BACKLOG = 2048  # connections waiting to be accepted (uvicorn's and gunicorn's default)
 
 
 @dataclass
@@ -209,7 +210,10 @@ async def serve(app: web.Application, host: str, port: int, drain_timeout: float
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=0.5)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    # aiohttp's default backlog of 128 drops the SYNs of a larger burst of connections (the
+    # router's, at 1,000 concurrent streams): retried 1 s, 3 s later, long enough to fail the
+    # router's 2-second readiness poll. The kernel caps it at net.core.somaxconn.
+    await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
