@@ -3,36 +3,48 @@ admission (router -> 2 prefill -> 2 decode workers, real processes on loopback).
 
     .venv/bin/python -m bench.bench_overload [--model builtin:tiny] [--overload 2] [--seconds 20]
 
-One run, three phases on one stack. (1) Capacity: a closed loop of --concurrency clients through
-the router with admission on; capacity = completed requests per second; the SLOs are
---ttft-slo-factor x the median TTFT and --itl-slo-factor x the median inter-token gap seen
-there. (2) and (3): the same open-loop load
-(Poisson at --overload x capacity for --seconds; the same lengths, prompts made unique per phase
-so no phase hits another's prefix cache) through a router with `--decode-admission on` (this
-change) and through one with `--decode-admission off` (the behaviour before it: one KV target, a
-refused push answered 5xx and re-prefilled on another prefill worker, decode recomputing when all
-fail). The decode workers get few KV blocks (--decode-kv-blocks), so that overload is a
-decode-side KV shortage. Goodput: requests answered 200 whose TTFT and mean inter-token gap meet
-the SLOs, per second of the phase (first arrival to last answer); throughput counts every 200.
-Prefill tokens: the prefill workers' pdserve_kv_wasted_prefill_tokens_total (computed for KV
-that no decode worker took) against their pdserve_prompt_tokens_total (prompts whose KV was
-handed over); recomputes: decode's pdserve_kv_transfer_fallbacks_total. Prints, never asserts.
+One run, three phases on one stack, each driven by guidellm (bench/load_tool.py, its own
+environment; its JSON reports kept as overload-<phase>.json beside --write, else in bench/out/).
+The requests are rows of a seeded JSONL file (`prompt`, `output_tokens_count`; streaming,
+ignore_eos) that guidellm sends in order. (1) Capacity: guidellm's `concurrent` profile,
+--concurrency streams through the router with admission on for --capacity-seconds; capacity =
+successful requests per second; the SLOs are --ttft-slo-factor x the median TTFT and
+--itl-slo-factor x the median inter-token gap seen there (guidellm's: each request's mean gap,
+token-weighted). (2) and (3): the same open-loop load (guidellm's seeded `poisson` profile at
+--overload x capacity, as many requests as it sends in --seconds, each answered or failed; the same
+lengths, prompts made unique per phase so no phase hits another's prefix cache) through a router
+with `--decode-admission on` (this change) and through one with `--decode-admission off` (the
+behaviour before it: one KV target, a refused push answered 5xx and re-prefilled on another prefill
+worker, decode recomputing when all fail), in that order (--off-first: the other). The decode
+workers get few KV blocks (--decode-kv-blocks), so that overload is a decode-side KV shortage.
+Goodput: guidellm's, requests answered whose TTFT and mean inter-token gap meet the SLOs (its
+GoodputSLO ttft_ms / tpot_ms), per second of the phase; throughput counts every answered request;
+errors are guidellm's errored requests (a 5xx, a broken stream, a timeout). Prefill tokens: the
+prefill workers' pdserve_kv_wasted_prefill_tokens_total (computed for KV that no decode worker
+took) against their pdserve_prompt_tokens_total (prompts whose KV was handed over); recomputes:
+decode's pdserve_kv_transfer_fallbacks_total. Prints, never asserts.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import json
+import os
 import random
-import statistics
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-
+from bench.load_tool import (
+    GUIDELLM_VERSION,
+    Figures,
+    Load,
+    ToolUnavailable,
+    ensure_guidellm,
+    run_guidellm,
+)
 from e2e.local_processes import (
     Process,
     engine_debug,
@@ -42,19 +54,13 @@ from e2e.local_processes import (
     wait_for_tiers,
     worker,
 )
+from pdserve.runtime.checkpoints.builtin import resolve_model_path
 
+REPO = Path(__file__).resolve().parent.parent
 TEXT = ("report quarterly revenue grew while costs fell and the board approved a new plan "
         "for expansion into markets across the region with careful hiring")
 WORDS = TEXT.split()
 REQUEST_TIMEOUT = 120.0
-
-
-@dataclass
-class Outcome:
-    status: int  # 0: no answer (connection error or client timeout)
-    ttft: float | None = None
-    gaps: list[float] = field(default_factory=list)
-    end: float = 0.0
 
 
 def request_shapes(n: int, seed: int) -> list[tuple[int, int]]:
@@ -63,80 +69,26 @@ def request_shapes(n: int, seed: int) -> list[tuple[int, int]]:
     return [(rng.randint(120, 240), rng.randint(16, 48)) for _ in range(n)]
 
 
-def body(phase: str, index: int, words: int, max_tokens: int) -> dict:
+def row(phase: str, index: int, words: int, max_tokens: int) -> dict:
     rng = random.Random(index)
     # A unique head: no phase or request shares a prefix block with another.
     text = f"{phase} {index} " + " ".join(rng.choice(WORDS) for _ in range(words))
-    return {"model": "tiny", "prompt": text, "max_tokens": max_tokens, "temperature": 0,
-            "ignore_eos": True, "stream": True}
+    return {"prompt": text, "output_tokens_count": max_tokens}
 
 
-async def one(session: aiohttp.ClientSession, url: str, payload: dict) -> Outcome:
-    start = time.perf_counter()
-    outcome = Outcome(0)
-    last = None
-    try:
-        async with session.post(url + "/v1/completions", json=payload) as resp:
-            outcome.status = resp.status
-            async for line in resp.content:
-                if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
-                    continue
-                if b'"error"' in line:
-                    outcome.status = 502  # the stream broke after its 200 went out
-                now = time.perf_counter()
-                if last is None:
-                    outcome.ttft = now - start
-                else:
-                    outcome.gaps.append(now - last)
-                last = now
-    except (aiohttp.ClientError, TimeoutError):
-        outcome.status = 0
-    outcome.end = time.perf_counter()
-    return outcome
+def write_rows(path: Path, phase: str, shapes: list[tuple[int, int]]) -> Path:
+    path.write_text("".join(json.dumps(row(phase, i, *shape)) + "\n"
+                            for i, shape in enumerate(shapes)))
+    return path
 
 
-async def closed_loop(url: str, concurrency: int, seconds: float) -> tuple[float, list[Outcome]]:
-    """Completed requests per second with `concurrency` clients, and their outcomes."""
-    shapes = request_shapes(10_000, seed=1)
-    outcomes: list[Outcome] = []
-    begin = time.perf_counter()
-    counter = iter(range(len(shapes)))
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        while time.perf_counter() - begin < seconds:
-            i = next(counter)
-            outcomes.append(await one(session, url, body("capacity", i, *shapes[i])))
-
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - begin
-    return sum(o.status == 200 for o in outcomes) / elapsed, outcomes
-
-
-async def open_loop(url: str, phase: str, rate: float, seconds: float) -> tuple[float,
-                                                                                list[Outcome]]:
-    rng = random.Random(7)  # the same arrivals and shapes in every phase
-    arrivals, t = [], 0.0
+def poisson_count(rate: float, seconds: float, seed: int = 7) -> int:
+    """How many arrivals a Poisson process at `rate` has in `seconds` (seeded: every phase the
+    same count)."""
+    rng, t, n = random.Random(seed), 0.0, 0
     while (t := t + rng.expovariate(rate)) < seconds:
-        arrivals.append(t)
-    shapes = request_shapes(len(arrivals), seed=2)
-    begin = time.perf_counter()
-
-    async def at(delay: float, payload: dict, session: aiohttp.ClientSession) -> Outcome:
-        await asyncio.sleep(max(0.0, begin + delay - time.perf_counter()))
-        return await one(session, url, payload)
-
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        outcomes = await asyncio.gather(*(at(delay, body(phase, i, *shapes[i]), session)
-                                          for i, delay in enumerate(arrivals)))
-    return max(o.end for o in outcomes) - begin, list(outcomes)
-
-
-def meets(outcome: Outcome, ttft_slo: float, itl_slo: float) -> bool:
-    return (outcome.status == 200 and outcome.ttft is not None and outcome.ttft <= ttft_slo
-            and (not outcome.gaps or statistics.fmean(outcome.gaps) <= itl_slo))
+        n += 1
+    return n
 
 
 def wait_idle(workers: list[Process], timeout: float = 180.0) -> None:
@@ -170,7 +122,18 @@ def main() -> None:
     parser.add_argument("--ttft-slo-factor", type=float, default=10.0)
     parser.add_argument("--itl-slo-factor", type=float, default=2.0)
     parser.add_argument("--logs", type=Path, help="keep the processes' logs here")
+    parser.add_argument("--off-first", action="store_true",
+                        help="run the admission-off phase before the admission-on one")
+    parser.add_argument("--write", type=Path, help="markdown summary (reports beside it)")
     args = parser.parse_args()
+    try:
+        ensure_guidellm()
+    except ToolUnavailable as exc:
+        print(f"bench_overload: guidellm unavailable: {exc}", file=sys.stderr)
+        sys.exit(2)
+    processor = resolve_model_path(args.model)
+    load_before = os.getloadavg()[0]
+    reports = args.write.parent if args.write else REPO / "bench" / "out"
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         logs = args.logs or Path(tmp)
         logs.mkdir(parents=True, exist_ok=True)
@@ -188,50 +151,76 @@ def main() -> None:
         old = start(router(prefills, decodes, logs, "--decode-admission", "off"))
         wait_for_tiers(new)
         wait_for_tiers(old)
-        capacity, seen = asyncio.run(closed_loop(new.url, args.concurrency,
-                                                 args.capacity_seconds))
-        served = [o for o in seen if o.status == 200 and o.ttft is not None]
-        ttft_slo = args.ttft_slo_factor * statistics.median(o.ttft for o in served if o.ttft)
-        itl_slo = args.itl_slo_factor * statistics.median(g for o in served for g in o.gaps)
+        # More rows than the closed loop can use: it stops at --capacity-seconds.
+        capacity_rows = write_rows(logs / "capacity.jsonl", "capacity",
+                                   request_shapes(int(60 * args.capacity_seconds), seed=1))
+        seen = run_guidellm(new.url, Load(profile="concurrent", rate=args.concurrency,
+                                          data_file=capacity_rows,
+                                          max_seconds=args.capacity_seconds,
+                                          request_timeout=REQUEST_TIMEOUT),
+                            reports / "overload-capacity.json", processor,
+                            log=logs / "guidellm-capacity.log")[0]
+        capacity = seen.requests_per_s
+        ttft_slo_ms = args.ttft_slo_factor * seen.ttft_p50
+        itl_slo_ms = args.itl_slo_factor * seen.itl_p50
         rate = args.overload * capacity
-        results = {}
-        for name, gateway in (("admission on (new)", new), ("admission off (before)", old)):
+        count = poisson_count(rate, args.seconds)
+        results: dict[str, tuple[Figures, dict]] = {}
+        phases = [("admission on (new)", new), ("admission off (before)", old)]
+        for name, gateway in phases[::-1] if args.off_first else phases:
+            phase = name.split()[1]
             wait_idle([*prefills, *decodes])
             before = counters(prefills, decodes, gateway)
-            elapsed, outcomes = asyncio.run(open_loop(gateway.url, name.split()[1], rate,
-                                                      args.seconds))
+            load = Load(profile="poisson", rate=rate, seed=7,
+                        data_file=write_rows(logs / f"{phase}.jsonl", phase,
+                                             request_shapes(count, seed=2)),
+                        max_requests=count, max_seconds=max(300.0, 10 * args.seconds),
+                        request_timeout=REQUEST_TIMEOUT, ttft_slo_ms=ttft_slo_ms,
+                        itl_slo_ms=itl_slo_ms)
+            figures = run_guidellm(gateway.url, load, reports / f"overload-{phase}.json",
+                                   processor, log=logs / f"guidellm-{phase}.log")[0]
             after = counters(prefills, decodes, gateway)
-            results[name] = (elapsed, outcomes, {k: after[k] - before[k] for k in after})
-    print(f"model {args.model}; 2 prefill + 2 decode workers ({args.decode_kv_blocks} KV blocks "
-          f"each), prompts of 120-240 words, 16-48 tokens out")
-    print(f"capacity: {capacity:.2f} req/s ({args.concurrency} clients in a closed loop, "
-          f"{args.capacity_seconds:.0f}s); SLOs: TTFT <= {ttft_slo:.2f}s, mean ITL <= "
-          f"{itl_slo * 1e3:.0f}ms ({args.ttft_slo_factor:g}x and {args.itl_slo_factor:g}x the "
-          "medians at capacity)")
-    print(f"load: Poisson {rate:.2f} req/s ({args.overload:g}x capacity) for {args.seconds:.0f}s")
-    print("| router | goodput req/s | throughput req/s | 200s | 5xx | no answer | TTFT p50/p90 "
-          "| mean ITL p50/p90 | prefill retries | KV redirects | prefill tokens wasted / handed "
-          "over | decode recomputes |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, (elapsed, outcomes, delta) in results.items():
-        ok = [o for o in outcomes if o.status == 200 and o.ttft is not None]
-        good = sum(meets(o, ttft_slo, itl_slo) for o in outcomes)
-        ttft = percentiles([o.ttft for o in ok if o.ttft is not None])
-        itl = percentiles([statistics.fmean(o.gaps) for o in ok if o.gaps])
-        print(f"| {name} | {good / elapsed:.2f} | {len(ok) / elapsed:.2f} | "
-              f"{len(ok)}/{len(outcomes)} | {sum(o.status >= 500 for o in outcomes)} | "
-              f"{sum(o.status == 0 for o in outcomes)} | {ttft[0]:.2f}/{ttft[1]:.2f}s | "
-              f"{itl[0] * 1e3:.1f}/{itl[1] * 1e3:.1f}ms | {delta['retries']:.0f} | "
-              f"{delta['redirects']:.0f} | {delta['wasted']:.0f} / {delta['prefilled']:.0f} | "
-              f"{delta['recomputed']:.0f} |")
+            results[name] = (figures, {k: after[k] - before[k] for k in after})
+    lines = [
+        f"model {args.model}; 2 prefill + 2 decode workers ({args.decode_kv_blocks} KV blocks "
+        f"each), prompts of 120-240 words, 16-48 tokens out; load from guidellm "
+        f"{GUIDELLM_VERSION}",
+        f"capacity: {capacity:.2f} req/s ({args.concurrency} concurrent streams, "
+        f"{args.capacity_seconds:.0f}s); SLOs: TTFT <= {ttft_slo_ms / 1e3:.2f}s, mean ITL <= "
+        f"{itl_slo_ms:.0f}ms ({args.ttft_slo_factor:g}x and {args.itl_slo_factor:g}x the "
+        "medians at capacity)",
+        f"load: Poisson {rate:.2f} req/s ({args.overload:g}x capacity), {count} requests "
+        f"(~{args.seconds:.0f}s of arrivals; admission {'off' if args.off_first else 'on'} "
+        "first)",
+        f"machine: {os.cpu_count()} cores, 1-minute load average {load_before:.1f} before the "
+        f"run, {os.getloadavg()[0]:.1f} after",
+        "",
+        "| router | goodput req/s | throughput req/s | answered | errors | SLO attainment "
+        "| TTFT p50/p90 | mean ITL p50/p90 | prefill retries | KV redirects | prefill tokens "
+        "wasted / handed over | decode recomputes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, (f, delta) in sorted(results.items(), key=lambda item: "off" in item[0]):
+        total = f.successes + f.errors + f.incomplete
+        lines.append(
+            f"| {name} | {_num(f.goodput)} | {f.requests_per_s:.2f} | {f.successes}/{total} | "
+            f"{f.errors} | {_num(f.slo_attainment)} | {f.ttft_p50 / 1e3:.2f}/"
+            f"{f.ttft_p90 / 1e3:.2f}s | {f.itl_p50:.1f}/{f.itl_p90:.1f}ms | "
+            f"{delta['retries']:.0f} | {delta['redirects']:.0f} | {delta['wasted']:.0f} / "
+            f"{delta['prefilled']:.0f} | {delta['recomputed']:.0f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        args.write.write_text(
+            "# Overload: decode admission and KV redirection against the behaviour before "
+            f"(guidellm)\n\n    .venv/bin/python -m bench.bench_overload --write {args.write}"
+            f"{' --off-first' if args.off_first else ''}\n\n"
+            f"{text}\n\nguidellm reports: `overload-capacity.json`, `overload-on.json`, "
+            "`overload-off.json` (request records sampled).\n")
 
 
-def percentiles(values: list[float]) -> tuple[float, float]:
-    """(p50, p90), NaN without values."""
-    if len(values) < 2:
-        return (values[0], values[0]) if values else (float("nan"), float("nan"))
-    cuts = statistics.quantiles(values, n=10)
-    return statistics.median(values), cuts[8]
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":
