@@ -10,14 +10,19 @@ one finish_reason and one `[DONE]`; a whole answer: one choice with its finish_r
 429 or 5xx; afterwards no KV block is in use on the worker, the vanished clients' included.
 No limit had to be raised for the load to be admitted: the router has no admission limit of its
 own (with one decode worker it always picks that one) and the worker queues what does not fit
-its running batch. On 2 busy cores the 1,000 requests take 7-28 s, the module 40-85 s.
+its running batch. On 2 busy cores the 1,000 requests take 4-12 s, the module 40-85 s (most of
+it the model and the two processes starting).
 
 What the load found, each with a focused test below: a top_k beyond int64 failed the engine
 step of every request batched with it (500s and error events for valid requests); a seed beyond
 torch's range got a 400 that named no field; JSON nested ~1,000 deep was a 500 on the worker and
 the router (decoding, or encoding again for the worker); a body priority of +-Infinity was a 500
 on the router and `"priority": null`, which the worker takes, a 400 there; a client that left
-mid-stream just before aiohttp cancelled the router's handler left a 500 traceback in its log.
+mid-stream just before aiohttp cancelled the router's handler left a 500 traceback in its log;
+aiohttp's listen backlog of 128 dropped a few hundred SYNs of the burst on the router and the
+worker (retried a second or three later), enough to fail the router's 2-second readiness poll
+of its only worker now and then (seen once: 2.2 s out of rotation, when a request arriving
+gets a 503): both listen with a backlog of 2,048 now, and the burst drops none.
 """
 
 from __future__ import annotations
