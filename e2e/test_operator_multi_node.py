@@ -18,6 +18,7 @@ from e2e.operator_harness import (
     llmservice_manifest,
     wait_until,
 )
+from e2e.prometheus import running_prometheus
 from e2e.test_operator_install import (  # noqa: F401 - the module's fixtures
     CONVERGE_S,
     api,
@@ -29,7 +30,12 @@ from e2e.test_operator_install import (  # noqa: F401 - the module's fixtures
     wait_converged,
 )
 from pdserve.api.accelerators import GPU_RESOURCE
-from pdserve.controller.names import LABEL_FOLLOWER_OF, LABEL_ROLE, LABEL_SERVICE
+from pdserve.controller.names import (
+    LABEL_FOLLOWER_OF,
+    LABEL_ROLE,
+    LABEL_SERVICE,
+    PLANNER_FIELD_MANAGER,
+)
 
 pytestmark = [pytest.mark.e2e]
 
@@ -93,3 +99,48 @@ def test_a_replica_over_two_nodes_runs_as_a_leaderworkerset_group(
     wait_until(back_to_a_deployment, CONVERGE_S, "the LeaderWorkerSet to give way", operator)
     wait_until(lambda: not api.pods(llm_namespace, f"{LABEL_FOLLOWER_OF}=decode"),
                CONVERGE_S, "the other nodes' pods to go", operator)
+
+    # And over two nodes again: the Deployment gives way to a LeaderWorkerSet.
+    cluster.kubectl("patch", "llmservice", "big", "-n", llm_namespace, "--type=merge", "-p",
+                    '{"spec": {"decode": {"accelerator": {"nodes": 2}}}}')
+
+    def back_to_a_group() -> dict[str, Any] | None:
+        found = converged(api, llm_namespace, "big")
+        kinds = set(api.children(llm_namespace, "big"))
+        if found is None or ("Deployment", "big-decode") in kinds:
+            return None
+        return found if ("LeaderWorkerSet", "big-decode") in kinds else None
+
+    wait_until(back_to_a_group, CONVERGE_S, "the Deployment to give way", operator)
+
+
+@pytest.mark.prometheus
+@pytest.mark.timeout(300)
+def test_the_planner_scales_a_multi_node_role_through_its_leaderworkerset(
+    cluster: Cluster, llm_namespace: str, api: Api, operator: OperatorProcess  # noqa: F811
+) -> None:
+    """With no load metrics the planner decays the role to its minimum, through the
+    LeaderWorkerSet's scale subresource under the planner's field manager."""
+    if not api.serves(LWS_GROUP):
+        pytest.skip("the LeaderWorkerSet API is not installed in this cluster")
+    with running_prometheus([]) as prometheus:  # answers, with no load metrics
+        spec = _multi_node_decode(2)
+        spec["decode"]["replicas"] = 2
+        spec["autoscaling"] = {
+            "enabled": True, "prometheusUrl": prometheus.url, "intervalSeconds": 5,
+            "scaleDownStabilizationSeconds": 0,
+            "prefill": {"minReplicas": 1, "maxReplicas": 1},
+            "decode": {"minReplicas": 1, "maxReplicas": 2}}
+        cluster.apply([llmservice_manifest("planned", spec)], "-n", llm_namespace)
+
+        def scaled_by_planner() -> bool:
+            found = api.children(llm_namespace, "planned").get(
+                ("LeaderWorkerSet", "planned-decode"))
+            if found is None or found["spec"]["replicas"] != 1:
+                return False
+            managers = {entry["manager"] for entry in found["metadata"]["managedFields"]
+                        if entry.get("subresource") == "scale"}
+            return PLANNER_FIELD_MANAGER in managers
+
+        wait_until(scaled_by_planner, CONVERGE_S,
+                   "the planner to scale the LeaderWorkerSet to its minimum", operator)
