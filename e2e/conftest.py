@@ -9,18 +9,34 @@ from pathlib import Path
 
 import pytest
 
-from e2e import real_stack
+from e2e import outage_scenario, real_stack
 from e2e.cluster.session import Cluster, session_cluster
 from e2e.operator_harness import Api
 from e2e.real_node import Placement
 
 SESSION_STARTED = time.time()
-# Reads what the whole session did (the apiserver's audit log): runs after everything else.
-LAST = "test_rbac_audit.py"
+# Last: the test that reads what the whole session did (the apiserver's audit log); before it,
+# the one that waits for the outage scenario run beside the others since collection ended.
+ORDER_AT_END = {"test_control_plane_outage.py": 1, "test_rbac_audit.py": 2}
+
+
+def _module(item: pytest.Item) -> str:
+    return Path(str(item.fspath)).name
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: Path(str(item.fspath)).name == LAST)
+    items.sort(key=lambda item: ORDER_AT_END.get(_module(item), 0))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    if any(_module(item) == "test_control_plane_outage.py" for item in session.items):
+        outage_scenario.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    outage_scenario.stop()
 
 
 @pytest.fixture(scope="session")

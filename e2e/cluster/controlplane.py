@@ -141,14 +141,17 @@ def up(
     pools: nodepools.NodePools | None = None,
     quiet: bool = False,
     tie_to_parent: bool = False,
+    real_node: bool | None = None,
 ) -> ClusterState:
     """Starts the control plane in `state_dir` (fresh), or returns the running one there.
 
-    With `tie_to_parent` the components die with this process (for test sessions)."""
+    With `tie_to_parent` the components die with this process (for test sessions). The real
+    node runs unless `real_node` is False (None: unless $PDSERVE_REAL_NODE is 0)."""
     state_dir = (state_dir or default_state_dir()).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(state_dir):
-        return _up(state_dir, pools, quiet, tie_to_parent)
+        return _up(state_dir, pools, quiet, tie_to_parent,
+                   not node.disabled() if real_node is None else real_node)
 
 
 @contextlib.contextmanager
@@ -161,7 +164,8 @@ def _locked(state_dir: Path) -> Iterator[None]:
 
 
 def _up(
-    state_dir: Path, pools: nodepools.NodePools | None, quiet: bool, tie_to_parent: bool
+    state_dir: Path, pools: nodepools.NodePools | None, quiet: bool, tie_to_parent: bool,
+    with_node: bool,
 ) -> ClusterState:
     started = time.monotonic()
     say = (lambda _msg: None) if quiet else (lambda msg: _log(msg, started))
@@ -174,7 +178,6 @@ def _up(
         _down(state_dir, quiet=True)
     pools = pools or nodepools.load()
     bins = bin_dir()
-    with_node = not node.disabled()
     wanted = (*CONTROL_PLANE, "kubectl", *(node.PROCESSES if with_node else ()), "ctr")
     missing = [n for n in wanted if not (bins / n).exists()]
     if missing or not stages_dir().is_dir() or not lws.crd_path().is_file():
