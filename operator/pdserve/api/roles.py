@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, JsonValue, model_validator
 
 from pdserve.api.accelerators import TPU_SINGLE_HOST_TOPOLOGIES, AcceleratorKind
 from pdserve.api.base import ApiModel, cel
@@ -146,8 +147,60 @@ class RoleSpec(PodOverrides):
     )
 
 
+MAX_PRIORITY_CLASSES = 16
+MAX_API_KEYS = 256
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class PriorityClassSpec(ApiModel):
+    """A class of requests with its own bounded queue at the router (router/priority.py)."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=_DNS_LABEL,
+        description="Class name (a DNS label), as requests name it in the "
+        "x-pdserve-priority-class header or the body's priority_class.",
+    )
+    priority: int = Field(
+        ge=-1_000_000, le=1_000_000,
+        description="The priority passed to the workers' schedulers; smaller is more urgent, "
+        "and the router's queues rank classes the same way (unique per LLMService).",
+    )
+    max_queue: int = Field(
+        default=256, ge=0, le=100_000,
+        description="Most requests of this class waiting at each router; one more is "
+        "answered 429 with Retry-After.",
+    )
+    ttft_target_seconds: float | None = Field(
+        default=None, gt=0, le=3600,
+        description="Time-to-first-token target. For the lowest class, a request whose "
+        "expected wait exceeds it is shed at once (429 with Retry-After).",
+    )
+
+
+_ROUTER_RULES: list[JsonValue] = [
+    cel("!has(self.priorityClasses) || self.priorityClasses.all(c, "
+        "self.priorityClasses.exists_one(d, d.name == c.name))",
+        "priorityClasses: names must be unique", ".priorityClasses"),
+    cel("!has(self.priorityClasses) || self.priorityClasses.all(c, "
+        "self.priorityClasses.exists_one(d, d.priority == c.priority))",
+        "priorityClasses: priorities must be unique (they order the classes)",
+        ".priorityClasses"),
+    cel("!has(self.defaultPriorityClass) || (has(self.priorityClasses) && "
+        "self.priorityClasses.exists(c, c.name == self.defaultPriorityClass))",
+        "defaultPriorityClass must name one of priorityClasses", ".defaultPriorityClass"),
+    cel("!has(self.apiKeys) || self.apiKeys.size() == 0 || (has(self.priorityClasses) && "
+        "self.apiKeys.all(k, self.priorityClasses.exists(c, c.name == self.apiKeys[k])))",
+        "apiKeys must map every key to one of priorityClasses", ".apiKeys"),
+    cel("!has(self.maxInFlightPerWorker) || (has(self.priorityClasses) && "
+        "size(self.priorityClasses) > 0)",
+        "maxInFlightPerWorker applies only with priorityClasses", ".maxInFlightPerWorker"),
+]
+
+
 class RouterSpec(PodOverrides):
     """The OpenAI-compatible router that clients talk to."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _ROUTER_RULES})
 
     replicas: int = Field(default=1, ge=1, le=100, description="Router pods.")
     routing_policy: RoutingPolicy = Field(
@@ -160,3 +213,65 @@ class RouterSpec(PodOverrides):
         description="Prompts shorter than this many tokens skip the prefill pool and run "
         "entirely on a decode worker (conditional disaggregation); 0 disables.",
     )
+    priority_classes: list[PriorityClassSpec] | None = Field(
+        default=None, max_length=MAX_PRIORITY_CLASSES,
+        description="Request classes, each with a bounded queue at the router: a free slot "
+        "goes to the most urgent waiting class; the lowest class is shed first (429) under "
+        "overload. Unset: no queueing at the router.",
+    )
+    default_priority_class: str | None = Field(
+        default=None, max_length=63,
+        description="The class of a request that names none; unset: the lowest class.",
+    )
+    api_keys: dict[str, str] | None = Field(
+        default=None, max_length=MAX_API_KEYS,
+        description="API key (from Authorization: Bearer <key>) -> class name; a mapped key "
+        "decides its requests' class. Readable by anyone who can read the LLMService.",
+    )
+    starvation_guard_every: int = Field(
+        default=10, ge=2, le=1000,
+        description="At least one of every N admissions goes to the oldest waiting request "
+        "of the lowest class.",
+    )
+    max_in_flight_per_worker: int | None = Field(
+        default=None, ge=1, le=4096,
+        description="Router slots per ready decode worker; unset: the max_num_seqs each "
+        "worker reports.",
+    )
+
+    @model_validator(mode="after")
+    def _priority_classes_hold(self) -> RouterSpec:
+        classes = self.priority_classes or []
+        names = [c.name for c in classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"priorityClasses: names must be unique, got {names}")
+        priorities = [c.priority for c in classes]
+        if len(set(priorities)) != len(priorities):
+            raise ValueError("priorityClasses: priorities must be unique (they order the "
+                             f"classes), got {priorities}")
+        if self.default_priority_class is not None and self.default_priority_class not in names:
+            raise ValueError(f"defaultPriorityClass {self.default_priority_class!r} must name "
+                             f"one of priorityClasses {names}")
+        unknown = sorted({c for c in (self.api_keys or {}).values() if c not in names})
+        if unknown:
+            raise ValueError(f"apiKeys map to {unknown}, not among priorityClasses {names}")
+        if self.max_in_flight_per_worker is not None and not classes:
+            raise ValueError("maxInFlightPerWorker applies only with priorityClasses")
+        return self
+
+    def priority_config(self) -> dict[str, object] | None:
+        """The router's --priority-classes JSON value, or None without classes."""
+        if not self.priority_classes:
+            return None
+        config: dict[str, object] = {
+            "classes": [c.to_k8s() for c in self.priority_classes],
+            "starvationGuardEvery": self.starvation_guard_every,
+        }
+        if self.default_priority_class is not None:
+            config["defaultClass"] = self.default_priority_class
+        if self.api_keys:  # digests only: the router's command line never shows a key
+            config["apiKeySha256"] = {hashlib.sha256(key.encode()).hexdigest(): name
+                                      for key, name in sorted(self.api_keys.items())}
+        if self.max_in_flight_per_worker is not None:
+            config["maxInFlightPerWorker"] = self.max_in_flight_per_worker
+        return config

@@ -227,6 +227,10 @@ def router_context(spec: LLMServiceSpec, owner: Owner, image: str) -> dict[str, 
         "--routing-policy", router.routing_policy,
         "--short-prompt-threshold", str(router.short_prompt_threshold),
     ]
+    priority = router.priority_config()
+    if priority is not None:
+        command += ["--priority-classes", json.dumps(priority, sort_keys=True,
+                                                     separators=(",", ":"))]
     given = router.resources.to_k8s() if router.resources is not None else None
     return {
         **_common(spec, owner, "router", image, router.replicas),

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -53,7 +53,7 @@ def build_app(config: RouterConfig, prefill: WorkerSet, decode: WorkerSet,
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
         task = asyncio.create_task(discovery_loop(proxy.session, [prefill, decode],
-                                                  resolve_interval))
+                                                  resolve_interval, proxy.update_capacity))
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -71,7 +71,8 @@ def build_app(config: RouterConfig, prefill: WorkerSet, decode: WorkerSet,
 
 
 async def discovery_loop(session: aiohttp.ClientSession, tiers: list[WorkerSet],
-                         resolve_interval: float) -> None:
+                         resolve_interval: float,
+                         after_poll: Callable[[], None] | None = None) -> None:
     last_resolve = -float("inf")
     while True:
         if time.monotonic() - last_resolve >= resolve_interval:
@@ -81,4 +82,6 @@ async def discovery_loop(session: aiohttp.ClientSession, tiers: list[WorkerSet],
             await asyncio.gather(*(tier.poll(session) for tier in tiers))
         except Exception:  # a poll must never end discovery
             log.exception("worker poll failed")
+        if after_poll is not None:
+            after_poll()
         await asyncio.sleep(POLL_INTERVAL)

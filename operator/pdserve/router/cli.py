@@ -9,6 +9,7 @@ from aiohttp import web
 
 from pdserve.router.app import build_app
 from pdserve.router.discovery import WorkerSet, parse_endpoints
+from pdserve.router.priority import PriorityConfig
 from pdserve.router.proxy import RouterConfig
 from pdserve.router.routing import POLICIES
 
@@ -38,6 +39,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-admission", choices=("on", "off"), default="on",
                    help="off: no decode admission before prefill and no KV redirection (the "
                         "behaviour before them): a baseline for bench/bench_overload.py only")
+    p.add_argument("--priority-classes", default="",
+                   help="JSON {classes: [{name, priority, maxQueue, ttftTargetSeconds}], "
+                        "defaultClass, apiKeys: {key: class}, starvationGuardEvery, "
+                        "maxInFlightPerWorker}: one bounded queue per class at the router "
+                        "(router/priority.py); unset: no queueing")
+    p.add_argument("--priority-classes-file", default="",
+                   help="the same JSON read from a file (keeps API keys off the command line)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -56,10 +64,15 @@ def main(argv: list[str]) -> int:
                             args.prefill_service or None)
         decode = WorkerSet("decode", parse_endpoints(args.decode_endpoints),
                            args.decode_service or None)
+        classes = args.priority_classes
+        if args.priority_classes_file:
+            with open(args.priority_classes_file, encoding="utf-8") as f:
+                classes = f.read()
         config = RouterConfig(args.served_model_name, args.short_prompt_threshold,
-                              args.routing_policy, args.decode_admission == "on")
+                              args.routing_policy, args.decode_admission == "on",
+                              PriorityConfig.from_json(classes) if classes else None)
         app = build_app(config, prefill, decode, args.resolve_interval)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         p.error(str(exc))
     web.run_app(app, host=args.host, port=args.port, handler_cancellation=True,
                 backlog=LISTEN_BACKLOG,

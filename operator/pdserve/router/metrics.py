@@ -48,6 +48,14 @@ class RouterMetrics:
             "port) or fallback (prefill_failed: every prefill attempt failed; decode_full: no "
             "decode worker had KV room for the prefilled prompt within --kv-timeout; decode "
             "follows its --kv-fallback)", ["path", "reason"], registry=self.registry)
+        self.priority_shed = Counter(
+            "pdserve_router_priority_shed",
+            "Requests answered 429 by the router's priority queues, by class and reason "
+            "(queue_full, ttft_target, evicted: a queued lowest-class request shed for a more "
+            "urgent one)", ["priority_class", "reason"], registry=self.registry)
+        self.priority_admitted = Counter(
+            "pdserve_router_priority_admitted", "Requests given a slot, by priority class",
+            ["priority_class"], registry=self.registry)
         for decision in DISAGGREGATIONS:  # exported at 0 from the start: increase() sees the
             self.disaggregation.labels(*decision)  # first request of each kind too
 

@@ -43,6 +43,13 @@ from pdserve.router.metrics import (
     RouterMetrics,
     StreamTimer,
 )
+from pdserve.router.priority import (
+    CLASS_BODY_FIELD,
+    PriorityConfig,
+    PriorityGate,
+    RequestShed,
+    UnknownClass,
+)
 from pdserve.router.routing import (
     RoutingPolicy,
     WorkerLoad,
@@ -72,6 +79,7 @@ class RouterConfig:
     short_prompt_threshold: int = 32
     routing_policy: str = "prefix-affinity"
     decode_admission: bool = True  # False: the behaviour before admission (a benchmark baseline)
+    priority: PriorityConfig | None = None  # None: no priority queues, every request admitted
 
 
 @dataclass
@@ -103,13 +111,47 @@ class Proxy:
         self.prefill_policy = RoutingPolicy(config.routing_policy, "prefill")
         self.decode_policy = RoutingPolicy(config.routing_policy, "decode")
         self.session: aiohttp.ClientSession | None = None
+        self.gate = PriorityGate(config.priority) if config.priority is not None else None
+
+    def update_capacity(self) -> None:
+        """Slots of the priority queues: per ready decode worker, maxInFlightPerWorker or
+        the max_num_seqs its /load reports (0 when none reports: admit everything)."""
+        if self.gate is None:
+            return
+        per_worker = self.gate.config.max_in_flight_per_worker
+        self.gate.set_capacity(sum(per_worker or load.max_num_seqs
+                                   for load in self.decode.healthy_loads().values()))
+
+    async def _admitted(self, request: web.Request, path: str, body: dict[str, Any],
+                        priority: int) -> web.StreamResponse:
+        """Through the priority queues when classes are configured, else straight on."""
+        if self.gate is None:
+            return await self._serve(request, path, body, priority)
+        try:
+            cls = self.gate.config.class_of(request.headers, body)
+        except UnknownClass as exc:
+            raise BadRequest(str(exc)) from None
+        body.pop(CLASS_BODY_FIELD, None)
+        try:
+            await self.gate.acquire(cls)
+        except RequestShed as exc:
+            self.metrics.priority_shed.labels(cls.name, exc.shed.reason).inc()
+            response = error_response(429, exc.shed.message, "rate_limit_exceeded")
+            response.headers["Retry-After"] = str(exc.shed.retry_after)
+            return response
+        self.metrics.priority_admitted.labels(cls.name).inc()
+        started = time.monotonic()
+        try:
+            return await self._serve(request, path, body, cls.priority)
+        finally:
+            self.gate.release(time.monotonic() - started)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         outcome = "error"
         try:
             body, priority = await parse_request(request)
-            response = await self._serve(request, path, body, priority)
+            response = await self._admitted(request, path, body, priority)
             outcome = "ok" if response.status < 400 else f"http_{response.status}"
             return response
         except BadRequest as exc:
