@@ -45,8 +45,9 @@ class StatusOnlyKube:
         self.events: list[tuple[str, str, str]] = []
 
     def apply_status(self, namespace: str, name: str, status: Mapping[str, Any],
-                     field_manager: str) -> None:
+                     field_manager: str) -> bool:
         self.statuses.append((field_manager, copy.deepcopy(dict(status))))
+        return True
 
     def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str,
                    *, component: str, stamp: str | None = None) -> None:

@@ -60,6 +60,7 @@ class MemoryKube:
                 else:
                     merged[key] = value
         self.service["status"] = {**merged, "conditions": list(conditions.values())}
+        return True
 
 
 def _service(spec):

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kubernetes.client import ApiException
 
 from pdserve.api.resource import GROUP, PLURAL, VERSION
 from pdserve.controller import metrics, periodic
@@ -71,13 +70,9 @@ def sync(kube: Kube, namespace: str, name: str, *, apply: bool, trigger: str) ->
         status = reconcile(kube, current, apply=apply, trigger=trigger)
         previous = current.get("status") or {}
         _announce(kube, current, previous, status)
-        if status_changed(previous, status):
-            try:
-                kube.apply_status(namespace, name, status, FIELD_MANAGER)
-            except ApiException as exc:
-                if exc.status == 404:  # deleted during the pass: no status left to write
-                    return
-                raise
+        # False: deleted during the pass, no status left to write.
+        if status_changed(previous, status) and kube.apply_status(namespace, name, status,
+                                                                   FIELD_MANAGER):
             metrics.STATUS_PATCHES.inc()
 
 

@@ -145,16 +145,23 @@ class Kube:
             raise
 
     def apply_status(self, namespace: str, name: str, status: Mapping[str, Any],
-                     field_manager: str) -> None:
+                     field_manager: str) -> bool:
         """Server-side apply of one writer's share of the status subresource (never the spec):
         what this manager applied before and leaves out now is removed, other managers' fields
-        are kept; conditions merge by type."""
+        are kept; conditions merge by type. False when the LLMService is gone (deleted while
+        its writer worked: no status is left to write)."""
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
                 "metadata": {"name": name, "namespace": namespace},
                 "status": _without_nulls(status)}
-        self._call("PATCH", "LLMService", namespace, f"{name}/status",
-                   query=[("fieldManager", field_manager), ("force", "true")], body=body,
-                   content_type="application/apply-patch+yaml")
+        try:
+            self._call("PATCH", "LLMService", namespace, f"{name}/status",
+                       query=[("fieldManager", field_manager), ("force", "true")], body=body,
+                       content_type="application/apply-patch+yaml")
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str, *,
                    component: str, stamp: str | None = None) -> None:

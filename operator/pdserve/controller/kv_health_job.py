@@ -57,7 +57,9 @@ def kv_transfer_health(body: Mapping[str, Any], spec: Mapping[str, Any], name: s
     entry = kv_health.condition(verdict, memo.get("kv_health_applied") or previous,
                                 (body.get("metadata") or {}).get("generation"), stamp)
     if entry != memo.get("kv_health_applied"):  # hundreds of idle LLMServices write nothing
-        kube.apply_status(namespace, name, {"conditions": [entry]}, KV_HEALTH_FIELD_MANAGER)
+        if not kube.apply_status(namespace, name, {"conditions": [entry]},
+                                 KV_HEALTH_FIELD_MANAGER):
+            return  # deleted meanwhile
         memo["kv_health_applied"] = entry
     _announce(kube, body, memo, verdict, previous, stamp)
     operator_metrics.CONDITION_TRUE.labels(namespace, name, CONDITION).set(
