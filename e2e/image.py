@@ -242,6 +242,13 @@ def base_is_current() -> bool:
     return found.returncode == 0 and found.stdout.strip() == base_recipe_key()
 
 
+def image_id(image: str) -> str | None:
+    """The id of the image a reference names in podman's storage, or None."""
+    found = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", image],
+                           capture_output=True, text=True, check=False)
+    return found.stdout.strip() or None if found.returncode == 0 else None
+
+
 def image_digest(image: str) -> str:
     """The manifest digest of an image in podman's storage (what an uncompressed save keeps)."""
     found = subprocess.run(["podman", "image", "inspect", "--format", "{{.Digest}}", image],
@@ -278,8 +285,13 @@ def build(root: Path = REPO_ROOT) -> Path:
         return archive
     logs = images_dir() / "logs"
     ensure_base(logs)
+    previous = image_id(reference(root))
     run_step("build (podman build)", build_command(root, host_ca_bundle(), host_uv_cache()),
              logs / "build.log")
+    if previous is not None and previous != image_id(reference(root)):
+        # The image the tag named before: untagged now, its own layers GBs (a dependency change
+        # rebuilds the whole environment layer). Still used by a container: podman keeps it.
+        subprocess.run(["podman", "rmi", previous], capture_output=True, check=False)
     older = sorted(images_dir().glob("pdserve-*.oci.tar"))
     # Sources that changed without changing the image (a Dockerfile comment, an edit during a
     # build) leave every layer cached: the archive of that image is renamed, not saved again.
@@ -289,6 +301,8 @@ def build(root: Path = REPO_ROOT) -> Path:
         same.rename(archive)
         _say(f"archive: the image is unchanged, {same.name} renamed")
     else:
+        for old in older:  # before the save: two archives of GBs need not fit at once
+            old.unlink(missing_ok=True)
         partial = archive.with_suffix(".partial")
         partial.unlink(missing_ok=True)
         run_step("archive (podman save)", save_command(reference(root), partial),
