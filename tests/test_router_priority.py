@@ -20,6 +20,7 @@ from pdserve.router.priority import (
     UnknownClass,
     build_config,
     key_digest,
+    worker_slots,
 )
 
 HIGH = PriorityClass("high", 0, max_queue=4)
@@ -149,6 +150,10 @@ def test_cancel_drops_a_queued_entry():
     entry = state.offer(LOW, 0.0).entry
     assert entry is not None and state.cancel(entry) and not state.cancel(entry)
     assert state.release() == [] and state.in_flight == 0
+
+
+def test_worker_slots_are_its_batch_and_a_quarter_more():
+    assert [worker_slots(n) for n in (0, 1, 2, 8, 256)] == [0, 2, 3, 10, 320]
 
 
 def test_service_time_moves_toward_what_requests_hold():

@@ -14,14 +14,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pdserve.router.app import build_app
 from pdserve.router.discovery import WorkerSet
-from pdserve.router.priority import PriorityConfig
+from pdserve.router.priority import PriorityConfig, worker_slots
 from pdserve.router.proxy import RouterConfig
 
-SLOTS = 2
+MAX_NUM_SEQS = 2
+SLOTS = worker_slots(MAX_NUM_SEQS)  # the router's slots for this worker: 3
 
 
 class FakeDecode:
-    """A decode worker with max_num_seqs=SLOTS; records each request's tag and priority on
+    """A decode worker with max_num_seqs=MAX_NUM_SEQS; records each request's tag and priority on
     arrival and answers it when the test calls finish()."""
 
     def __init__(self) -> None:
@@ -32,7 +33,7 @@ class FakeDecode:
         self.app.router.add_post("/v1/completions", self.complete)
 
     async def load(self, _: web.Request) -> web.Response:
-        return web.json_response({"ready": True, "max_num_seqs": SLOTS, "num_running": 0})
+        return web.json_response({"ready": True, "max_num_seqs": MAX_NUM_SEQS, "num_running": 0})
 
     async def complete(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -109,15 +110,16 @@ async def test_overload_high_first_low_shed_with_retry_after_high_never_shed():
         assert all(int(retry) >= 1 for _, _, retry, _ in evicted)
 
         worker.finish(2)  # two slots free up: both go to high requests, not to low0
-        await until(lambda: len(worker.arrivals) == 4)
+        await until(lambda: len(worker.arrivals) == SLOTS + 2)
         worker.finish(2)
-        await until(lambda: len(worker.arrivals) == 6)
+        await until(lambda: len(worker.arrivals) == SLOTS + 4)
         worker.finish(10)
         results = await asyncio.gather(*busy, *high, queued[0])
         assert all(status == 200 for _, status, _, _ in results)
         order = [tag for tag, _ in worker.arrivals]
-        assert order[:SLOTS] == ["busy0", "busy1"]
-        assert sorted(order[2:5]) == ["high0", "high1", "high2"] and order[5] == "low0"
+        assert sorted(order[:SLOTS]) == [f"busy{i}" for i in range(SLOTS)]
+        assert sorted(order[SLOTS:SLOTS + 3]) == ["high0", "high1", "high2"]
+        assert order[SLOTS + 3] == "low0"
         assert {tag: prio for tag, prio in worker.arrivals}["high1"] == "0"  # the class's value
         assert {tag: prio for tag, prio in worker.arrivals}["low0"] == "10"
 
@@ -142,7 +144,7 @@ async def test_without_classes_nothing_queues_at_the_router():
     try:
         tasks = [asyncio.create_task(client.post("/v1/completions", json={"prompt": f"r{i}"}))
                  for i in range(3 * SLOTS)]
-        await until(lambda: len(worker.arrivals) == 3 * SLOTS)  # beyond max_num_seqs: no queue
+        await until(lambda: len(worker.arrivals) == 3 * SLOTS)  # beyond the slots: no queue
         worker.finish(3 * SLOTS)
         assert all(r.status == 200 for r in await asyncio.gather(*tasks))
     finally:

@@ -235,8 +235,9 @@ class RouterSpec(PodOverrides):
     )
     max_in_flight_per_worker: int | None = Field(
         default=None, ge=1, le=4096,
-        description="Router slots per ready decode worker; unset: the max_num_seqs each "
-        "worker reports.",
+        description="Requests in flight per ready decode worker before the router queues; "
+        "unset: the max_num_seqs each worker reports plus a quarter (a short queue at the "
+        "worker, which orders it by priority).",
     )
 
     @model_validator(mode="after")

@@ -49,6 +49,7 @@ from pdserve.router.priority import (
     PriorityGate,
     RequestShed,
     UnknownClass,
+    worker_slots,
 )
 from pdserve.router.routing import (
     RoutingPolicy,
@@ -114,12 +115,13 @@ class Proxy:
         self.gate = PriorityGate(config.priority) if config.priority is not None else None
 
     def update_capacity(self) -> None:
-        """Slots of the priority queues: per ready decode worker, maxInFlightPerWorker or
-        the max_num_seqs its /load reports (0 when none reports: admit everything)."""
+        """Slots of the priority queues: per ready decode worker, maxInFlightPerWorker, else
+        worker_slots() of the max_num_seqs its /load reports (0 when none reports: admit
+        everything)."""
         if self.gate is None:
             return
         per_worker = self.gate.config.max_in_flight_per_worker
-        self.gate.set_capacity(sum(per_worker or load.max_num_seqs
+        self.gate.set_capacity(sum(per_worker or worker_slots(load.max_num_seqs)
                                    for load in self.decode.healthy_loads().values()))
 
     async def _admitted(self, request: web.Request, path: str, body: dict[str, Any],
