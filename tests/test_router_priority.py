@@ -244,6 +244,10 @@ def test_crd_carries_the_cel_rules_for_classes():
         assert any(fragment in m for m in messages), fragment
     item = router["properties"]["priorityClasses"]["items"]["properties"]
     assert item["maxQueue"]["default"] == 256 and "pattern" in item["name"]
+    # bounded sizes keep the rules' estimated CEL cost within the apiserver's budget
+    assert router["properties"]["priorityClasses"]["maxItems"] == 16
+    api_keys = router["properties"]["apiKeys"]
+    assert api_keys["maxProperties"] == 256 and api_keys["additionalProperties"]["maxLength"] == 63
 
 
 async def test_gate_wakes_waiters_in_priority_order_and_sheds_with_an_exception():

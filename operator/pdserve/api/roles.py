@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, JsonValue, model_validator
 
@@ -223,7 +223,7 @@ class RouterSpec(PodOverrides):
         default=None, max_length=63,
         description="The class of a request that names none; unset: the lowest class.",
     )
-    api_keys: dict[str, str] | None = Field(
+    api_keys: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
         default=None, max_length=MAX_API_KEYS,
         description="API key (from Authorization: Bearer <key>) -> class name; a mapped key "
         "decides its requests' class. Readable by anyone who can read the LLMService.",
