@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from pdserve.api.roles import RouterSpec
 from pdserve.router.priority import (
+    Entry,
     PriorityClass,
     PriorityConfig,
     PriorityConfigError,
@@ -304,3 +305,22 @@ def test_operator_renders_the_classes_into_the_router_command_line():
     assert [c.name for c in config.classes] == ["interactive", "batch"]
     assert config.default_class == "batch" and config.max_in_flight_per_worker == 16
     assert config.class_of({"Authorization": "Bearer sk-secret"}, {}).name == "interactive"
+
+
+async def test_gate_evicting_a_low_request_whose_client_left_is_harmless():
+    config = build_config([PriorityClass("high", 0, max_queue=0), PriorityClass("low", 10, 1)])
+    gate = PriorityGate(config)
+    gate.set_capacity(1)
+    await gate.acquire(config.lowest)
+    # a queued low request whose client just left: its future is cancelled, its handler has
+    # not yet taken it out of the queue
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    gone.cancel()
+    gate.state.queues["low"].append(Entry(config.lowest, 0.0, gone))
+    high = asyncio.create_task(gate.acquire(config.classes[0]))  # evicts it: no error
+    await asyncio.sleep(0.01)
+    assert not high.done() and gate.state.queued() == 1
+    gate.release(0.01)
+    await asyncio.wait_for(high, 1)
+    gate.release(0.01)
+    assert gate.state.in_flight == 0 and gate.state.queued() == 0

@@ -362,7 +362,8 @@ class PriorityGate:
         offer = self.state.offer(cls, loop.time(), future)
         for victim, shed in offer.evicted:
             self._count(victim.cls, shed)
-            victim.token.set_exception(RequestShed(shed))
+            if not victim.token.done():  # else its client left already
+                victim.token.set_exception(RequestShed(shed))
         if offer.admitted:
             return
         if offer.shed is not None:
