@@ -13,6 +13,8 @@ benchmark run lost a third of the throughput), and the worker orders it by the f
 priority itself. Beyond that the router queues: a request is admitted while fewer than that many
 requests are in flight through this router, else it queues in its class. A worker without
 `/load` (role both) reports no batch size: set maxInFlightPerWorker, else nothing queues.
+Each router replica counts only its own requests: with several replicas, lower
+maxInFlightPerWorker (the slots are not yet divided among replicas).
 
 A free slot goes to the most urgent class with a waiting request (classes rank by their
 `priority`, the value the workers get: smaller is more urgent, as in the engine), first come
