@@ -154,3 +154,20 @@ def test_supports_rejects_shapes_past_the_kernel_limits():
     assert not paged_decode.supports(128, 64, 128, torch.float32)  # scores of a block too many
     assert not paged_decode.supports(8, 1024, 16, torch.float32)
     assert not paged_decode.supports(8, 64, 256, torch.float32)
+
+
+@pytest.mark.skipif(LIBRARY is None, reason="no C compiler: the kernels are not built")
+def test_loading_the_library_keeps_subnormal_floats(tmp_path):
+    """Built with -ffast-math, the library must not turn on flush-to-zero in the process that
+    loads it (GCC's crtfastmath.o does, when -ffast-math is on the link line): in a fresh
+    process, the smallest normal float divided by 4 stays non-zero after the load."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from pdserve.runtime.devices.cpu_kernels import library\n"
+              "assert library.load() is not None\n"
+              "print(sys.float_info.min / 4 != 0.0)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "True", done.stderr

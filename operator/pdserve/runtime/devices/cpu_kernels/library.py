@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 SOURCES = (HERE / "paged_decode.c", HERE / "elementwise.c")
 HEADERS = (HERE / "rows.h",)
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
+COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
+# Linked apart, without -ffast-math: linked with it, GCC adds crtfastmath.o, whose constructor
+# turns on flush-to-zero for the whole process that loads the library (every float op of the
+# worker, Python's included, then loses subnormals).
+LINK_FLAGS = ("-shared", "-fopenmp")
 # The storage dtypes the kernels take, as their `bf16` flag.
 DTYPE_FLAGS = {torch.float32: 0, torch.bfloat16: 1}
 
@@ -66,15 +70,23 @@ def _build(compiler: str) -> Path:
     digest = hashlib.sha256()
     for path in SOURCES + HEADERS:
         digest.update(path.read_bytes())
-    digest.update(" ".join((compiler, *FLAGS)).encode() + _cpu_signature().encode())
+    digest.update(" ".join((compiler, *COMPILE_FLAGS, *LINK_FLAGS)).encode()
+                  + _cpu_signature().encode())
     target = _cache_dir() / f"pdserve-cpu-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Built under a unique name and renamed: workers starting together never load a partial file.
     partial = target.with_suffix(f".{os.getpid()}.tmp")
-    command = [compiler, *FLAGS, *map(str, SOURCES), "-o", str(partial), "-lm"]
-    subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
+    with tempfile.TemporaryDirectory(dir=target.parent) as objects:
+        outputs = []
+        for source in SOURCES:
+            output = Path(objects) / f"{source.stem}.o"
+            subprocess.run([compiler, *COMPILE_FLAGS, "-c", str(source), "-o", str(output)],
+                           check=True, capture_output=True, text=True, timeout=120)
+            outputs.append(str(output))
+        subprocess.run([compiler, *LINK_FLAGS, *outputs, "-o", str(partial), "-lm"],
+                       check=True, capture_output=True, text=True, timeout=120)
     partial.replace(target)
     return target
 
