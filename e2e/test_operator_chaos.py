@@ -27,6 +27,7 @@ from e2e.operator_harness import (
     observed_current,
     wait_until,
 )
+from e2e.test_operator_install import converged as converged_one
 from pdserve.api.resource import GROUP, PLURAL, VERSION
 from pdserve.controller.names import LABEL_MANAGED_BY, LABEL_ROLE, LABEL_SERVICE, MANAGED_BY
 
@@ -187,7 +188,7 @@ def test_operator_killed_twenty_times_converges(
     # No lost status: each survivor carries every condition a quiet reconcile writes.
     control = "chaos-control"
     installed.apply([llmservice_manifest(control, spec(1, "50m"))], "-n", namespace)
-    quiet = wait_until(lambda: _ready(api, namespace, control), CONVERGE_S,
+    quiet = wait_until(lambda: converged_one(api, namespace, control), CONVERGE_S,
                        "a quiet LLMService to be Ready", operator)
     expected_types = {c["type"] for c in quiet["status"]["conditions"]}
     for name, service in services.items():
@@ -207,10 +208,3 @@ def _same_spec(service: dict[str, Any], wanted: dict[str, Any]) -> bool:
         return bool(small == large)
 
     return within(wanted, service["spec"])
-
-
-def _ready(api: Api, namespace: str, name: str) -> dict[str, Any] | None:
-    service = api.llmservice(namespace, name)
-    if service is None or not observed_current(service) or not is_true(service, "Ready"):
-        return None
-    return service

@@ -89,14 +89,14 @@ def test_a_replica_over_two_nodes_runs_as_a_leaderworkerset_group(
     cluster.kubectl("patch", "llmservice", "big", "-n", llm_namespace, "--type=merge", "-p",
                     '{"spec": {"decode": {"accelerator": {"nodes": 1}}}}')
 
-    def back_to_a_deployment() -> dict[str, Any] | None:
-        found = converged(api, llm_namespace, "big")
-        kinds = set(api.children(llm_namespace, "big"))
-        if found is None or ("LeaderWorkerSet", "big-decode") in kinds:
-            return None
-        return found if ("Deployment", "big-decode") in kinds else None
+    def decode_runs_as(kind: str) -> bool:
+        """Converged with the decode role's workload of `kind` only."""
+        kinds = {found for found, name in api.children(llm_namespace, "big")
+                 if name == "big-decode" and found in ("Deployment", "LeaderWorkerSet")}
+        return converged(api, llm_namespace, "big") is not None and kinds == {kind}
 
-    wait_until(back_to_a_deployment, CONVERGE_S, "the LeaderWorkerSet to give way", operator)
+    wait_until(lambda: decode_runs_as("Deployment"), CONVERGE_S,
+               "the LeaderWorkerSet to give way", operator)
     wait_until(lambda: not api.pods(llm_namespace, f"{LABEL_FOLLOWER_OF}=decode"),
                CONVERGE_S, "the other nodes' pods to go", operator)
 
@@ -104,14 +104,8 @@ def test_a_replica_over_two_nodes_runs_as_a_leaderworkerset_group(
     cluster.kubectl("patch", "llmservice", "big", "-n", llm_namespace, "--type=merge", "-p",
                     '{"spec": {"decode": {"accelerator": {"nodes": 2}}}}')
 
-    def back_to_a_group() -> dict[str, Any] | None:
-        found = converged(api, llm_namespace, "big")
-        kinds = set(api.children(llm_namespace, "big"))
-        if found is None or ("Deployment", "big-decode") in kinds:
-            return None
-        return found if ("LeaderWorkerSet", "big-decode") in kinds else None
-
-    wait_until(back_to_a_group, CONVERGE_S, "the Deployment to give way", operator)
+    wait_until(lambda: decode_runs_as("LeaderWorkerSet"), CONVERGE_S,
+               "the Deployment to give way", operator)
 
 
 @pytest.mark.prometheus
