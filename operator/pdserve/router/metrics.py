@@ -53,6 +53,12 @@ class RouterMetrics:
             "Requests answered 429 by the router's priority queues, by class and reason "
             "(queue_full, ttft_target, evicted: a queued lowest-class request shed for a more "
             "urgent one)", ["priority_class", "reason"], registry=self.registry)
+        self.class_ttft = Histogram(
+            "pdserve_router_class_time_to_first_token_seconds",
+            "Time to first token by priority class (routers with --priority-classes): the "
+            "planner scales for the class furthest from its ttftTargetSeconds",
+            ["role", "model", "priority_class"], buckets=LATENCY_BUCKETS,
+            registry=self.registry)
         self.priority_admitted = Counter(
             "pdserve_router_priority_admitted", "Requests given a slot, by priority class",
             ["priority_class"], registry=self.registry)
@@ -75,8 +81,10 @@ class RouterMetrics:
 class StreamTimer:
     """Times server-sent events as they pass through: first event -> TTFT, later ones -> ITL."""
 
-    def __init__(self, metrics: RouterMetrics, start: float) -> None:
+    def __init__(self, metrics: RouterMetrics, start: float,
+                 priority_class: str | None = None) -> None:
         self.metrics = metrics
+        self.priority_class = priority_class
         self.start = start  # when the router received the request: TTFT includes prefill
         self.last: float | None = None
         self._partial = b""
@@ -93,6 +101,9 @@ class StreamTimer:
         now = time.perf_counter()
         if self.last is None:
             self.metrics.observe_ttft(now - self.start)
+            if self.priority_class is not None:
+                self.metrics.class_ttft.labels(ROLE, self.metrics.model,
+                                               self.priority_class).observe(now - self.start)
         else:
             self.metrics.observe_itl(now - self.last)
         self.last = now

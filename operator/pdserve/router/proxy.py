@@ -125,10 +125,10 @@ class Proxy:
                                    for load in self.decode.healthy_loads().values()))
 
     async def _admitted(self, request: web.Request, path: str, body: dict[str, Any],
-                        priority: int) -> web.StreamResponse:
+                        priority: int, received: float) -> web.StreamResponse:
         """Through the priority queues when classes are configured, else straight on."""
         if self.gate is None:
-            return await self._serve(request, path, body, priority)
+            return await self._serve(request, path, body, priority, received)
         try:
             cls = self.gate.config.class_of(request.headers, body)
         except UnknownClass as exc:
@@ -144,16 +144,17 @@ class Proxy:
         self.metrics.priority_admitted.labels(cls.name).inc()
         started = time.monotonic()
         try:
-            return await self._serve(request, path, body, cls.priority)
+            return await self._serve(request, path, body, cls.priority, received, cls.name)
         finally:
             self.gate.release(time.monotonic() - started)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         outcome = "error"
+        received = time.perf_counter()  # TTFT as the client sees it: the router's queue too
         try:
             body, priority = await parse_request(request)
-            response = await self._admitted(request, path, body, priority)
+            response = await self._admitted(request, path, body, priority, received)
             outcome = "ok" if response.status < 400 else f"http_{response.status}"
             return response
         except BadRequest as exc:
@@ -173,8 +174,8 @@ class Proxy:
             self.metrics.requests.labels(path, outcome).inc()
 
     async def _serve(self, request: web.Request, path: str, body: dict[str, Any],
-                     priority: int) -> web.StreamResponse:
-        started = time.perf_counter()
+                     priority: int, received: float,
+                     priority_class: str | None = None) -> web.StreamResponse:
         text = prompt_text(body, path)
         hashes = text_block_hashes(text)
         tokens = estimate_tokens(text)
@@ -203,7 +204,8 @@ class Proxy:
                             claim.move(self.decode.workers[decode].load)
                 try:
                     response = await self._decode(request, path, body, headers, decode,
-                                                  started, claim)
+                                                  StreamTimer(self.metrics, received,
+                                                              priority_class), claim)
                 except (*UPSTREAM_ERRORS, WorkerNotServing) as exc:
                     if request.transport is None or request.transport.is_closing():
                         raise
@@ -308,10 +310,9 @@ class Proxy:
         return Handoff(PREFILL_FAILED, decode)
 
     async def _decode(self, request: web.Request, path: str, body: dict[str, Any],
-                      headers: dict[str, str], decode: str, started: float,
+                      headers: dict[str, str], decode: str, timer: StreamTimer,
                       claim: Claim | None) -> web.StreamResponse:
         assert self.session is not None
-        timer = StreamTimer(self.metrics, started)
         load = self.decode.workers[decode].load
         load.inflight += 1
         try:
