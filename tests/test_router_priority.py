@@ -196,23 +196,22 @@ def test_config_errors_are_clear(classes, kwargs, message):
         build_config(classes, **kwargs)
 
 
-def test_router_json_from_the_api_round_trips_with_key_digests_only():
+def test_router_json_from_the_api_round_trips_without_the_secrets():
     spec = RouterSpec.model_validate({
         "priorityClasses": [{"name": "batch", "priority": 10},
                             {"name": "interactive", "priority": 0, "ttftTargetSeconds": 1.5,
-                             "maxQueue": 32}],
-        "defaultPriorityClass": "batch", "apiKeys": {"sk-team-a": "interactive"},
-        "starvationGuardEvery": 5, "maxInFlightPerWorker": 8})
+                             "maxQueue": 32, "apiKeysSecretRef": {"name": "team-keys"}}],
+        "defaultPriorityClass": "batch", "starvationGuardEvery": 5,
+        "maxInFlightPerWorker": 8})
+    assert spec.api_keys_secrets() == {"interactive": "team-keys"}
     rendered = json.dumps(spec.priority_config())
-    assert "sk-team-a" not in rendered
+    assert "team-keys" not in rendered and "apiKeys" not in rendered  # mounted, not passed
     config = PriorityConfig.from_json(rendered)
     assert [c.name for c in config.classes] == ["interactive", "batch"]
     assert config.classes[0].ttft_target_seconds == 1.5 and config.classes[0].max_queue == 32
     assert config.default_class == "batch" and config.starvation_guard_every == 5
     assert config.max_in_flight_per_worker == 8
-    assert config.api_keys == {key_digest("sk-team-a"): "interactive"}
-    assert config.class_of({"Authorization": "Bearer sk-team-a"}, {}).name == "interactive"
-    assert RouterSpec().priority_config() is None
+    assert RouterSpec().priority_config() is None and RouterSpec().api_keys_secrets() == {}
 
 
 @pytest.mark.parametrize(("router", "message"), [
@@ -222,8 +221,14 @@ def test_router_json_from_the_api_round_trips_with_key_digests_only():
      "priorities must be unique"),
     ({"priorityClasses": [{"name": "a", "priority": 0}], "defaultPriorityClass": "b"},
      "defaultPriorityClass 'b' must name one of"),
-    ({"priorityClasses": [{"name": "a", "priority": 0}], "apiKeys": {"k": "b"}},
-     "apiKeys map to \\['b'\\]"),
+    ({"priorityClasses": [{"name": "a", "priority": 0, "apiKeysSecretRef": {"name": "k"}},
+                          {"name": "b", "priority": 1, "apiKeysSecretRef": {"name": "k"}}]},
+     "each apiKeysSecretRef must name a different Secret"),
+    ({"priorityClasses": [{"name": "a", "priority": 0, "apiKeysSecretRef": {"name": "K_1"}}]},
+     "pattern"),
+    ({"priorityClasses": [{"name": "a", "priority": 0, "apiKeysSecretRef": {}}]}, "name"),
+    ({"priorityClasses": [{"name": "a", "priority": 0}], "apiKeys": {"k": "a"}},
+     "Extra inputs"),  # keys live in Secrets only
     ({"maxInFlightPerWorker": 4}, "applies only with priorityClasses"),
     ({"priorityClasses": [{"name": "Not_A_Label", "priority": 0}]}, "pattern"),
     ({"priorityClasses": [{"name": "a", "priority": 0, "extra": 1}]}, "Extra inputs"),
@@ -241,14 +246,15 @@ def test_crd_carries_the_cel_rules_for_classes():
     router = schema["properties"]["spec"]["properties"]["router"]
     messages = [rule["message"] for rule in router["x-kubernetes-validations"]]
     for fragment in ("names must be unique", "priorities must be unique",
-                     "defaultPriorityClass must name", "apiKeys must map"):
+                     "defaultPriorityClass must name", "must name a different Secret"):
         assert any(fragment in m for m in messages), fragment
     item = router["properties"]["priorityClasses"]["items"]["properties"]
     assert item["maxQueue"]["default"] == 256 and "pattern" in item["name"]
     # bounded sizes keep the rules' estimated CEL cost within the apiserver's budget
     assert router["properties"]["priorityClasses"]["maxItems"] == 16
-    api_keys = router["properties"]["apiKeys"]
-    assert api_keys["maxProperties"] == 256 and api_keys["additionalProperties"]["maxLength"] == 63
+    assert "apiKeys" not in router["properties"]
+    ref = item["apiKeysSecretRef"]
+    assert ref["required"] == ["name"] and ref["properties"]["name"]["maxLength"] == 253
 
 
 async def test_gate_wakes_waiters_in_priority_order_and_sheds_with_an_exception():
@@ -298,13 +304,11 @@ def test_operator_renders_the_classes_into_the_router_command_line():
     command = router_command({
         "priorityClasses": [{"name": "interactive", "priority": 0, "ttftTargetSeconds": 2},
                             {"name": "batch", "priority": 10, "maxQueue": 64}],
-        "apiKeys": {"sk-secret": "interactive"}, "maxInFlightPerWorker": 16})
-    assert "sk-secret" not in " ".join(command)
+        "maxInFlightPerWorker": 16})
     args = parser().parse_args(command[2:])  # the router's own parser takes it
     config = PriorityConfig.from_json(args.priority_classes)
     assert [c.name for c in config.classes] == ["interactive", "batch"]
     assert config.default_class == "batch" and config.max_in_flight_per_worker == 16
-    assert config.class_of({"Authorization": "Bearer sk-secret"}, {}).name == "interactive"
 
 
 async def test_gate_evicting_a_low_request_whose_client_left_is_harmless():

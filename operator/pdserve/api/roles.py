@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import ConfigDict, Field, JsonValue, model_validator
 
@@ -148,8 +147,19 @@ class RoleSpec(PodOverrides):
 
 
 MAX_PRIORITY_CLASSES = 16
-MAX_API_KEYS = 256
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class SecretReference(ApiModel):
+    """A Secret in the LLMService's namespace (the `{name}` of Kubernetes'
+    LocalObjectReference: a `...Ref` object, as cert-manager's `...SecretRef`, leaves room for
+    more fields without renaming)."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN,
+        description="Name of the Secret, in the LLMService's namespace.",
+    )
 
 
 class PriorityClassSpec(ApiModel):
@@ -175,6 +185,14 @@ class PriorityClassSpec(ApiModel):
         description="Time-to-first-token target. For the lowest class, a request whose "
         "expected wait exceeds it is shed at once (429 with Retry-After).",
     )
+    api_keys_secret_ref: SecretReference | None = Field(
+        default=None,
+        description="A Secret whose every data value is an API key of this class (the data "
+        "keys only label them, e.g. per tenant): a request with Authorization: Bearer <key> "
+        "gets this class whatever it names. The router pods mount it read-only (the kubelet "
+        "reads it; the operator never does) and reload it within seconds of a change. While "
+        "the Secret does not exist the router pods wait in ContainerCreating.",
+    )
 
 
 _ROUTER_RULES: list[JsonValue] = [
@@ -188,9 +206,11 @@ _ROUTER_RULES: list[JsonValue] = [
     cel("!has(self.defaultPriorityClass) || (has(self.priorityClasses) && "
         "self.priorityClasses.exists(c, c.name == self.defaultPriorityClass))",
         "defaultPriorityClass must name one of priorityClasses", ".defaultPriorityClass"),
-    cel("!has(self.apiKeys) || self.apiKeys.size() == 0 || (has(self.priorityClasses) && "
-        "self.apiKeys.all(k, self.priorityClasses.exists(c, c.name == self.apiKeys[k])))",
-        "apiKeys must map every key to one of priorityClasses", ".apiKeys"),
+    cel("!has(self.priorityClasses) || self.priorityClasses.all(c, "
+        "!has(c.apiKeysSecretRef) || self.priorityClasses.exists_one(d, "
+        "has(d.apiKeysSecretRef) && d.apiKeysSecretRef.name == c.apiKeysSecretRef.name))",
+        "priorityClasses: each apiKeysSecretRef must name a different Secret (a key belongs "
+        "to one class)", ".priorityClasses"),
     cel("!has(self.maxInFlightPerWorker) || (has(self.priorityClasses) && "
         "size(self.priorityClasses) > 0)",
         "maxInFlightPerWorker applies only with priorityClasses", ".maxInFlightPerWorker"),
@@ -223,11 +243,6 @@ class RouterSpec(PodOverrides):
         default=None, max_length=63,
         description="The class of a request that names none; unset: the lowest class.",
     )
-    api_keys: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
-        default=None, max_length=MAX_API_KEYS,
-        description="API key (from Authorization: Bearer <key>) -> class name; a mapped key "
-        "decides its requests' class. Readable by anyone who can read the LLMService.",
-    )
     starvation_guard_every: int = Field(
         default=10, ge=2, le=1000,
         description="At least one of every N admissions goes to the oldest waiting request "
@@ -253,26 +268,31 @@ class RouterSpec(PodOverrides):
         if self.default_priority_class is not None and self.default_priority_class not in names:
             raise ValueError(f"defaultPriorityClass {self.default_priority_class!r} must name "
                              f"one of priorityClasses {names}")
-        unknown = sorted({c for c in (self.api_keys or {}).values() if c not in names})
-        if unknown:
-            raise ValueError(f"apiKeys map to {unknown}, not among priorityClasses {names}")
+        secrets = [c.api_keys_secret_ref.name for c in classes if c.api_keys_secret_ref]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("priorityClasses: each apiKeysSecretRef must name a different "
+                             f"Secret (a key belongs to one class), got {secrets}")
         if self.max_in_flight_per_worker is not None and not classes:
             raise ValueError("maxInFlightPerWorker applies only with priorityClasses")
         return self
+
+    def api_keys_secrets(self) -> dict[str, str]:
+        """Class name -> the Secret holding its API keys, for the classes that have one."""
+        return {c.name: c.api_keys_secret_ref.name for c in self.priority_classes or []
+                if c.api_keys_secret_ref is not None}
 
     def priority_config(self) -> dict[str, object] | None:
         """The router's --priority-classes JSON value, or None without classes."""
         if not self.priority_classes:
             return None
-        config: dict[str, object] = {
-            "classes": [c.to_k8s() for c in self.priority_classes],
+        config: dict[str, object] = {  # the Secrets reach the router as mounted files
+            "classes": [c.model_dump(mode="json", by_alias=True, exclude_none=True,
+                                     exclude={"api_keys_secret_ref"})
+                        for c in self.priority_classes],
             "starvationGuardEvery": self.starvation_guard_every,
         }
         if self.default_priority_class is not None:
             config["defaultClass"] = self.default_priority_class
-        if self.api_keys:  # digests only: the router's command line never shows a key
-            config["apiKeySha256"] = {hashlib.sha256(key.encode()).hexdigest(): name
-                                      for key, name in sorted(self.api_keys.items())}
         if self.max_in_flight_per_worker is not None:
             config["maxInFlightPerWorker"] = self.max_in_flight_per_worker
         return config
