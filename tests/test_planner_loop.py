@@ -10,6 +10,7 @@ from pdserve.autoscaler.prometheus_source import (
     PrometheusSource,
     PrometheusUnavailable,
     Selector,
+    class_ttft_query,
     queries,
 )
 from pdserve.autoscaler.state import Decision
@@ -25,14 +26,14 @@ from pdserve.controller.planner_inputs import (
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
-def spec(**autoscaling):
+def spec(router=None, **autoscaling):
     values = {"enabled": True, "prometheusUrl": "http://prom:9090", "acceleratorBudget": 6,
               "prefill": {"minReplicas": 1, "maxReplicas": 4},
               "decode": {"minReplicas": 1, "maxReplicas": 5},
               "slo": {"ttftMilliseconds": 1500, "tpotMilliseconds": 80}}
     values.update(autoscaling)
     return LLMServiceSpec.model_validate({"model": {"source": {"builtin": "tiny"}},
-                                          "autoscaling": values})
+                                          "autoscaling": values, "router": router or {}})
 
 
 def pod(role, *, ready=False, scheduled=True, deleting=False, age=0):
@@ -51,7 +52,15 @@ def test_spec_maps_to_planner_settings():
     assert cfg.ttft_target_seconds == 1.5 and cfg.itl_target_seconds == 0.08
     assert (cfg.prefill.max_replicas, cfg.decode.max_replicas) == (4, 5)
     assert cfg.accelerator_budget == 6 and cfg.max_step == 3 and cfg.interval_seconds == 20
+    assert cfg.class_ttft_targets == {}
     cfg.validate()
+
+
+def test_priority_class_targets_reach_the_planner():
+    parsed = spec({"priorityClasses": [{"name": "gold", "priority": 0, "ttftTargetSeconds": 0.5},
+                                       {"name": "batch", "priority": 10}]})
+    # A class without a target is left out: it is planned by the spec-wide target only.
+    assert planner_config(parsed).class_ttft_targets == {"gold": 0.5}
 
 
 def test_pods_are_classified_like_the_planner_needs():
@@ -101,8 +110,12 @@ def test_snapshot_maps_results_and_keeps_nan():
     answers = {"prefill_prompt_rate": "1000", "prefill_cache_hit_rate": "200",
                "router_ttft": "NaN", "prefill_ttft": "0.4", "decode_generation_rate": "50"}
     promql = {v: k for k, v in queries(Selector("ns", "svc")).items()}
+    by_class = [{"metric": {"priority_class": "gold"}, "value": [0, "0.3"]},
+                {"metric": {"priority_class": "batch"}, "value": [0, "NaN"]}]
 
     def query(text):
+        if text == class_ttft_query(Selector("ns", "svc")):
+            return by_class
         value = answers.get(promql[text])
         return [] if value is None else [{"metric": {}, "value": [0, value]}]
 
@@ -111,6 +124,7 @@ def test_snapshot_maps_results_and_keeps_nan():
     assert snap.prefill.latency_seconds == 0.4  # router TTFT NaN: falls back to prefill's
     assert snap.decode.token_rate == 50.0
     assert math.isnan(snap.decode.latency_seconds) and math.isnan(snap.arrival_rate)
+    assert snap.class_ttft["gold"] == 0.3 and math.isnan(snap.class_ttft["batch"])
 
 
 def test_unreachable_prometheus_is_an_outage_not_a_crash():

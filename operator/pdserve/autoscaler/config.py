@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 class PlannerConfigError(ValueError):
@@ -54,6 +55,10 @@ class PlannerConfig:
     decode: RoleBounds
     capacity: CapacityPrior
     accelerator_budget: int | None = None
+    # Priority class -> its own TTFT target (spec.router.priorityClasses[].ttftTargetSeconds):
+    # the prefill tier is planned for the class furthest above its target, the spec-wide
+    # target still binding the router's overall TTFT. Classes without a target are absent.
+    class_ttft_targets: Mapping[str, float] = field(default_factory=dict)
     interval_seconds: float = 30.0
     # Plan for replicas this busy so that bursts inside a scrape interval still meet targets.
     target_utilization: float = 0.8
@@ -91,6 +96,8 @@ class PlannerConfig:
     def validate(self) -> None:
         if not (self.ttft_target_seconds > 0 and self.itl_target_seconds > 0):
             raise PlannerConfigError("latency targets must be positive")
+        if not all(0 < t < float("inf") for t in self.class_ttft_targets.values()):
+            raise PlannerConfigError("priority class TTFT targets must be positive")
         self.prefill.validate("prefill")
         self.decode.validate("decode")
         self.capacity.validate()

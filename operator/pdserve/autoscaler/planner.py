@@ -17,6 +17,7 @@ from pdserve.autoscaler.need import (
     learned_slots,
     prefill_need,
     queue_wait,
+    ttft_ratio,
     updated_correction,
 )
 from pdserve.autoscaler.snapshot import MetricsSnapshot, RoleMetrics, known
@@ -58,10 +59,12 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
                    state: PlannerState, now: float, current: tuple[int, int],
                    inputs: dict[str, float | int | str]) -> Decision:
     pre, dec = replicas.prefill, replicas.decode
-    p_corr = _correction(state.prefill_correction, snapshot.prefill, cfg.ttft_target_seconds,
+    ttft = ttft_ratio(snapshot.prefill, snapshot.class_ttft, cfg)
+    p_corr = _correction(state.prefill_correction, ttft[0], snapshot.prefill,
                          cfg.capacity.prefill_tokens_per_second, pre, cfg)
-    d_corr = _correction(state.decode_correction, snapshot.decode, cfg.itl_target_seconds,
-                         cfg.capacity.decode_tokens_per_second, dec, cfg)
+    d_corr = _correction(state.decode_correction,
+                         latency_ratio(snapshot.decode, cfg.itl_target_seconds * cfg.latency_aim),
+                         snapshot.decode, cfg.capacity.decode_tokens_per_second, dec, cfg)
     state = replace(state, prefill_correction=p_corr, decode_correction=d_corr)
     p_demand = demand(snapshot.prefill, snapshot.arrival_rate)
     d_demand = demand(snapshot.decode, snapshot.arrival_rate)
@@ -72,7 +75,7 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
                        cfg.forecast_seconds)
     p_peak = demand(snapshot.prefill, snapshot.peak_arrival_rate)
     d_peak = demand(snapshot.decode, snapshot.peak_arrival_rate)
-    p_need = prefill_need(snapshot.prefill, p_asked, p_peak, pre.ready, p_corr, cfg)
+    p_need = prefill_need(snapshot.prefill, p_asked, p_peak, pre.ready, p_corr, cfg, ttft)
     prior_slots = cfg.capacity.decode_max_sequences
     slots = learned_slots(state.decode_slots if state.decode_slots is not None else prior_slots,
                           snapshot.decode, prior_slots, cfg.kv_high_watermark)
@@ -121,6 +124,7 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
                                      (p_need, d_need))
     inputs.update({
         "prefillNeed": p_need.replicas, "decodeNeed": d_need.replicas,
+        "prefillTtftOverAim": ttft[0], "prefillTtftOf": ttft[1],
         "prefillDemand": p_demand, "decodeDemand": d_demand,
         "prefillForecast": p_asked, "decodeForecast": d_asked,
         "prefillCorrection": p_corr, "decodeCorrection": d_corr,
@@ -265,12 +269,12 @@ def _steady(pods: RoleReplicas) -> bool:
             and pods.terminating == 0)
 
 
-def _correction(previous: float, metrics: RoleMetrics, target_seconds: float,
-                prior_rate: float, pods: RoleReplicas, cfg: PlannerConfig) -> float:
-    """One role's capacity correction after this interval (prefill: TTFT, decode: ITL)."""
+def _correction(previous: float, ratio: float, metrics: RoleMetrics, prior_rate: float,
+                pods: RoleReplicas, cfg: PlannerConfig) -> float:
+    """One role's capacity correction after this interval from its latency over its aim
+    (prefill: the binding TTFT, a priority class's included; decode: ITL)."""
     return updated_correction(
-        previous,
-        latency_ratio(metrics, target_seconds * cfg.latency_aim),
+        previous, ratio,
         _utilization(metrics.token_rate, pods.ready, prior_rate * previous),
         cfg, _steady(pods))
 

@@ -49,6 +49,26 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
+# The router's per-class TTFT histogram and its class label (a label of the series itself, set
+# by the router, not by the scrape configuration).
+CLASS_TTFT = "pdserve_router_class_time_to_first_token_seconds"
+PRIORITY_CLASS = "priority_class"
+
+
+def _mean(sel: Selector, histogram: str, role: str, by: str = "") -> str:
+    """A histogram's mean over the rate window (per `by` label when given)."""
+    group = f" by ({by})" if by else ""
+    return (f"sum{group}(rate({histogram}_sum{sel.labels(role)}[{sel.window}])) / "
+            f"sum{group}(rate({histogram}_count{sel.labels(role)}[{sel.window}]))")
+
+
+def class_ttft_query(sel: Selector) -> str:
+    """Mean TTFT per priority class at the router: the statistic and selectors of
+    `router_ttft`, one series per class. Apart from `queries`: a service without priority
+    classes has no such series, and every one of `queries` answers for a serving service."""
+    return _mean(sel, CLASS_TTFT, "router", by=PRIORITY_CLASS)
+
+
 # Sequences per full decode KV cache (running / usage) is noise while little KV is in use: the
 # query is empty below this usage, and the planner keeps its other estimates.
 KV_SEQUENCES_MIN_USAGE = 0.1
@@ -60,10 +80,6 @@ def queries(sel: Selector) -> dict[str, str]:
 
     def rate(metric: str, role: str | None) -> str:
         return f"sum(rate({metric}{sel.labels(role)}[{w}]))"
-
-    def mean(histogram: str, role: str) -> str:
-        return (f"sum(rate({histogram}_sum{sel.labels(role)}[{w}])) / "
-                f"sum(rate({histogram}_count{sel.labels(role)}[{w}]))")
 
     return {
         "prefill_prompt_rate": rate("pdserve_prompt_tokens_total", "prefill"),
@@ -78,10 +94,10 @@ def queries(sel: Selector) -> dict[str, str]:
         "peak_arrival_rate": (
             f"max_over_time(sum(rate(pdserve_router_requests_total{sel.labels(None)}"
             f"[{PEAK_RATE_WINDOW}]))[{PEAK_LOOKBACK}:{PEAK_STEP}])"),
-        "router_ttft": mean("pdserve_time_to_first_token_seconds", "router"),
-        "prefill_ttft": mean("pdserve_time_to_first_token_seconds", "prefill"),
-        "router_itl": mean("pdserve_inter_token_latency_seconds", "router"),
-        "decode_itl": mean("pdserve_inter_token_latency_seconds", "decode"),
+        "router_ttft": _mean(sel, "pdserve_time_to_first_token_seconds", "router"),
+        "prefill_ttft": _mean(sel, "pdserve_time_to_first_token_seconds", "prefill"),
+        "router_itl": _mean(sel, "pdserve_inter_token_latency_seconds", "router"),
+        "decode_itl": _mean(sel, "pdserve_inter_token_latency_seconds", "decode"),
         "prefill_running": f"sum(pdserve_requests_running{sel.labels('prefill')})",
         "prefill_waiting": f"sum(pdserve_requests_waiting{sel.labels('prefill')})",
         "decode_running": f"sum(pdserve_requests_running{sel.labels('decode')})",
@@ -153,7 +169,14 @@ class PrometheusSource:
             kv_usage=v["decode_kv_usage"], running_max=v["decode_running_max"],
             kv_sequences=v["decode_kv_sequences"])
         return MetricsSnapshot(now, prefill, decode, arrival_rate=v["arrival_rate"],
-                               peak_arrival_rate=v["peak_arrival_rate"])
+                               peak_arrival_rate=v["peak_arrival_rate"],
+                               class_ttft=self.class_ttft(sel))
+
+    def class_ttft(self, sel: Selector) -> dict[str, float]:
+        """Mean TTFT by priority class (NaN for a class without requests in the window)."""
+        return {labels[PRIORITY_CLASS]: value
+                for labels, value in self.series(class_ttft_query(sel))
+                if labels.get(PRIORITY_CLASS)}
 
     def series(self, promql: str) -> list[tuple[dict[str, str], float]]:
         """Each series of an instant vector: (its labels, its value or NaN); raises

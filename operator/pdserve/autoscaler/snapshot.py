@@ -7,6 +7,7 @@ a series is absent when no pod exports it. The planner treats NaN as "unknown", 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 NAN = float("nan")
@@ -66,10 +67,13 @@ class MetricsSnapshot:
     """One evaluation of the planner's queries, taken at `time` (seconds, any epoch).
     arrival_rate: requests/s arriving at the router, whether or not they are served yet.
     peak_arrival_rate: the highest short-window (about 30 s) arrival rate of the last few
-    minutes: bursts shorter than a pod's start-up can only be met by capacity already there."""
+    minutes: bursts shorter than a pod's start-up can only be met by capacity already there.
+    class_ttft: mean time to first token at the router per priority class (the same statistic
+    as prefill.latency_seconds), for the classes that served requests in the window."""
 
     time: float
     prefill: RoleMetrics = field(default_factory=RoleMetrics)
     decode: RoleMetrics = field(default_factory=RoleMetrics)
     arrival_rate: float = NAN
     peak_arrival_rate: float = NAN
+    class_ttft: Mapping[str, float] = field(default_factory=dict)

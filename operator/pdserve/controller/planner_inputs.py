@@ -43,6 +43,9 @@ def planner_config(spec: LLMServiceSpec) -> PlannerConfig:
                                decode_prior.decode_tokens_per_second,
                                decode_prior.decode_max_sequences),
         accelerator_budget=auto.accelerator_budget,
+        class_ttft_targets={c.name: c.ttft_target_seconds
+                            for c in spec.router.priority_classes or []
+                            if c.ttft_target_seconds is not None},
         interval_seconds=float(auto.interval_seconds),
         scale_up_stabilization_seconds=float(auto.scale_up_stabilization_seconds),
         scale_down_stabilization_seconds=float(auto.scale_down_stabilization_seconds),
