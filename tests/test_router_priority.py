@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from pdserve.api.roles import RouterSpec
 from pdserve.router.priority import (
+    ApiKeyTable,
     Entry,
     PriorityClass,
     PriorityConfig,
@@ -20,7 +21,6 @@ from pdserve.router.priority import (
     RequestShed,
     UnknownClass,
     build_config,
-    key_digest,
     worker_slots,
 )
 
@@ -165,7 +165,8 @@ def test_service_time_moves_toward_what_requests_hold():
 
 
 def test_class_selection_key_then_header_then_body_then_default():
-    config = build_config([HIGH, LOW], api_keys={"sk-gold": "high", "sk-free": "low"})
+    config = build_config([HIGH, LOW])
+    config.api_keys.replace(ApiKeyTable.of({"sk-gold": "high", "sk-free": "low"}).digests)
     assert config.default_class == "low" and config.classes[0] == HIGH
     assert config.class_of({}, {}).name == "low"
     assert config.class_of({}, {"priority_class": "high"}).name == "high"
@@ -187,7 +188,6 @@ def test_class_selection_key_then_header_then_body_then_default():
     ([HIGH, PriorityClass("high", 3)], {}, "names must be unique"),
     ([HIGH, PriorityClass("x", 0)], {}, "priorities must be unique"),
     ([HIGH, LOW], {"default_class": "gold"}, "default priority class 'gold'"),
-    ([HIGH, LOW], {"api_keys": {"k": "gold"}}, "maps to 'gold'"),
     ([HIGH, LOW], {"starvation_guard_every": 1}, "starvationGuardEvery"),
     ([HIGH, LOW], {"max_in_flight_per_worker": 0}, "maxInFlightPerWorker"),
 ])

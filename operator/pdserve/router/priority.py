@@ -1,7 +1,11 @@
 """Priority classes at the router: one bounded queue per class, strict priority, a starvation
 guard for the lowest class, and load shedding (HTTP 429 + Retry-After). Configured by
 `pdserve router --priority-classes JSON` (the operator renders spec.router.priorityClasses into
-it); without it the router admits every request at once, as before.
+it); without it the router admits every request at once, as before. API keys that pick a class
+come from `--api-keys-dir DIR`, one subdirectory per class holding one key per file: the
+operator mounts each class's `apiKeysSecretRef` Secret there, so keys never appear in the
+LLMService, the command line or the operator's reach (`ApiKeyTable`, `read_api_keys`, and
+`watch_api_keys`, which follows the kubelet's updates of the mounted Secrets).
 
 A *slot* is one request in flight on a decode worker: every request ends on a decode worker and
 holds a slot from admission until its answer is complete. The stack has `maxInFlightPerWorker`
@@ -38,13 +42,16 @@ expected wait is the requests queued ahead plus one, times the mean time a reque
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 CLASS_HEADER = "x-pdserve-priority-class"
 CLASS_BODY_FIELD = "priority_class"
@@ -54,6 +61,9 @@ DEFAULT_STARVATION_GUARD_EVERY = 10
 # expected waits use.
 INITIAL_SERVICE_SECONDS = 1.0
 SERVICE_EWMA = 0.1
+# Seconds between two reads of --api-keys-dir: the kubelet itself refreshes a mounted Secret
+# within about a minute of its change, so polling adds little to that delay.
+API_KEYS_POLL_SECONDS = 5.0
 
 
 WORKER_QUEUE_SHARE = 0.25  # of max_num_seqs, waiting at the worker beyond its batch
@@ -80,13 +90,40 @@ class PriorityClass:
     ttft_target_seconds: float | None = None
 
 
+class ApiKeyTable:
+    """API keys -> class names, held as SHA-256 digests (a memory dump or a log line shows no
+    key). Replaced whole when the key files change: the handlers read it in the same event
+    loop, so a request sees the old table or the new one, never half of each."""
+
+    def __init__(self, digests: dict[str, str] | None = None) -> None:
+        self.digests = dict(digests or {})
+
+    @classmethod
+    def of(cls, keys: dict[str, str]) -> ApiKeyTable:
+        """From plain keys -> class names."""
+        return cls({key_digest(k): v for k, v in keys.items()})
+
+    def class_name(self, key: str) -> str | None:
+        return self.digests.get(key_digest(key)) if self.digests else None
+
+    def replace(self, digests: dict[str, str]) -> None:
+        self.digests = dict(digests)
+
+    def counts(self) -> dict[str, int]:
+        """Keys per class (what the log may say about them)."""
+        out: dict[str, int] = {}
+        for name in self.digests.values():
+            out[name] = out.get(name, 0) + 1
+        return out
+
+
 @dataclass(frozen=True)
 class PriorityConfig:
     """The classes, most urgent first, and how a request picks one."""
 
     classes: tuple[PriorityClass, ...]
     default_class: str
-    api_keys: dict[str, str] = field(default_factory=dict)  # sha256 hex of a key -> class
+    api_keys: ApiKeyTable = field(default_factory=ApiKeyTable, compare=False)
     starvation_guard_every: int = DEFAULT_STARVATION_GUARD_EVERY
     max_in_flight_per_worker: int | None = None
 
@@ -106,8 +143,8 @@ class PriorityConfig:
         class), else the `x-pdserve-priority-class` header, else the body's `priority_class`,
         else the default class."""
         auth = str(headers.get("Authorization", ""))
-        if self.api_keys and auth[:7].lower() == "bearer ":
-            mapped = self.api_keys.get(key_digest(auth[7:].strip()))
+        if auth[:7].lower() == "bearer ":
+            mapped = self.api_keys.class_name(auth[7:].strip())
             if mapped is not None:
                 return self.by_name(mapped)
         name = headers.get(CLASS_HEADER)
@@ -122,9 +159,8 @@ class PriorityConfig:
     @classmethod
     def from_json(cls, text: str) -> PriorityConfig:
         """`{"classes": [{"name", "priority", "maxQueue", "ttftTargetSeconds"}, ...],
-        "defaultClass", "apiKeys": {key: class}, "apiKeySha256": {sha256 hex of a key: class},
-        "starvationGuardEvery", "maxInFlightPerWorker"}`; the operator renders spec.router
-        into it with the keys' digests only. Keys are held as SHA-256 digests."""
+        "defaultClass", "starvationGuardEvery", "maxInFlightPerWorker"}`, as the operator
+        renders spec.router (API keys come from files: `read_api_keys`)."""
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -142,14 +178,12 @@ class PriorityConfig:
             raise PriorityConfigError(f"bad priority class: {exc}") from None
         every = raw.get("starvationGuardEvery", DEFAULT_STARVATION_GUARD_EVERY)
         per_worker = raw.get("maxInFlightPerWorker")
-        config = build_config(
-            list(classes), raw.get("defaultClass"),
-            {str(k): str(v) for k, v in (raw.get("apiKeys") or {}).items()},
-            int(every), None if per_worker is None else int(per_worker))
-        digests = {str(k).lower(): str(v) for k, v in (raw.get("apiKeySha256") or {}).items()}
-        for name in digests.values():
-            config.by_name(name)  # UnknownClass (a ValueError) for a class not configured
-        return dataclasses.replace(config, api_keys={**config.api_keys, **digests})
+        unknown = sorted(set(raw) - {"classes", "defaultClass", "starvationGuardEvery",
+                                     "maxInFlightPerWorker"})
+        if unknown:  # e.g. the apiKeys of earlier versions: keys come from --api-keys-dir
+            raise PriorityConfigError(f"priority classes: unknown fields {unknown}")
+        return build_config(list(classes), raw.get("defaultClass"), int(every),
+                            None if per_worker is None else int(per_worker))
 
 
 def key_digest(key: str) -> str:
@@ -157,10 +191,9 @@ def key_digest(key: str) -> str:
 
 
 def build_config(classes: list[PriorityClass], default_class: str | None = None,
-                 api_keys: dict[str, str] | None = None,
                  starvation_guard_every: int = DEFAULT_STARVATION_GUARD_EVERY,
                  max_in_flight_per_worker: int | None = None) -> PriorityConfig:
-    """Checks and orders the classes (most urgent first); `api_keys` maps plain keys."""
+    """Checks and orders the classes (most urgent first)."""
     if not classes:
         raise PriorityConfigError("at least one priority class is needed")
     names = [c.name for c in classes]
@@ -178,16 +211,62 @@ def build_config(classes: list[PriorityClass], default_class: str | None = None,
     default = default_class or ordered[-1].name
     if default not in names:
         raise PriorityConfigError(f"default priority class {default!r} is not one of {names}")
-    for name in (api_keys or {}).values():
-        if name not in names:
-            raise PriorityConfigError(f"an API key maps to {name!r}, not one of {names}")
     if starvation_guard_every < 2:
         raise PriorityConfigError("starvationGuardEvery must be >= 2")
     if max_in_flight_per_worker is not None and max_in_flight_per_worker < 1:
         raise PriorityConfigError("maxInFlightPerWorker must be >= 1")
-    digests = {key_digest(k): v for k, v in (api_keys or {}).items()}
-    return PriorityConfig(ordered, default, digests, starvation_guard_every,
+    return PriorityConfig(ordered, default, ApiKeyTable(), starvation_guard_every,
                           max_in_flight_per_worker)
+
+
+def read_api_keys(directory: Path, config: PriorityConfig) -> dict[str, str]:
+    """SHA-256 digests of the keys under `directory` -> class names: `directory/<class>/<any
+    name>` holds one key (surrounding whitespace dropped: `kubectl create secret
+    --from-file` keeps a trailing newline). Names starting with `..` are the kubelet's own
+    (the atomic-update links of a mounted Secret) and skipped. Raises PriorityConfigError for
+    a subdirectory that is not a configured class, an empty key, or a key in two classes."""
+    if not directory.is_dir():
+        raise PriorityConfigError(f"API key directory {str(directory)!r} does not exist")
+    names = [c.name for c in config.classes]
+    digests: dict[str, str] = {}
+    for class_dir in sorted(directory.iterdir()):
+        if class_dir.name.startswith(".."):
+            continue
+        if class_dir.name not in names or not class_dir.is_dir():
+            raise PriorityConfigError(
+                f"API keys: {str(class_dir)!r} is not the directory of a configured priority "
+                f"class (one subdirectory per class: {', '.join(names)})")
+        for key_file in sorted(class_dir.iterdir()):
+            if key_file.name.startswith("..") or key_file.is_dir():
+                continue
+            key = key_file.read_text(encoding="utf-8").strip()
+            if not key:
+                raise PriorityConfigError(f"API keys: {str(key_file)!r} is empty")
+            digest = key_digest(key)
+            other = digests.setdefault(digest, class_dir.name)
+            if other != class_dir.name:
+                raise PriorityConfigError(
+                    f"API keys: the key in {str(key_file)!r} is also a key of class {other!r} "
+                    "(a key belongs to one class)")
+    return digests
+
+
+async def watch_api_keys(directory: Path, config: PriorityConfig,
+                         interval: float = API_KEYS_POLL_SECONDS) -> None:
+    """Re-reads `directory` every `interval` seconds and swaps `config.api_keys` when the keys
+    changed (a mounted Secret updated by the kubelet). A read that fails keeps the keys in
+    use and logs why: a serving router must not lose every key to one bad file."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            digests = await asyncio.to_thread(read_api_keys, directory, config)
+        except (PriorityConfigError, OSError, UnicodeDecodeError) as exc:
+            log.error("API keys not reloaded, the previous ones stay in use: %s", exc)
+            continue
+        if digests != config.api_keys.digests:
+            config.api_keys.replace(digests)
+            log.info("API keys reloaded from %s: keys per class %s", directory,
+                     config.api_keys.counts())
 
 
 @dataclass(eq=False)
