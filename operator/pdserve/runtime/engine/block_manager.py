@@ -8,8 +8,9 @@ Prefix caching: once a block is FULL of computed tokens it is registered under a
 its prefix (`block_hashes.py`; the first block's parent is `ROOT_HASH`), so equal prefixes give
 equal hash chains in every process. A later request whose prompt starts with the same tokens
 reuses those blocks (ref count + 1) instead of recomputing them. A registered block whose ref
-count drops to 0 stays cached and evictable; it is evicted least recently freed first, and only
-when no never-cached free block is left.
+count drops to 0 stays cached and evictable, and is evicted only when no never-cached free block
+is left: blocks of less urgent requests first, least recently freed first within a priority
+class, any block unused for a whole turnover of the cache first of all (`eviction_pool.py`).
 
 Lifecycle of a locally computed sequence (driven by the scheduler):
   `num_matched_tokens(seq)` / `can_allocate(seq, n)`   peek, no side effects
@@ -35,12 +36,13 @@ of a sequence with dropped tokens are never registered: the prefix cache holds e
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable
 from collections.abc import Sequence as TokenSequence
 from dataclasses import dataclass
 
 from pdserve.runtime.engine.block_hashes import ROOT_HASH, compute_block_hashes, hash_block
+from pdserve.runtime.engine.eviction_pool import EvictionPool
 from pdserve.runtime.engine.sequence import Sequence
 
 
@@ -49,6 +51,8 @@ class Block:
     block_id: int
     ref_count: int = 0
     hash: int | None = None  # set while the block is registered in the prefix cache
+    # The most urgent priority among its holders since it left the free pool: its eviction class.
+    priority: int | None = None
 
 
 @dataclass
@@ -77,8 +81,8 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(block_id) for block_id in range(num_blocks)]
         self._free_uncached: deque[int] = deque(range(num_blocks))
-        # ref-count-0 registered blocks, least recently freed first (the eviction order).
-        self._evictable: OrderedDict[int, None] = OrderedDict()
+        # ref-count-0 registered blocks; an age guard of one turnover of the cache.
+        self._evictable = EvictionPool(max_age=num_blocks)
         self._cached: dict[int, int] = {}  # block hash -> block id
         self._reservations: dict[str, KVReservation] = {}
         self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
@@ -212,7 +216,7 @@ class BlockManager:
         # Tail blocks first: they become the least recently used, so a shared prefix outlives
         # the blocks that only this sequence could ever reuse.
         for block_id in reversed(seq.block_table):
-            self._release(block_id)
+            self._release(block_id, seq.priority)
         seq.block_table = []
         seq.num_committed_blocks = 0
         seq.num_computed_tokens = 0
@@ -247,7 +251,7 @@ class BlockManager:
         kept = set(targets)
         for block_id in reversed(seq.block_table):
             if block_id not in kept:
-                self._release(block_id)
+                self._release(block_id, seq.priority)
         seq.block_table = targets
         seq.num_dropped_tokens = seq.num_computed_tokens - num_kept
         return targets
@@ -256,7 +260,7 @@ class BlockManager:
         """Evict whole blocks (`indices` into the table) from the middle of a sequence; the
         tokens after them move up by as many slots."""
         for index in sorted(indices, reverse=True):
-            self._release(seq.block_table.pop(index))
+            self._release(seq.block_table.pop(index), seq.priority)
         seq.num_dropped_tokens += len(indices) * self.block_size
         seq.num_committed_blocks = min(seq.num_committed_blocks, len(seq.block_table))
 
@@ -328,6 +332,7 @@ class BlockManager:
         evictable = list(self._evictable)
         pooled = set(free) | set(evictable)
         assert len(pooled) == len(free) + len(evictable), "a block is twice in the free pool"
+        self._evictable.check_consistency()
         for block in self.blocks:
             assert block.ref_count >= 0, f"negative ref count: {block}"
             assert (block.block_id in pooled) == (block.ref_count == 0), (
@@ -354,30 +359,35 @@ class BlockManager:
         if self._free_uncached:
             block_id = self._free_uncached.popleft()
         else:
-            block_id, _ = self._evictable.popitem(last=False)
+            block_id = self._evictable.pop()
             block = self.blocks[block_id]
             assert block.hash is not None
             del self._cached[block.hash]
             block.hash = None
-        self.blocks[block_id].ref_count = 1
+        self._evictable.count_allocation()
+        block = self.blocks[block_id]
+        block.ref_count = 1
+        block.priority = None
         return block_id
 
     def _acquire(self, block_id: int) -> None:
         block = self.blocks[block_id]
         if block.ref_count == 0:
-            del self._evictable[block_id]
+            self._evictable.remove(block_id)
+            block.priority = None
         block.ref_count += 1
 
-    def _release(self, block_id: int) -> None:
+    def _release(self, block_id: int, priority: int) -> None:
         block = self.blocks[block_id]
         if block.ref_count <= 0:
             raise RuntimeError(f"KV block {block_id} released more often than acquired")
         block.ref_count -= 1
+        block.priority = priority if block.priority is None else min(block.priority, priority)
         if block.ref_count == 0:
             if block.hash is None:
                 self._free_uncached.append(block_id)
             else:
-                self._evictable[block_id] = None
+                self._evictable.add(block_id, block.priority)
 
     def _unregister(self, block_id: int) -> None:
         block = self.blocks[block_id]
