@@ -285,30 +285,60 @@ async def test_gate_wakes_waiters_in_priority_order_and_sheds_with_an_exception(
     assert gate.state.in_flight == 0 and gate.state.queued() == 0
 
 
-def test_operator_renders_the_classes_into_the_router_command_line():
+def router_pod(router: dict) -> dict:
     from pdserve.api import LLMServiceSpec
     from pdserve.controller.context import Owner
     from pdserve.controller.render import render_children
+
+    spec = LLMServiceSpec.model_validate({"model": {"source": {"builtin": "tiny"}},
+                                          "router": router})
+    children = render_children(spec, Owner("chat", "ns", "uid"), "img:1", None)
+    (deployment,) = [c for c in children if c["kind"] == "Deployment"
+                     and c["metadata"]["name"] == "chat-router"]
+    pod: dict = deployment["spec"]["template"]["spec"]
+    return pod
+
+
+def test_operator_renders_the_classes_into_the_router_command_line():
     from pdserve.router.cli import parser
 
-    def router_command(router: dict) -> list[str]:
-        spec = LLMServiceSpec.model_validate({"model": {"source": {"builtin": "tiny"}},
-                                              "router": router})
-        children = render_children(spec, Owner("chat", "ns", "uid"), "img:1", None)
-        (deployment,) = [c for c in children if c["kind"] == "Deployment"
-                         and c["metadata"]["name"] == "chat-router"]
-        command: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
-        return command
-
-    assert "--priority-classes" not in router_command({})  # no classes: as before
-    command = router_command({
+    plain = router_pod({})
+    assert "--priority-classes" not in plain["containers"][0]["command"]  # as before
+    assert [v["name"] for v in plain["volumes"]] == ["tmp", "cache"]
+    command = router_pod({
         "priorityClasses": [{"name": "interactive", "priority": 0, "ttftTargetSeconds": 2},
                             {"name": "batch", "priority": 10, "maxQueue": 64}],
-        "maxInFlightPerWorker": 16})
+        "maxInFlightPerWorker": 16})["containers"][0]["command"]
+    assert "--api-keys-dir" not in command  # no class names a Secret
     args = parser().parse_args(command[2:])  # the router's own parser takes it
     config = PriorityConfig.from_json(args.priority_classes)
     assert [c.name for c in config.classes] == ["interactive", "batch"]
     assert config.default_class == "batch" and config.max_in_flight_per_worker == 16
+
+
+def test_operator_mounts_each_classs_key_secret_for_the_router():
+    from pdserve.controller.names import API_KEYS_DIR
+    from pdserve.router.cli import parser
+
+    pod = router_pod({"priorityClasses": [
+        {"name": "interactive", "priority": 0, "apiKeysSecretRef": {"name": "team-keys"}},
+        {"name": "standard", "priority": 5},
+        {"name": "batch", "priority": 10, "apiKeysSecretRef": {"name": "batch-keys"}}]})
+    (container,) = pod["containers"]
+    args = parser().parse_args(container["command"][2:])
+    assert str(args.api_keys_dir) == API_KEYS_DIR
+    assert "team-keys" not in " ".join(container["command"])
+    secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"api-keys-0": {"secretName": "team-keys", "defaultMode": 0o440},
+                       "api-keys-1": {"secretName": "batch-keys", "defaultMode": 0o440}}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["api-keys-0"] == {"name": "api-keys-0", "readOnly": True,
+                                    "mountPath": f"{API_KEYS_DIR}/interactive"}
+    assert mounts["api-keys-1"]["mountPath"] == f"{API_KEYS_DIR}/batch"
+    assert mounts["api-keys-1"]["readOnly"] is True
+    # without a key Secret the pod mounts nothing more and the router gets no directory
+    assert "--api-keys-dir" not in router_pod({"priorityClasses": [
+        {"name": "a", "priority": 0}]})["containers"][0]["command"]
 
 
 async def test_gate_evicting_a_low_request_whose_client_left_is_harmless():

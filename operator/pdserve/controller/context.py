@@ -16,6 +16,7 @@ from pdserve.api.resource import API_VERSION, KIND
 from pdserve.api.roles import RoleSpec
 from pdserve.api.spec import ROUTER_HTTP_PORT, WORKER_HTTP_PORT, LLMServiceSpec
 from pdserve.controller.names import (
+    API_KEYS_DIR,
     KV_AUTH_DIR,
     KV_AUTH_KEY,
     LWS_NAME_LABEL,
@@ -231,11 +232,19 @@ def router_context(spec: LLMServiceSpec, owner: Owner, image: str) -> dict[str, 
     if priority is not None:
         command += ["--priority-classes", json.dumps(priority, sort_keys=True,
                                                      separators=(",", ":"))]
+    # Each class's key Secret, mounted by the kubelet (the operator never reads Secrets);
+    # volumes by index: a class name (63 characters) plus a prefix would overflow a volume name.
+    api_keys = [{"volume": f"api-keys-{index}", "secret": secret,
+                 "path": f"{API_KEYS_DIR}/{name}"}
+                for index, (name, secret) in enumerate(router.api_keys_secrets().items())]
+    if api_keys:
+        command += ["--api-keys-dir", API_KEYS_DIR]
     given = router.resources.to_k8s() if router.resources is not None else None
     return {
         **_common(spec, owner, "router", image, router.replicas),
         **_placement(router, {}, []),
         "command": command,
+        "api_keys": api_keys,
         "resources": given or DEFAULT_RESOURCES["router"],
         "rollout": _rollout("router"),
         "grace_seconds": ROUTER_TERMINATION_GRACE_SECONDS,

@@ -49,6 +49,11 @@ KV_AUTH_DIR = "/etc/pdserve-kv-auth"  # beside, not inside, the engine ConfigMap
 KV_AUTH_KEY = "secret"
 
 
+# Where router pods mount the priority classes' API key Secrets: one subdirectory per class
+# (`pdserve router --api-keys-dir`).
+API_KEYS_DIR = "/etc/pdserve-api-keys"
+
+
 def kv_auth_secret_name(service: str) -> str:
     """The Secret whose key the prefill and decode workers prove to each other."""
     return f"{service}-kv-auth"
