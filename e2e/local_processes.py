@@ -108,7 +108,12 @@ def worker(
 
 
 def router(prefill: list[Process], decode: list[Process], logs: Path, *extra: str) -> Process:
+    """A `pdserve router` on loopback. Its disaggregation is `always` unless `extra` names one:
+    the tests that run it check the KV handoff, which the conditional mode skips on an idle
+    decode worker."""
     port = free_port()
+    if "--disaggregation" not in extra:
+        extra = (*extra, "--disaggregation", "always")
     args = pdserve(
         "router",
         "--host",

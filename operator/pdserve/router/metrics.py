@@ -11,11 +11,12 @@ ROLE = "router"
 Disaggregation = tuple[str, str]
 PREFILL_DECODE: Disaggregation = ("prefill_decode", "handoff")
 SHORT_PROMPT: Disaggregation = ("decode_only", "short_prompt")
+LOCAL_CHEAPER: Disaggregation = ("decode_only", "local_cheaper")
 NO_PREFILL_PEER: Disaggregation = ("decode_only", "no_prefill_peer")
 NO_KV_TARGET: Disaggregation = ("decode_only", "no_kv_target")
 PREFILL_FAILED: Disaggregation = ("fallback", "prefill_failed")
 DECODE_FULL: Disaggregation = ("fallback", "decode_full")
-DISAGGREGATIONS = (PREFILL_DECODE, SHORT_PROMPT, NO_PREFILL_PEER, NO_KV_TARGET,
+DISAGGREGATIONS = (PREFILL_DECODE, SHORT_PROMPT, LOCAL_CHEAPER, NO_PREFILL_PEER, NO_KV_TARGET,
                    PREFILL_FAILED, DECODE_FULL)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -43,11 +44,13 @@ class RouterMetrics:
         self.disaggregation = Counter(
             "pdserve_router_disaggregation",
             "Requests by how their prompt reached decode: prefill_decode (its KV handed over), "
-            "decode_only (short_prompt; no_prefill_peer: no ready prefill worker of the decode "
-            "worker's model; no_kv_target: no prefill tier or a decode worker without a KV "
-            "port) or fallback (prefill_failed: every prefill attempt failed; decode_full: no "
-            "decode worker had KV room for the prefilled prompt within --kv-timeout; decode "
-            "follows its --kv-fallback)", ["path", "reason"], registry=self.registry)
+            "decode_only (short_prompt; local_cheaper: a local prefill adds less latency than "
+            "the handoff, router/disagg_policy.py; no_prefill_peer: no ready prefill worker of "
+            "the decode worker's model; no_kv_target: no prefill tier or a decode worker "
+            "without a KV port) or fallback (prefill_failed: every prefill attempt failed; "
+            "decode_full: no decode worker had KV room for the prefilled prompt within "
+            "--kv-timeout; decode follows its --kv-fallback)", ["path", "reason"],
+            registry=self.registry)
         self.priority_shed = Counter(
             "pdserve_router_priority_shed",
             "Requests answered 429 by the router's priority queues, by class and reason "

@@ -30,7 +30,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from pdserve.router.admission import Claim, candidates, kv_targets
+from pdserve.router.admission import Claim, candidates, has_room, kv_targets
+from pdserve.router.disagg_policy import PrefillTimings, RequestSignals, choose_path
 from pdserve.router.discovery import WorkerSet
 from pdserve.router.metrics import (
     DECODE_FULL,
@@ -54,17 +55,20 @@ from pdserve.router.priority import (
 from pdserve.router.routing import (
     RoutingPolicy,
     WorkerLoad,
+    cached_tokens,
     estimate_tokens,
     same_model,
     text_block_hashes,
 )
 from pdserve.runtime.compression.config import OPT_OUT_HEADER as KV_COMPRESSION_HEADER
 from pdserve.runtime.disagg.headers import (
+    KV_HANDOFF_SECONDS_HEADER,
     KV_RECEIVER_HEADER,
     KV_REFUSED_HEADER,
     KV_REFUSED_NO_ROOM,
     KV_TARGET_HEADER,
     KV_TARGETS_HEADER,
+    PREFILL_SECONDS_HEADER,
     TRANSFER_HEADER,
 )
 
@@ -81,6 +85,7 @@ class RouterConfig:
     routing_policy: str = "prefix-affinity"
     decode_admission: bool = True  # False: the behaviour before admission (a benchmark baseline)
     priority: PriorityConfig | None = None  # None: no priority queues, every request admitted
+    disaggregation: str = "conditional"  # or "always": the threshold alone (disagg_policy.py)
 
 
 @dataclass
@@ -113,6 +118,7 @@ class Proxy:
         self.decode_policy = RoutingPolicy(config.routing_policy, "decode")
         self.session: aiohttp.ClientSession | None = None
         self.gate = PriorityGate(config.priority) if config.priority is not None else None
+        self.prefill_timings = PrefillTimings()
 
     def update_capacity(self) -> None:
         """Slots of the priority queues: per ready decode worker, maxInFlightPerWorker, else
@@ -191,7 +197,7 @@ class Proxy:
             claim = (Claim(self.decode.workers[decode].load, tokens)
                      if self.config.decode_admission else None)
             try:
-                decision = self._disaggregation(body, path, decode)
+                decision = self._disaggregation(hashes, tokens, decode)
                 if decision == PREFILL_DECODE:
                     handoff = await self._prefill(path, body, headers, hashes, decode, tokens)
                     if handoff.early is not None:
@@ -229,16 +235,26 @@ class Proxy:
             loads = candidates(loads, tokens)
         return self.decode_policy.choose(loads, hashes)
 
-    def _disaggregation(self, body: dict[str, Any], path: str, decode: str) -> Disaggregation:
+    def _disaggregation(self, hashes: list[int], tokens: int, decode: str) -> Disaggregation:
         """PREFILL_DECODE when the prompt goes through the prefill tier, else why decode
         prefills it itself."""
-        if estimate_tokens(prompt_text(body, path)) < self.config.short_prompt_threshold:
-            return SHORT_PROMPT
         if not self.prefill.configured or self.decode.workers[decode].kv_address is None:
-            return NO_KV_TARGET
-        if not self._prefill_peers(decode):
-            return NO_PREFILL_PEER
-        return PREFILL_DECODE
+            return NO_KV_TARGET if tokens >= self.config.short_prompt_threshold else SHORT_PROMPT
+        peers = self._prefill_peers(decode)
+        if not peers:
+            return NO_PREFILL_PEER if tokens >= self.config.short_prompt_threshold \
+                else SHORT_PROMPT
+        load = self.decode.workers[decode].load
+        signals = RequestSignals(
+            tokens=tokens,
+            decode_cached=cached_tokens(self.decode_policy.matched_blocks(hashes, decode)),
+            prefill_cached=max(cached_tokens(self.prefill_policy.matched_blocks(hashes, p))
+                               for p in peers),
+            decode_streams=load.running + load.queue,
+            decode_has_room=has_room(load, tokens),
+            prefill_queue=min(p.queue for p in peers.values()))
+        return choose_path(self.config.disaggregation, signals, self.prefill_timings,
+                           self.config.short_prompt_threshold)
 
     def _prefill_peers(self, decode: str) -> dict[str, WorkerLoad]:
         """The ready prefill workers of the decode worker's model."""
@@ -280,12 +296,17 @@ class Proxy:
             transfer_id = uuid.uuid4().hex
             headers[TRANSFER_HEADER] = transfer_id
             load = self.prefill.workers[worker].load
+            idle_worker = load.queue == 0
+            computed = tokens - cached_tokens(self.prefill_policy.matched_blocks(hashes, worker))
             load.inflight += 1
+            sent = time.perf_counter()
             try:
                 async with self.session.post(f"http://{worker}{path}", json=body,
                                              headers={**headers, **kv_headers}) as resp:
                     payload = await resp.read()
                     if resp.status == 200:
+                        self._learn_timings(resp, computed, time.perf_counter() - sent,
+                                            idle_worker)
                         self.prefill_policy.record(hashes, worker)
                         receiver = self._decode_worker_of(resp.headers.get(KV_RECEIVER_HEADER),
                                                           decode)
@@ -308,6 +329,18 @@ class Proxy:
             finally:
                 load.inflight -= 1
         return Handoff(PREFILL_FAILED, decode)
+
+    def _learn_timings(self, resp: aiohttp.ClientResponse, computed_tokens: int,
+                       call_seconds: float, idle_worker: bool) -> None:
+        """Feeds the conditional disaggregation what a prefill cost (headers of prefill.py;
+        absent from workers that predate them)."""
+        try:
+            prefill = float(resp.headers[PREFILL_SECONDS_HEADER])
+            handoff = float(resp.headers[KV_HANDOFF_SECONDS_HEADER])
+        except (KeyError, ValueError):
+            return
+        self.prefill_timings.observe(computed_tokens, prefill, handoff, call_seconds,
+                                     idle_worker)
 
     async def _decode(self, request: web.Request, path: str, body: dict[str, Any],
                       headers: dict[str, str], decode: str, timer: StreamTimer,

@@ -60,6 +60,11 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
+def cached_tokens(matched_blocks: int) -> int:
+    """Tokens of a prompt's leading chunks that a worker holds (the same rough estimate)."""
+    return matched_blocks * CHARS_PER_BLOCK // CHARS_PER_TOKEN
+
+
 def text_block_hashes(text: str, chars_per_block: int = CHARS_PER_BLOCK) -> list[int]:
     """Chained hashes of the text's full chunks (stable across processes, unlike hash())."""
     hashes: list[int] = []
@@ -154,6 +159,12 @@ class RoutingPolicy:
         # Ties go to the shorter queue, then to the name, so the choice is deterministic.
         return max(workers, key=lambda w: (score(loads[w], matched[w], len(hashes)),
                                            -loads[w].queue, _reverse_name(w)))
+
+    def matched_blocks(self, hashes: list[int], worker: str) -> int:
+        """Leading chunks of the prompt the worker holds (0 without prefix affinity)."""
+        if self.policy != "prefix-affinity":
+            return 0
+        return self.index.matched_blocks(hashes, [worker])[worker]
 
     def record(self, hashes: list[int], worker: str) -> None:
         if self.policy == "prefix-affinity":

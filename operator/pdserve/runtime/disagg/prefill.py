@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -25,10 +26,12 @@ from aiohttp import web
 
 from pdserve.runtime.disagg.decode import TRANSFER_HEADER, FinishedStream
 from pdserve.runtime.disagg.headers import (
+    KV_HANDOFF_SECONDS_HEADER,
     KV_RECEIVER_HEADER,
     KV_REFUSED_HEADER,
     KV_REFUSED_NO_ROOM,
     KV_TARGETS_HEADER,
+    PREFILL_SECONDS_HEADER,
 )
 from pdserve.runtime.disagg.kv_targets import parse_targets as parse_kv_targets
 from pdserve.runtime.disagg.kv_targets import push_to_first_with_room
@@ -48,6 +51,7 @@ SENDER: web.AppKey[list[KVSender]] = web.AppKey("pdserve_kv_sender", list)
 # that no decode worker had room for it.
 RECEIVER_KEY = "pdserve_kv_receiver"
 NO_ROOM_KEY = "pdserve_kv_no_room"
+TIMINGS_KEY = "pdserve_prefill_timings"  # (prefill seconds, handoff seconds)
 
 
 async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list[int],
@@ -59,6 +63,7 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
         raise RequestError(f"a prefill worker serves the pdserve router: headers {TRANSFER_HEADER}"
                            f" and {KV_TARGETS_HEADER} are required")
     engine = state.engine
+    arrived = time.perf_counter()
     # admit() aborts a request whose caller is cancelled while prefill_only is still queued,
     # so a cancelled prefill never keeps its KV blocks pinned.
     stream = await engine.admit(
@@ -75,6 +80,7 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
                                           f"({first.finish_reason if first else 'no output'})")
     first_logprobs = asdict(first.logprobs[-1]) if first.logprobs else None
     handed_off = False
+    prefilled = time.perf_counter()
     try:
         num_kv = await engine.call(lambda e: e.prefilled_kv_tokens(request_id))
         offer = Offer(transfer_id, prompt_ids, first.token_ids[-1], asdict(params), priority,
@@ -84,6 +90,7 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
             lambda target, wait: push(sender, state, request_id,
                                       replace(offer, wait_for_room=wait), target), targets)
         handed_off = True
+        request[TIMINGS_KEY] = (prefilled - arrived, time.perf_counter() - prefilled)
     except DecodeFullError as exc:
         state.metrics.kv_transfer_failures.inc()
         log.warning("KV of %s not pushed: %s", request_id, exc)
@@ -99,12 +106,17 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
 
 async def name_kv_receiver(request: web.Request, response: web.StreamResponse) -> None:
     """Tells the router which decode worker holds the KV (its answer may be a redirect), or
-    that none had room (the router then does not prefill the prompt again)."""
+    that none had room (the router then does not prefill the prompt again), and how long the
+    prefill and the handoff took."""
     receiver = request.get(RECEIVER_KEY)
     if receiver:
         response.headers[KV_RECEIVER_HEADER] = receiver
     if request.get(NO_ROOM_KEY):
         response.headers[KV_REFUSED_HEADER] = KV_REFUSED_NO_ROOM
+    timings = request.get(TIMINGS_KEY)
+    if timings is not None:
+        response.headers[PREFILL_SECONDS_HEADER] = f"{timings[0]:.6f}"
+        response.headers[KV_HANDOFF_SECONDS_HEADER] = f"{timings[1]:.6f}"
 
 
 async def push(sender: KVSender, state: WorkerState, request_id: str, offer: Offer,

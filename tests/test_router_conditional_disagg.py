@@ -1,0 +1,82 @@
+"""Conditional disaggregation through real processes (router, prefill and decode workers, the
+tiny model): until a prefill has been measured the threshold sends long prompts to the prefill
+tier; then an idle decode worker prefills them itself, and one that is streaming to other
+clients hands them to the prefill tier again. The answers are the same either way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from e2e.local_processes import http_get, router, running, wait_for_tiers, worker
+from pdserve.runtime.checkpoints.builtin import init_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+STORY = ("the dragon sat by the sea and watched ships sail past the old lighthouse while "
+         "children ran along the shore")
+WORDS = STORY.split()
+
+
+def long_prompt(seed: int) -> str:
+    return " ".join(WORDS[(seed * 7 + j) % len(WORDS)] for j in range(200 + seed))
+
+
+def decisions(url: str) -> dict[str, float]:
+    counts = {}
+    for line in http_get(url + "/metrics")[1].splitlines():
+        if line.startswith("pdserve_router_disaggregation_total{"):
+            labels, value = line.rsplit(" ", 1)
+            reason = labels.split('reason="')[1].split('"')[0]
+            counts[reason] = float(value)
+    return counts
+
+
+async def complete(session: aiohttp.ClientSession, url: str, prompt: str,
+                   max_tokens: int = 4) -> str:
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": True}
+    async with session.post(url + "/v1/completions", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        return (await resp.json())["choices"][0]["text"]
+
+
+def test_idle_decode_prefills_itself_busy_decode_hands_off(tmp_path):
+    model = str(init_model(tmp_path / "tiny"))
+    prefill, decode = worker("prefill", model, tmp_path), worker("decode", model, tmp_path)
+    with running(prefill, decode):
+        gateway = router([prefill], [decode], tmp_path, "--disaggregation", "conditional",
+                         "--short-prompt-threshold", "8", "--resolve-interval", "0.2")
+        with running(gateway):
+            wait_for_tiers(gateway)
+            asyncio.run(scenario(gateway.url, decode.url))
+
+
+async def scenario(url: str, decode_url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        first = await complete(session, url, long_prompt(0))
+        assert decisions(url)["handoff"] == 1  # nothing measured yet: the threshold
+        assert await complete(session, url, long_prompt(1))
+        assert decisions(url)["local_cheaper"] == 1  # the decode worker was idle
+        again = await complete(session, url, long_prompt(0))  # cached there now, same answer
+        assert again == first
+
+        # Streams running on the decode worker: a long prompt would stall them
+        streams = [asyncio.create_task(complete(session, url, f"story {i}", 1500))
+                   for i in range(3)]
+        for _ in range(100):  # until the router's /load poll has seen them run
+            load = json.loads(http_get(decode_url + "/load")[1])
+            if load["num_running"] >= 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)  # the router polls /load every 0.2 s (--resolve-interval)
+        assert not any(stream.done() for stream in streams)
+        before = decisions(url)["handoff"]
+        await complete(session, url, long_prompt(2))
+        assert decisions(url)["handoff"] == before + 1
+        for stream in streams:  # the client leaves: the workers abort them
+            stream.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)

@@ -1,0 +1,75 @@
+"""The conditional disaggregation's decision (router/disagg_policy.py), pure: an idle decode
+worker prefills a prompt itself, a busy one hands it to the prefill tier, the threshold decides
+until a prefill has been measured and in mode `always`."""
+
+from __future__ import annotations
+
+import pytest
+
+from pdserve.router.disagg_policy import PrefillTimings, RequestSignals, choose_path
+from pdserve.router.metrics import LOCAL_CHEAPER, PREFILL_DECODE, SHORT_PROMPT
+
+
+def signals(**changes) -> RequestSignals:
+    base = {"tokens": 500, "decode_cached": 0, "prefill_cached": 0, "decode_streams": 0,
+            "decode_has_room": True, "prefill_queue": 0}
+    return RequestSignals(**{**base, **changes})
+
+
+def measured(seconds_per_token: float = 1e-4, handoff: float = 1e-5,
+             hop: float = 0.002) -> PrefillTimings:
+    timings = PrefillTimings()
+    timings.observe(1000, 1000 * seconds_per_token, 1000 * handoff,
+                    1000 * (seconds_per_token + handoff) + hop, idle_worker=True)
+    return timings
+
+
+def test_threshold_until_a_prefill_is_measured_and_in_mode_always():
+    for mode, timings in (("conditional", PrefillTimings()), ("always", measured())):
+        assert choose_path(mode, signals(tokens=7), timings, 8) == SHORT_PROMPT
+        assert choose_path(mode, signals(tokens=8), timings, 8) == PREFILL_DECODE
+
+
+def test_idle_decode_worker_prefills_itself_busy_one_hands_off():
+    timings = measured()
+    assert choose_path("conditional", signals(), timings, 8) == LOCAL_CHEAPER
+    # 500 tokens at 0.1 ms stall each of 3 streams 50 ms: more than the handoff's ~7 ms
+    assert choose_path("conditional", signals(decode_streams=3), timings, 8) == PREFILL_DECODE
+    # a short prompt stalls them 0.5 ms each, 1.5 ms in all: less than the hop's 2 ms
+    assert choose_path("conditional", signals(tokens=5, decode_streams=3), timings,
+                       8) == LOCAL_CHEAPER
+
+
+def test_a_queued_prefill_tier_keeps_prompts_local():
+    timings = measured()  # one idle prefill took 0.1 s
+    busy = signals(decode_streams=3)
+    assert choose_path("conditional", busy, timings, 8) == PREFILL_DECODE
+    assert choose_path("conditional", signals(decode_streams=3, prefill_queue=2), timings,
+                       8) == LOCAL_CHEAPER
+
+
+def test_prefix_caches_count():
+    timings = measured()
+    # the decode worker holds all but 10 tokens: little to stall anyone with
+    assert choose_path("conditional", signals(decode_streams=3, decode_cached=490), timings,
+                       8) == LOCAL_CHEAPER
+    # the prefill worker holds the prompt and the decode worker is idle: faster there
+    assert choose_path("conditional", signals(prefill_cached=500), timings, 8) == PREFILL_DECODE
+
+
+def test_no_kv_room_on_the_decode_worker_prefills_elsewhere_meanwhile():
+    assert choose_path("conditional", signals(decode_has_room=False), measured(),
+                       8) == PREFILL_DECODE
+
+
+def test_timings_learn_compute_only_from_idle_workers():
+    timings = PrefillTimings()
+    timings.observe(100, 0.5, 0.01, 0.52, idle_worker=False)  # 0.5 s includes a queue
+    assert not timings.measured
+    assert timings.handoff_seconds_per_token == pytest.approx(1e-4)
+    assert timings.hop_seconds == pytest.approx(0.01)
+    timings.observe(100, 0.01, 0.01, 0.03, idle_worker=True)
+    assert timings.seconds_per_token == pytest.approx(1e-4)
+    assert timings.service_seconds == pytest.approx(0.01)
+    timings.observe(0, 0.0, 0.0, 0.0, idle_worker=True)  # a fully cached prompt: no division
+    assert timings.seconds_per_token == pytest.approx(0.8e-4)
