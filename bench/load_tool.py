@@ -11,10 +11,13 @@ never imports it. `run_guidellm` runs `guidellm run` as a subprocess against an 
 (`/v1/completions`, streaming, ignore_eos so every request generates its output length) with
 synthetic prompts of a given token count (or a JSONL file of `prompt` / `output_tokens_count`
 rows), one profile (concurrent streams, constant or Poisson rate, synchronous, throughput), a
-bound in seconds and/or requests, and writes guidellm's JSON report; `parse_report` reads the
-report back into the few figures the benchmarks print (`Figures`). The tokenizer guidellm counts
-and synthesizes prompts with comes from a local Hugging Face directory (`--processor`, e.g. the
-one `pdserve model init` writes): nothing is fetched from the Hugging Face hub.
+bound in seconds and/or requests, optionally an API key (`Authorization: Bearer`, as a client
+of one tenant sends it), and writes guidellm's JSON report; `parse_report` reads the report
+back into the few figures the benchmarks print (`Figures`), `request_outcomes` how its requests
+ended (answered, HTTP status of the errored ones: a 429 is a shed request). The tokenizer
+guidellm counts and synthesizes prompts with comes from a local Hugging Face directory
+(`--processor`, e.g. the one `pdserve model init` writes): nothing is fetched from the Hugging
+Face hub.
 
 Exits 2 with a message (raises ToolUnavailable in-process) when guidellm cannot be installed.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -207,21 +211,75 @@ def parse_report(path: Path) -> list[Figures]:
     return out
 
 
+@dataclass
+class Outcomes:
+    """How one guidellm benchmark's requests ended, from its per-request records (guidellm keeps
+    their timings, token counts and errors for every request, whatever `sample_size`)."""
+
+    answered: int
+    output_tokens: int  # of the answered requests
+    http_errors: dict[int, int]  # HTTP status -> errored requests (429: shed by the server)
+    other_errors: int  # errored without an HTTP status (a broken stream, a timeout)
+    incomplete: int
+    start: float  # the benchmark's start and end (epoch seconds)
+    end: float
+
+
+# guidellm records an HTTP error as httpx's HTTPStatusError repr: "... error '429 Too Many ..."
+_HTTP_STATUS = re.compile(r"error '(\d{3}) ")
+
+
+def request_outcomes(path: Path) -> list[Outcomes]:
+    """One Outcomes per benchmark in a guidellm JSON report."""
+    out = []
+    for bench in json.loads(Path(path).read_text()).get("benchmarks", []):
+        requests = bench.get("requests") or {}
+        answered = requests.get("successful") or []
+        statuses: dict[int, int] = {}
+        other = 0
+        for record in requests.get("errored") or []:
+            found = _HTTP_STATUS.search((record.get("info") or {}).get("error") or "")
+            if found:
+                statuses[int(found[1])] = statuses.get(int(found[1]), 0) + 1
+            else:
+                other += 1
+        out.append(Outcomes(
+            answered=len(answered),
+            output_tokens=sum(int((r.get("output_metrics") or {}).get("text_tokens") or 0)
+                              for r in answered),
+            http_errors=statuses, other_errors=other,
+            incomplete=len(requests.get("incomplete") or []),
+            start=float(bench.get("start_time", float("nan"))),
+            end=float(bench.get("end_time", float("nan")))))
+    return out
+
+
+def backend_spec(target: str, model: str, timeout: float | None,
+                 api_key: str | None = None) -> dict:
+    """guidellm's OpenAI backend for `target`'s /v1/completions; `api_key`: sent as
+    `Authorization: Bearer <key>` on every request (the report shows it masked)."""
+    backend = {"kind": "openai_http", "target": target, "model": model,
+               "request_format": "/v1/completions", "timeout": timeout}
+    if api_key is not None:
+        backend["api_key"] = api_key
+    return backend
+
+
 def guidellm_version_of(path: Path) -> str:
     return json.loads(Path(path).read_text()).get("metadata", {}).get("guidellm_version", "?")
 
 
 def run_guidellm(target: str, load: Load, report: Path, processor: Path, *,
                  model: str = "tiny", log: Path | None = None, worker_processes: int = 2,
-                 timeout: float | None = None) -> list[Figures]:
+                 timeout: float | None = None, api_key: str | None = None) -> list[Figures]:
     """Run guidellm against the OpenAI base URL `target`, write its JSON report to `report`,
-    and return its figures. guidellm's console output goes to `log` (or is discarded)."""
+    and return its figures. guidellm's console output goes to `log` (or is discarded).
+    `api_key`: see `backend_spec`."""
     exe = ensure_guidellm()
     report = Path(report).resolve()
     report.parent.mkdir(parents=True, exist_ok=True)
     report.unlink(missing_ok=True)
-    spec = {"backend": {"kind": "openai_http", "target": target, "model": model,
-                        "request_format": "/v1/completions", "timeout": load.request_timeout},
+    spec = {"backend": backend_spec(target, model, load.request_timeout, api_key),
             "tokenizer": {"kind": "huggingface_auto", "model": str(Path(processor).resolve())},
             **load.spec(),
             "outputs": [{"kind": "json", "path": str(report)}]}

@@ -3,6 +3,7 @@ the scenario it writes, and the refusal when guidellm cannot be installed."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import load_tool
-from bench.load_tool import Load, ToolUnavailable, parse_report
+from bench.load_tool import Load, ToolUnavailable, backend_spec, parse_report, request_outcomes
 
 REPORT = Path(__file__).parent / "guidellm_report_0.8.1.json"
 
@@ -69,6 +70,35 @@ def test_scenario_spec() -> None:
         Load(profile="constant", rate=None).spec()
     with pytest.raises(ValueError, match="choose from"):
         Load(profile="sweep").spec()
+
+
+def test_backend_sends_an_api_key_only_when_given() -> None:
+    plain = backend_spec("http://h:1", "tiny", 30.0)
+    assert plain == {"kind": "openai_http", "target": "http://h:1", "model": "tiny",
+                     "request_format": "/v1/completions", "timeout": 30.0}
+    assert backend_spec("http://h:1", "tiny", None, api_key="sk-1")["api_key"] == "sk-1"
+
+
+def test_request_outcomes_count_http_statuses_of_errors(tmp_path: Path) -> None:
+    def errored(message: str) -> dict:
+        return {"info": {"status": "errored", "error": message}}
+
+    shed = ("HTTPStatusError(\"Client error '429 Too Many Requests' for url "
+            "'http://127.0.0.1:1/v1/completions'\")")
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"benchmarks": [{
+        "start_time": 10.0, "end_time": 15.5,
+        "requests": {
+            "successful": [{"output_metrics": {"text_tokens": 24}},
+                           {"output_metrics": {"text_tokens": 16}}],
+            "errored": [errored(shed), errored(shed), errored("ReadTimeout('')"),
+                        errored(shed.replace("429 Too Many Requests", "503 Service "
+                                             "Unavailable"))],
+            "incomplete": [], "total": None}}]}))
+    (outcomes,) = request_outcomes(report)
+    assert outcomes.answered == 2 and outcomes.output_tokens == 40
+    assert outcomes.http_errors == {429: 2, 503: 1} and outcomes.other_errors == 1
+    assert outcomes.incomplete == 0 and (outcomes.start, outcomes.end) == (10.0, 15.5)
 
 
 def test_install_failure_is_tool_unavailable(tmp_path: Path, monkeypatch) -> None:
