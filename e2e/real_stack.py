@@ -87,7 +87,9 @@ def cpu_service_spec(placement: Placement, **extra: Any) -> dict[str, Any]:
         "model": {"servedName": "tiny", "source": {"builtin": "tiny"}, "dtype": "float32"},
         "prefill": placement.apply(worker),
         "decode": placement.apply(worker),
-        "router": placement.apply({"replicas": 1, "resources": SMALL}),
+        # always: the tests check the KV handoff, which conditional mode skips when idle
+        "router": placement.apply({"replicas": 1, "resources": SMALL,
+                                   "disaggregation": "always"}),
         "kvTransfer": {"transport": "tcp"},
     }
     spec.update(extra)

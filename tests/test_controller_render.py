@@ -178,6 +178,7 @@ def test_cpu_builtin_model_and_router_command_line():
     assert router[router.index("--decode-service") + 1] == "chat-decode-workers.team-a.svc:8000"
     assert router[router.index("--served-model-name") + 1] == "chat"
     assert router[router.index("--routing-policy") + 1] == "prefix-affinity"
+    assert router[router.index("--disaggregation") + 1] == "conditional"  # the API's default
 
 
 def test_services_headless_for_workers_and_clusterip_for_router():

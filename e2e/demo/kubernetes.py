@@ -118,6 +118,7 @@ def agentic_on_real_node(prefill: int, decode: int, short_prompt_threshold: int
             placed["replicas"] = replicas
         spec[role] = placed
     spec["router"]["shortPromptThreshold"] = short_prompt_threshold
+    spec["router"]["disaggregation"] = "always"  # the demo measures the handoff it shows
     spec["prefill"].setdefault("engine", {})["kvCompression"] = DEMO_KV_COMPRESSION.to_k8s()
     return manifest
 

@@ -13,6 +13,7 @@ from pdserve.api.pods import PodOverrides
 
 TpuTopology = Literal["1x1", "2x2", "2x4"]
 RoutingPolicy = Literal["prefix-affinity", "least-loaded", "round-robin"]
+DisaggregationMode = Literal["conditional", "always"]  # router/disagg_policy.py
 MAX_ACCELERATORS_PER_POD = 8
 MAX_NODES_PER_REPLICA = 16
 
@@ -228,10 +229,19 @@ class RouterSpec(PodOverrides):
         description="How a request picks its workers: prefix-affinity (reuse cached prefixes), "
         "least-loaded or round-robin.",
     )
+    disaggregation: DisaggregationMode = Field(
+        default="conditional",
+        description="conditional: per request, a prompt goes through the prefill pool only "
+        "when that adds less latency than a prefill on its decode worker (an idle decode "
+        "worker prefills it itself; one streaming to other clients hands it off), from "
+        "timings the router measures. always: every prompt of shortPromptThreshold tokens "
+        "or more goes through the prefill pool.",
+    )
     short_prompt_threshold: int = Field(
         default=0, ge=0, le=1_048_576,
-        description="Prompts shorter than this many tokens skip the prefill pool and run "
-        "entirely on a decode worker (conditional disaggregation); 0 disables.",
+        description="Prompts shorter than this many tokens run entirely on a decode worker: "
+        "always with disaggregation always, and with conditional until the router has "
+        "measured a prefill; 0: none.",
     )
     priority_classes: list[PriorityClassSpec] | None = Field(
         default=None, max_length=MAX_PRIORITY_CLASSES,

@@ -226,6 +226,7 @@ def router_context(spec: LLMServiceSpec, owner: Owner, image: str) -> dict[str, 
         "--served-model-name", served_model_name(spec, owner.name),
         "--prefill-service", service("prefill"), "--decode-service", service("decode"),
         "--routing-policy", router.routing_policy,
+        "--disaggregation", router.disaggregation,
         "--short-prompt-threshold", str(router.short_prompt_threshold),
     ]
     priority = router.priority_config()

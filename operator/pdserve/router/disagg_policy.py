@@ -28,10 +28,12 @@ the decode worker, the rest go through the prefill tier.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
+from pdserve.api.roles import DisaggregationMode
 from pdserve.router.metrics import LOCAL_CHEAPER, PREFILL_DECODE, SHORT_PROMPT, Disaggregation
 
-MODES = ("conditional", "always")
+MODES: tuple[str, ...] = get_args(DisaggregationMode)
 EWMA_WEIGHT = 0.2  # of each new sample: about the last ten prefills count
 
 
