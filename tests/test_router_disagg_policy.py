@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pdserve.router.disagg_policy import PrefillTimings, RequestSignals, choose_path
+from pdserve.router.disagg_policy import LinearFit, PrefillTimings, RequestSignals, choose_path
 from pdserve.router.metrics import LOCAL_CHEAPER, PREFILL_DECODE, SHORT_PROMPT
 
 
@@ -66,10 +66,21 @@ def test_timings_learn_compute_only_from_idle_workers():
     timings = PrefillTimings()
     timings.observe(100, 0.5, 0.01, 0.52, idle_worker=False)  # 0.5 s includes a queue
     assert not timings.measured
-    assert timings.handoff_seconds_per_token == pytest.approx(1e-4)
+    assert timings.handoff.predict(100) == pytest.approx(0.01)
     assert timings.hop_seconds == pytest.approx(0.01)
     timings.observe(100, 0.01, 0.01, 0.03, idle_worker=True)
-    assert timings.seconds_per_token == pytest.approx(1e-4)
-    assert timings.service_seconds == pytest.approx(0.01)
-    timings.observe(0, 0.0, 0.0, 0.0, idle_worker=True)  # a fully cached prompt: no division
-    assert timings.seconds_per_token == pytest.approx(0.8e-4)
+    assert timings.compute.per_token() == pytest.approx(1e-4)  # one length: the mean ratio
+    assert timings.compute.mean_seconds() == pytest.approx(0.01)
+
+
+def test_the_fit_separates_a_prefills_fixed_cost_from_its_per_token_cost():
+    fit = LinearFit()
+    for tokens in (10, 500, 40, 300, 20, 450) * 5:
+        fit.add(tokens, 0.008 + 2e-5 * tokens)  # an 8 ms step, 20 us a token
+    assert fit.per_token() == pytest.approx(2e-5)
+    assert fit.predict(1000) == pytest.approx(0.028)
+    # a short prompt stalls 3 streams 3 x 30 x 20 us = 1.8 ms, not 3 x 30 x the mean ratio
+    timings = PrefillTimings()
+    timings.compute = fit
+    assert choose_path("conditional", signals(tokens=30, decode_streams=3), timings,
+                       8) == LOCAL_CHEAPER

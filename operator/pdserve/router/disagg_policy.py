@@ -17,12 +17,14 @@ always-on disaggregation. A decode worker without free KV blocks for the prompt 
 prefill tier: the KV is computed there while it waits for blocks, instead of after.
 
 Timings come from the prefill workers' answers (headers named in runtime/disagg/headers.py):
-seconds per prompt token, measured only on calls sent to a prefill worker with an empty queue
-(pure compute, no waiting), the handoff's seconds per token, and the hop (the call's time
-beyond the two). The decode worker is assumed to compute a token as fast as a prefill worker
-(one model; the same accelerator in the usual deployment). Until the first measurement, and in
-mode `always`, the prompt-length threshold decides: prompts of fewer estimated tokens stay on
-the decode worker, the rest go through the prefill tier.
+the prefill's seconds as a line over the prompt's computed tokens (`LinearFit`: its slope is
+what a local prefill stalls the streams by, its mean the service time behind a queue), measured
+only on calls sent to a prefill worker with an empty queue (no waiting in them), the handoff's
+seconds the same way, and the hop (the call's time beyond the two). The decode worker is
+assumed to compute a token as fast as a prefill worker (one model; the same accelerator in the
+usual deployment). Until the first measurement, and in mode `always`, the prompt-length
+threshold decides: prompts of fewer estimated tokens stay on the decode worker, the rest go
+through the prefill tier.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from pdserve.api.roles import DisaggregationMode
 from pdserve.router.metrics import LOCAL_CHEAPER, PREFILL_DECODE, SHORT_PROMPT, Disaggregation
 
 MODES: tuple[str, ...] = get_args(DisaggregationMode)
-EWMA_WEIGHT = 0.2  # of each new sample: about the last ten prefills count
+FIT_WEIGHT = 0.05  # of each new sample: about the last forty prefills count
+MIN_SPREAD = 0.1  # of the mean prompt length: samples closer than that fit no slope
 
 
 @dataclass(frozen=True)
@@ -49,52 +52,89 @@ class RequestSignals:
     prefill_queue: int  # requests queued or in flight on the least busy prefill worker
 
 
-class PrefillTimings:
-    """Moving averages of what a prefill costs, from the prefill workers' answers."""
+class LinearFit:
+    """seconds ~ fixed + per_token x tokens, by least squares over exponentially decaying
+    samples. A prompt's prefill has a fixed part (an engine step, a hop) that a local prefill
+    merged into a running decode step does not pay: only the per-token part stalls the streams
+    there. While the samples hardly vary in length the slope is not known: the mean seconds per
+    token stands in for it (an upper bound)."""
 
     def __init__(self) -> None:
-        self.seconds_per_token: float | None = None
-        self.handoff_seconds_per_token: float | None = None
-        self.hop_seconds: float | None = None
-        self.service_seconds: float | None = None  # one prefill on an idle worker
+        self.weight = self.tokens = self.seconds = self.tokens_sq = self.tokens_seconds = 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        keep = 1.0 - FIT_WEIGHT
+        self.weight = keep * self.weight + 1.0
+        self.tokens = keep * self.tokens + tokens
+        self.seconds = keep * self.seconds + seconds
+        self.tokens_sq = keep * self.tokens_sq + tokens * tokens
+        self.tokens_seconds = keep * self.tokens_seconds + tokens * seconds
 
     @property
     def measured(self) -> bool:
-        return self.seconds_per_token is not None
+        return self.weight > 0.0
+
+    def mean_seconds(self) -> float:
+        return self.seconds / self.weight if self.weight else 0.0
+
+    def per_token(self) -> float:
+        if not self.weight:
+            return 0.0
+        ratio = self.seconds / max(self.tokens, 1.0)
+        mean = self.tokens / self.weight
+        variance = self.tokens_sq / self.weight - mean * mean
+        if variance < (MIN_SPREAD * mean) ** 2:
+            return ratio
+        slope = (self.tokens_seconds / self.weight - mean * self.mean_seconds()) / variance
+        return min(max(slope, 0.0), ratio)
+
+    def predict(self, tokens: int) -> float:
+        per_token = self.per_token()
+        fixed = max(self.mean_seconds() - per_token * self.tokens / max(self.weight, 1e-9), 0.0)
+        return fixed + per_token * tokens
+
+
+class PrefillTimings:
+    """What a prefill costs, learnt from the prefill workers' answers."""
+
+    def __init__(self) -> None:
+        self.compute = LinearFit()  # on an idle prefill worker: arrival to first token
+        self.handoff = LinearFit()
+        self.hop_seconds: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.compute.measured
 
     def observe(self, computed_tokens: int, prefill_seconds: float, handoff_seconds: float,
                 call_seconds: float, idle_worker: bool) -> None:
         """One prefill call: `computed_tokens` the worker computed (not cached),
         `prefill_seconds` from its arrival to the first token, `handoff_seconds` of the KV push,
         `call_seconds` as the router saw it; `idle_worker`: nothing was queued there."""
-        tokens = max(computed_tokens, 1)
-        self.handoff_seconds_per_token = _ewma(self.handoff_seconds_per_token,
-                                               handoff_seconds / tokens)
-        self.hop_seconds = _ewma(self.hop_seconds,
-                                 max(call_seconds - prefill_seconds - handoff_seconds, 0.0))
+        self.handoff.add(computed_tokens, handoff_seconds)
+        hop = max(call_seconds - prefill_seconds - handoff_seconds, 0.0)
+        self.hop_seconds = hop if self.hop_seconds is None else (
+            self.hop_seconds + FIT_WEIGHT * (hop - self.hop_seconds))
         if idle_worker:  # otherwise prefill_seconds holds the worker's queue too
-            self.seconds_per_token = _ewma(self.seconds_per_token, prefill_seconds / tokens)
-            self.service_seconds = _ewma(self.service_seconds, prefill_seconds)
-
-
-def _ewma(mean: float | None, sample: float) -> float:
-    return sample if mean is None else mean + EWMA_WEIGHT * (sample - mean)
+            self.compute.add(computed_tokens, prefill_seconds)
 
 
 def choose_path(mode: str, signals: RequestSignals, timings: PrefillTimings,
                 short_prompt_threshold: int) -> Disaggregation:
     """PREFILL_DECODE, or the reason the decode worker prefills the prompt itself."""
-    if mode == "always" or timings.seconds_per_token is None:
+    if mode == "always" or not timings.measured:
         if signals.tokens < short_prompt_threshold:
             return SHORT_PROMPT
         return PREFILL_DECODE
     if not signals.decode_has_room:
         return PREFILL_DECODE
-    per_token = timings.seconds_per_token
+    per_token = timings.compute.per_token()
     local = max(signals.tokens - signals.decode_cached, 0)
     remote = max(signals.tokens - signals.prefill_cached, 0)
     interference = signals.decode_streams * local * per_token
-    remote_delay = (signals.prefill_queue * (timings.service_seconds or 0.0)
-                    + remote * (per_token + (timings.handoff_seconds_per_token or 0.0))
-                    + (timings.hop_seconds or 0.0) - local * per_token)
+    # What the request waits for beyond a local prefill merged into the decode worker's steps:
+    # the prefill tier's queue, a whole prefill there (its fixed part too), handoff and hop.
+    remote_delay = (signals.prefill_queue * timings.compute.mean_seconds()
+                    + timings.compute.predict(remote) - local * per_token
+                    + timings.handoff.predict(remote) + (timings.hop_seconds or 0.0))
     return LOCAL_CHEAPER if interference <= remote_delay else PREFILL_DECODE

@@ -250,7 +250,9 @@ class Proxy:
             decode_cached=cached_tokens(self.decode_policy.matched_blocks(hashes, decode)),
             prefill_cached=max(cached_tokens(self.prefill_policy.matched_blocks(hashes, p))
                                for p in peers),
-            decode_streams=load.running + load.queue,
+            # This router's in-flight requests are among the scraped ones once the worker has
+            # them (others' only there): the larger figure, not the sum.
+            decode_streams=max(load.running + load.waiting, load.inflight),
             decode_has_room=has_room(load, tokens),
             prefill_queue=min(p.queue for p in peers.values()))
         return choose_path(self.config.disaggregation, signals, self.prefill_timings,
