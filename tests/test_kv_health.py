@@ -235,3 +235,12 @@ def test_job_reports_an_unreachable_prometheus():
     [condition] = _run(kube, memo, service)
     assert (condition["status"], condition["reason"]) == ("Unknown", "PrometheusUnavailable")
     assert "refused" in condition["message"]
+
+
+def test_prompts_the_conditional_disaggregation_kept_on_decode_are_no_traffic_but_said():
+    given = KVFigures(60, {"handoff": 0.0, "short_prompt": 2.0, "local_cheaper": 7.0},
+                      transfers=NAN, transfer_failures=NAN, recomputed=NAN, prefill_requests=NAN)
+    verdict = assess(given, "p")
+    assert (verdict.status, verdict.reason) == ("Unknown", "NoTraffic")
+    assert "2 short ones and 7 that the conditional disaggregation kept on decode" in (
+        verdict.message)

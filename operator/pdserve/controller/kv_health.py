@@ -30,6 +30,7 @@ NAN = float("nan")
 # The reasons of pdserve_router_disaggregation_total, one per path.
 HANDOFF = router.PREFILL_DECODE[1]
 SHORT_PROMPT = router.SHORT_PROMPT[1]
+LOCAL_CHEAPER = router.LOCAL_CHEAPER[1]
 NO_PREFILL_PEER = router.NO_PREFILL_PEER[1]
 NO_KV_TARGET = router.NO_KV_TARGET[1]
 PREFILL_FAILED = router.PREFILL_FAILED[1]
@@ -108,11 +109,14 @@ def assess(figures: KVFigures, source: str) -> Verdict:
     failed, full = figures.decided(PREFILL_FAILED), figures.decided(DECODE_FULL)
     long = handoffs + no_peer + no_target + failed + full
     if round(long) < 1:
-        short = figures.decided(SHORT_PROMPT)
+        short, local = figures.decided(SHORT_PROMPT), figures.decided(LOCAL_CHEAPER)
+        kept = [f"{_n(short)} short ones"] if round(short) else []
+        if round(local):
+            kept.append(f"{_n(local)} that the conditional disaggregation kept on decode")
         return Verdict("Unknown", "NoTraffic",
-                       f"no long prompt reached the router in {window}"
-                       + (f" ({_n(short)} short ones, which decode prefills itself)"
-                          if round(short) else "") + ": nothing to judge the KV path by")
+                       f"no long prompt went to the prefill tier in {window}"
+                       + (f" ({' and '.join(kept)}, which decode prefilled itself)"
+                          if kept else "") + ": nothing to judge the KV path by")
     # Decode recomputes a prompt whose transfer it does not hold: after every prefill attempt
     # failed or no decode worker had room (both counted by the router too), or after a handoff
     # whose KV never arrived.
