@@ -4,8 +4,8 @@ and the HTTP requests that claim them.
 A transfer's life: the receiver thread calls `reserve` (engine.admit_with_kv on the engine
 thread: blocks held, cached prefix blocks shared; without free blocks the OFFER is refused
 (DecodeFullError, so that the prefill worker can try another decode worker) or, when it asks to
-wait, queued first come, first served until blocks free up, for at most WAIT_SHARE of
---kv-timeout) -> the KV lands in the reserved blocks ->
+wait, queued until blocks free up, most urgent first, then first come, first served
+(offer_queue.py), for at most WAIT_SHARE of --kv-timeout) -> the KV lands in the reserved blocks ->
 `complete` (ready) or `fail` (blocks freed at once). The decode request for it, sent by the
 router once the prefill worker answered, `claim`s it and admits it as running. A transfer
 that is not claimed within --kv-timeout of its reservation is aborted, which frees its blocks
@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 from pdserve.runtime.disagg.kv_transfer import DecodeFullError, KVTransferError, Offer
+from pdserve.runtime.disagg.offer_queue import OfferQueue
 from pdserve.runtime.engine.async_engine import AsyncEngine
 from pdserve.runtime.engine.block_manager import KVReservation
 from pdserve.runtime.engine.sampling_params import SamplingParams
@@ -57,7 +57,7 @@ class DecodeTransfers:
         self.timeout = timeout
         self.loop = loop
         self.transfers: dict[str, IncomingTransfer] = {}
-        self._waiting: deque[str] = deque()  # transfer ids of OFFERs queued for blocks, in order
+        self._waiting = OfferQueue()  # OFFERs queued for blocks
 
     # ---- receiver threads ----------------------------------------------------------------
 
@@ -91,9 +91,10 @@ class DecodeTransfers:
         except TypeError as exc:
             raise KVTransferError(f"bad sampling params in OFFER: {exc}") from None
         request_id = f"kv-{offer.transfer_id}"
-        # Queued OFFERs come first: one that does not wait is refused rather than overtake them.
-        reservation = (await self._admit(offer, params, request_id) if not self._waiting
-                       else None)
+        # Queued OFFERs as urgent or more come first: one that does not wait is refused rather
+        # than overtake them.
+        reservation = (await self._admit(offer, params, request_id)
+                       if not self._waiting.is_ahead_of(offer.priority) else None)
         if reservation is None and offer.wait_for_room:
             reservation = await self._wait_for_room(offer, params, request_id)
         if reservation is None:
@@ -116,19 +117,19 @@ class DecodeTransfers:
 
     async def _wait_for_room(self, offer: Offer, params: SamplingParams,
                              request_id: str) -> KVReservation | None:
-        """Queue behind the OFFERs already waiting; the head asks for blocks every few ms."""
+        """Queue for blocks (offer_queue.py); the head asks for them every few ms."""
         deadline = time.monotonic() + WAIT_SHARE * self.timeout
-        self._waiting.append(offer.transfer_id)
+        self._waiting.join(offer.transfer_id, offer.priority)
         try:
             while time.monotonic() < deadline:
-                if self._waiting[0] == offer.transfer_id:
+                if self._waiting.head() == offer.transfer_id:
                     reservation = await self._admit(offer, params, request_id)
                     if reservation is not None:
                         return reservation
                 await asyncio.sleep(ROOM_POLL_SECONDS)
             return None
         finally:
-            self._waiting.remove(offer.transfer_id)
+            self._waiting.leave(offer.transfer_id)
 
     def _complete(self, transfer_id: str, nbytes: int, seconds: float) -> None:
         transfer = self.transfers.get(transfer_id)

@@ -4,10 +4,10 @@ The router sends `x-pdserve-kv-targets: D1,D2,...` (the decode worker it chose f
 others of the same model, those with free KV blocks first). A target that refuses the KV for lack
 of free blocks (DecodeFullError, refused at OFFER before anything moves) passes it to the next,
 so a decode-side shortage never costs a second prefill. When every target refuses, the KV is
-offered to the first once more, asking it to queue the OFFER until blocks free up (first come,
-first served, bounded by its --kv-timeout: decode_transfers.py): overload waits, it is not
-prefilled again. Any other failure ends the push at once (the router then retries on another
-prefill worker).
+offered to the first once more, asking it to queue the OFFER until blocks free up (most urgent
+first, then first come, first served, bounded by its --kv-timeout: decode_transfers.py): overload
+waits, it is not prefilled again. Any other failure ends the push at once (the router then
+retries on another prefill worker).
 
 A request with only `x-pdserve-kv-target` (routers before the targets list, and the overload
 benchmark's baseline router) gets one try on that one target, without waiting, as before.

@@ -20,7 +20,8 @@ Either side may answer ERROR {message, code} instead; a mismatched layout or mod
 of checkpoints/identity.py: weights, tokenizer, dtype, block size) is refused at HELLO. An OFFER
 the decode worker has no free blocks for is refused with code `no_room` (`DecodeFullError`): the
 connection stays usable, and the prefill worker may offer the same KV to another decode worker;
-an OFFER with `wait_for_room` queues instead (first come, first served) until blocks free up.
+an OFFER with `wait_for_room` queues instead (most urgent first, then first come, first served)
+until blocks free up.
 
 A compressed prompt (KV compression) travels as `num_kv_tokens` slots, fewer than its tokens,
 packed from the first block; kept K carries its rotary position, so the slots are all the
