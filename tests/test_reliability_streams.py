@@ -41,8 +41,8 @@ from runtime_worker_process import is_idle, metric_value, tiny_model_dir
 
 from e2e.local_processes import engine_debug, http_get, router, running, worker
 from pdserve.router.app import PROXY, build_app
+from pdserve.router.config import RouterConfig
 from pdserve.router.discovery import WorkerSet
-from pdserve.router.proxy import RouterConfig
 from pdserve.runtime.serving.openai_protocol import CompletionRequest, RequestError, parse_request
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from pdserve.router.admission import (
     with_room,
 )
 from pdserve.router.app import build_app
+from pdserve.router.config import RouterConfig
 from pdserve.router.discovery import WorkerSet
-from pdserve.router.proxy import RouterConfig
 from pdserve.router.routing import WorkerLoad
 
 LONG = "a long prompt " * 20  # 70 tokens at 4 characters a token: 5 blocks of 16

@@ -8,8 +8,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from e2e.local_processes import free_port
 from pdserve.router.app import build_app
+from pdserve.router.config import RouterConfig
 from pdserve.router.discovery import WorkerSet
-from pdserve.router.proxy import RouterConfig
 
 
 @pytest.fixture

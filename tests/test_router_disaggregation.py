@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from pdserve.router.app import build_app
+from pdserve.router.config import RouterConfig
 from pdserve.router.discovery import WorkerSet
-from pdserve.router.proxy import RouterConfig
 
 LONG = "a long prompt " * 20  # ~70 tokens at 4 characters a token
 SHORT = "hi"

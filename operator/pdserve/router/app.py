@@ -12,9 +12,10 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pdserve.router.config import RouterConfig
 from pdserve.router.discovery import WorkerSet
 from pdserve.router.metrics import RouterMetrics
-from pdserve.router.proxy import Proxy, RouterConfig
+from pdserve.router.proxy import Proxy
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL = 1.0

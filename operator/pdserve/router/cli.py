@@ -12,10 +12,10 @@ from pathlib import Path
 from aiohttp import web
 
 from pdserve.router.app import build_app
+from pdserve.router.config import RouterConfig
 from pdserve.router.disagg_policy import MODES
 from pdserve.router.discovery import WorkerSet, parse_endpoints
 from pdserve.router.priority import PriorityConfig, read_api_keys, watch_api_keys
-from pdserve.router.proxy import RouterConfig
 from pdserve.router.routing import POLICIES
 
 # Connections waiting to be accepted: aiohttp's default of 128 drops the SYNs of a larger burst
