@@ -1,8 +1,9 @@
 """One generation request through the router: optional prefill tier, then a decode worker.
 
 Flow (see README "How the KV handoff works"): pick a decode worker D with KV room for the prompt
-(admission.py: the workers' free blocks less the router's claims); unless the prompt is short,
-pick a prefill worker P by prefix affinity and POST the client's body to it with headers naming
+(admission.py: the workers' free blocks less the router's claims); unless D is to prefill the
+prompt itself (disagg_policy.py: conditional disaggregation, or a short prompt), pick a prefill
+worker P by prefix affinity (prefill_tier.py) and POST the client's body to it with headers naming
 the transfer (`x-pdserve-transfer-id`) and the decode workers to push the KV to
 (`x-pdserve-kv-targets`: D first, then the others of its model); P prefills once, pushes the KV
 to the first of them with room and answers, naming it (`x-pdserve-kv-receiver`), once it has the
