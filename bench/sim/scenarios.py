@@ -27,6 +27,7 @@ FROZEN_SETTINGS = {
     "scale_down_stabilization_seconds": 120.0,
     "max_step": 3,
     "hold_seconds": 180.0,
+    "max_burst_factor": 2.0,
 }
 # Context length assumed when turning the ITL target into a decode capacity prior.
 PRIOR_CONTEXT_TOKENS = 1500
@@ -92,7 +93,7 @@ def planner_config(dep: Deployment, capacity_error: float = 1.0,
         scale_down_stabilization_seconds=values["scale_down_stabilization_seconds"],
         max_step=int(values["max_step"]), hold_seconds=values["hold_seconds"],
         latency_aim=values["latency_aim"], peak_utilization=values["peak_utilization"],
-        backlog_drain_seconds=30.0)
+        max_burst_factor=values["max_burst_factor"], backlog_drain_seconds=30.0)
 
 
 SUMMARIES = (0.85, 0.1, 0.05)

@@ -64,6 +64,10 @@ class PlannerConfig:
     target_utilization: float = 0.8
     # ...and for recent short-term peaks of arrivals at this utilization.
     peak_utilization: float = 0.95
+    # The peak counts for at most this multiple of the current arrival rate: the peak query
+    # looks back minutes, and a higher ratio is mostly load since gone (a declining day, the
+    # previous crest of a wave), not a burst to come (chosen on the simulator's tuning traces).
+    max_burst_factor: float = 2.0
     # Mean latencies are steered to this fraction of the targets: the targets bind every
     # request, and a mean at the target leaves about half of them over it.
     latency_aim: float = 0.6
@@ -107,8 +111,10 @@ class PlannerConfig:
             raise PlannerConfigError("latency aim must be in (0, 1]")
         if not 0.0 < self.peak_utilization <= 1.0:
             raise PlannerConfigError("peak utilization must be in (0, 1]")
-        if not (self.length_p90_over_mean >= 1.0 and self.panic_threshold > 1.0):
-            raise PlannerConfigError("length p90/mean must be >= 1 and panic threshold > 1")
+        if not (self.length_p90_over_mean >= 1.0 and self.panic_threshold > 1.0
+                and self.max_burst_factor >= 1.0):
+            raise PlannerConfigError("length p90/mean and burst factor must be >= 1 and panic "
+                                     "threshold > 1")
         if not 0.0 < self.target_utilization <= 1.0:
             raise PlannerConfigError("target utilization must be in (0, 1]")
         budget = self.accelerator_budget

@@ -64,7 +64,8 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
                          cfg.capacity.prefill_tokens_per_second, pre, cfg)
     d_corr = _correction(state.decode_correction,
                          latency_ratio(snapshot.decode, cfg.itl_target_seconds * cfg.latency_aim),
-                         snapshot.decode, cfg.capacity.decode_tokens_per_second, dec, cfg)
+                         snapshot.decode, cfg.capacity.decode_tokens_per_second, dec, cfg,
+                         scaled_latency=True)
     state = replace(state, prefill_correction=p_corr, decode_correction=d_corr)
     p_demand = demand(snapshot.prefill, snapshot.arrival_rate)
     d_demand = demand(snapshot.decode, snapshot.arrival_rate)
@@ -73,8 +74,9 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
                        cfg.forecast_seconds)
     d_asked = forecast(d_demand, [(t, d) for t, _, d in state.demand_history],
                        cfg.forecast_seconds)
-    p_peak = demand(snapshot.prefill, snapshot.peak_arrival_rate)
-    d_peak = demand(snapshot.decode, snapshot.peak_arrival_rate)
+    peak_rate = _burst_peak(snapshot, cfg)
+    p_peak = demand(snapshot.prefill, peak_rate)
+    d_peak = demand(snapshot.decode, peak_rate)
     p_need = prefill_need(snapshot.prefill, p_asked, p_peak, pre.ready, p_corr, cfg, ttft)
     prior_slots = cfg.capacity.decode_max_sequences
     slots = learned_slots(state.decode_slots if state.decode_slots is not None else prior_slots,
@@ -113,6 +115,13 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
         target = [_stabilized(state, now, cfg, r, raw[r], current[r]) for r in (0, 1)]
         target = [max(c - cfg.max_step, min(c + cfg.max_step, t))
                   for t, c in zip(target, current, strict=True)]
+        # Prefill does not scale down while its demand rises (unless the budget needs the
+        # room): a pod removed now is missed a start-up later, TTFT at once (a wave's first
+        # rise). Decode is not held: on the wave it gained nothing, and held with prefill it
+        # kept the accelerators a mix shift moves (shifting-bursty: 93.4%).
+        rising = p_asked > p_demand * (1.0 + cfg.dead_band)
+        if rising and target[0] < current[0] and fits(cfg, current[0], target[1], budget):
+            target[0] = current[0]
     for index, (name, pods) in enumerate((("prefill", pre), ("decode", dec))):
         if pods.pending > 0:
             target[index] = min(target[index], current[index])
@@ -134,6 +143,20 @@ def _plan_for_load(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerCo
     message = _message(current, final, p_need, d_need, deferred)
     return Decision(final[0], final[1], _reason(current, final), message, state,
                     limited="; ".join(limited) or None, inputs=_finite_inputs(inputs))
+
+
+def _burst_peak(snapshot: MetricsSnapshot, cfg: PlannerConfig) -> float:
+    """The arrival peak to plan for: the recent short-term peak, at most `max_burst_factor`
+    times the current arrivals (NaN stays unknown).
+
+    Together with the prefill hold on a rising trend (a pod started after the ramp began comes
+    a start-up late) this replaces what a stale peak gave by accident: on a wave (Dynamo issue
+    #10528's 1 <-> 24 req/s) the uncapped peak kept the previous crest's replicas through the
+    trough, ready for the next rise, but also kept a declining day's and a faded mix's."""
+    peak, arrivals = snapshot.peak_arrival_rate, snapshot.arrival_rate
+    if known(peak) and known(arrivals):
+        return min(peak, arrivals * cfg.max_burst_factor)
+    return peak
 
 
 def _panic(snapshot: MetricsSnapshot, replicas: Replicas, cfg: PlannerConfig,
@@ -270,13 +293,14 @@ def _steady(pods: RoleReplicas) -> bool:
 
 
 def _correction(previous: float, ratio: float, metrics: RoleMetrics, prior_rate: float,
-                pods: RoleReplicas, cfg: PlannerConfig) -> float:
+                pods: RoleReplicas, cfg: PlannerConfig, scaled_latency: bool = False) -> float:
     """One role's capacity correction after this interval from its latency over its aim
-    (prefill: the binding TTFT, a priority class's included; decode: ITL)."""
+    (prefill: the binding TTFT, a priority class's included; decode: ITL, see
+    updated_correction's scaled_latency)."""
     return updated_correction(
         previous, ratio,
         _utilization(metrics.token_rate, pods.ready, prior_rate * previous),
-        cfg, _steady(pods))
+        cfg, _steady(pods), scaled_latency)
 
 
 def _utilization(rate: float, ready: int, per_replica: float) -> float:
