@@ -108,10 +108,13 @@ def test_kv_moves_between_pods_over_nixl(cluster: Cluster, api: Api, real_releas
                                          placement: Placement) -> None:
     """kvTransfer.transport nixl from the image: NIXL's UCX finds its way between two pods
     (their own PID, IPC and network namespaces: TCP over the pod network) under the restricted
-    security context and read-only root filesystem."""
+    security context and read-only root filesystem. This service's router keeps the API's
+    default disaggregation, conditional: the first long prompt (no prefill measured yet) goes
+    through the prefill pod, the next one, to an idle decode pod, stays there."""
     name = "chat-nixl"
-    real_stack.apply_and_wait_ready(cluster, api, real_release, name, real_stack.cpu_service_spec(
-        placement, kvTransfer={"transport": "nixl"}), pods=3)
+    spec = real_stack.cpu_service_spec(placement, kvTransfer={"transport": "nixl"})
+    del spec["router"]["disaggregation"]
+    real_stack.apply_and_wait_ready(cluster, api, real_release, name, spec, pods=3)
     try:
         router = cluster.get("service", f"{name}-router", "-n", real_release)
         client = openai.OpenAI(
@@ -128,5 +131,12 @@ def test_kv_moves_between_pods_over_nixl(cluster: Cluster, api: Api, real_releas
         assert worker_metric(decode, "pdserve_kv_transfer_bytes_total") > 0
         assert worker_metric(prefill, "pdserve_kv_transfer_failures_total") == 0
         assert worker_metric(decode, "pdserve_kv_transfer_fallbacks_total") == 0
+        [router_pod] = role_pods(api, real_release, name, "router")
+        url = f"http://{router_pod['status']['podIP']}:{ROUTER_HTTP_PORT}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            decisions = {line.split('reason="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                         for line in resp.read().decode().splitlines()
+                         if line.startswith("pdserve_router_disaggregation_total{")}
+        assert (decisions["handoff"], decisions["local_cheaper"]) == (1, 1), decisions
     finally:
         cluster.kubectl("delete", "llmservice", name, "-n", real_release, "--wait=false")
