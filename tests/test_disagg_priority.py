@@ -1,17 +1,21 @@
 """Priority classes through the prefill/decode split: OFFERs waiting at a decode worker for KV
-blocks get them most urgent first (offer_queue.py; a real DecodeTransfers over a real engine),
-and a prefill worker's prefill-only prompts are admitted most urgent first."""
+blocks get them most urgent first (offer_queue.py; a real DecodeTransfers over a real engine,
+also behind a real KV receiver fed by a real KVSender), and a prefill worker's prefill-only
+prompts are admitted most urgent first."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from runtime_engine_helpers import one_torch_thread  # noqa: F401 - fixture
 
 from pdserve.runtime.checkpoints.builtin import init_model
+from pdserve.runtime.checkpoints.identity import ModelIdentity
 from pdserve.runtime.disagg.decode_transfers import DecodeTransfers
-from pdserve.runtime.disagg.kv_transfer import DecodeFullError, Offer
+from pdserve.runtime.disagg.kv_transfer import DecodeFullError, KVReceiverServer, KVSender, Offer
 from pdserve.runtime.disagg.offer_queue import OfferQueue
 from pdserve.runtime.engine.async_engine import AsyncEngine
 from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine
@@ -50,12 +54,16 @@ def offer(transfer_id: str, num_blocks: int, priority: int, wait: bool) -> Offer
     return Offer(transfer_id, prompt, 2, {"max_tokens": 4}, priority, wait_for_room=wait)
 
 
-async def reserve(transfers: DecodeTransfers, order: list[str], item: Offer) -> asyncio.Task:
-    """The KV receiver's call for an OFFER (from its thread); records when it got blocks."""
+async def reserve(transfers: DecodeTransfers, item: Offer) -> asyncio.Task:
+    """The KV receiver's call for an OFFER (from its thread)."""
     task = asyncio.ensure_future(asyncio.to_thread(transfers.reserve, item))
-    task.add_done_callback(lambda t: order.append(item.transfer_id) if not t.exception() else None)
     await asyncio.sleep(0.05)  # queued before the next one arrives
     return task
+
+
+def holders(transfers: DecodeTransfers) -> list[str]:
+    """The transfers holding blocks, in the order they got them."""
+    return list(transfers.transfers)
 
 
 @pytest.fixture
@@ -73,34 +81,74 @@ async def decode(model: str):
 
 @pytest.mark.usefixtures("one_torch_thread")
 async def test_waiting_offers_get_blocks_most_urgent_first(decode: DecodeTransfers) -> None:
-    order: list[str] = []
-    await reserve(decode, order, offer("filler", 6, 0, False))  # every block
-    low_1 = await reserve(decode, order, offer("low-1", 3, 5, True))
-    low_2 = await reserve(decode, order, offer("low-2", 3, 5, True))
-    urgent = await reserve(decode, order, offer("urgent", 3, 0, True))
-    assert order == ["filler"]
+    await reserve(decode, offer("filler", 6, 0, False))  # every block
+    low_1 = await reserve(decode, offer("low-1", 3, 5, True))
+    low_2 = await reserve(decode, offer("low-2", 3, 5, True))
+    urgent = await reserve(decode, offer("urgent", 3, 0, True))
+    assert holders(decode) == ["filler"]
     decode.fail("filler", "test: its blocks come free")
     await asyncio.wait_for(asyncio.gather(urgent, low_1), 5)
-    assert order == ["filler", "urgent", "low-1"]  # then 3 blocks taken, 0 left
+    assert holders(decode) == ["urgent", "low-1"]  # then no block is left
     assert not low_2.done()
     decode.fail("urgent", "test")
     await asyncio.wait_for(low_2, 5)
-    assert order == ["filler", "urgent", "low-1", "low-2"]
+    assert holders(decode) == ["low-1", "low-2"]
 
 
 @pytest.mark.usefixtures("one_torch_thread")
 async def test_only_a_more_urgent_offer_that_does_not_wait_goes_before_waiting_ones(
         decode: DecodeTransfers) -> None:
-    order: list[str] = []
-    await reserve(decode, order, offer("filler", 4, 0, False))  # 2 blocks left
-    waiting = await reserve(decode, order, offer("waiting", 3, 5, True))
+    await reserve(decode, offer("filler", 4, 0, False))  # 2 blocks left
+    waiting = await reserve(decode, offer("waiting", 3, 5, True))
     with pytest.raises(DecodeFullError, match="now"):  # it fits, but "waiting" is as urgent
         await asyncio.to_thread(decode.reserve, offer("peer", 1, 5, False))
-    await reserve(decode, order, offer("urgent", 1, 0, False))
-    assert order == ["filler", "urgent"]
+    await asyncio.to_thread(decode.reserve, offer("urgent", 1, 0, False))
+    assert holders(decode) == ["filler", "urgent"]
     decode.fail("filler", "test")
     await asyncio.wait_for(waiting, 5)
-    assert order == ["filler", "urgent", "waiting"]
+    assert holders(decode) == ["urgent", "waiting"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+async def test_pushes_waiting_for_room_reach_the_decode_worker_most_urgent_first(
+        model: str, decode: DecodeTransfers) -> None:
+    """Each push runs on a thread of its own: with the loop's default executor down to one busy
+    thread, the waiting pushes still reach the decode worker's queue, which serves them by class."""
+    identity = ModelIdentity("weights", "tokenizer", "float32", BLOCK_SIZE)
+    pool = decode.engine.engine.kv_pool
+    receiver = KVReceiverServer(pool, decode, "127.0.0.1", 0, identity=identity, timeout=5)
+    receiver.start()
+    prefill = engine(model, num_kv_blocks=8)
+    sender = KVSender(prefill.kv_pool, identity=identity, timeout=5)
+    loop = asyncio.get_running_loop()
+    busy, release = ThreadPoolExecutor(1), threading.Event()
+    loop.set_default_executor(busy)
+    loop.run_in_executor(None, release.wait)
+    target = f"127.0.0.1:{receiver.port}"
+
+    async def push(item: Offer) -> asyncio.Future:
+        num_blocks = len(item.prompt_token_ids) // BLOCK_SIZE
+        sending = sender.start_push(target, item, list(range(num_blocks)))
+        await asyncio.sleep(0.05)  # queued before the next one arrives
+        return sending
+
+    try:
+        await asyncio.wait_for(await push(offer("filler", 6, 0, False)), 5)
+        low_1 = await push(offer("low-1", 3, 5, True))
+        low_2 = await push(offer("low-2", 3, 5, True))
+        urgent = await push(offer("urgent", 3, 0, True))
+        assert holders(decode) == ["filler"]
+        decode.fail("filler", "test: its blocks come free")
+        await asyncio.wait_for(asyncio.gather(urgent, low_1), 5)
+        assert holders(decode) == ["urgent", "low-1"] and not low_2.done()
+        decode.fail("urgent", "test")
+        await asyncio.wait_for(low_2, 5)
+        assert holders(decode) == ["low-1", "low-2"]
+    finally:
+        release.set()  # the executor stays the loop's, free again, until the loop closes
+        sender.close()
+        receiver.close()
+        prefill.close()
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -124,7 +124,7 @@ async def push(sender: KVSender, state: WorkerState, request_id: str, offer: Off
     """Push the pinned prompt KV. A cancelled request cuts its transfer, then still waits for the
     sending thread, so that the blocks are released only once nothing reads them any more."""
     blocks = await state.engine.call(lambda e: e.prefilled_blocks(request_id))
-    sending = asyncio.ensure_future(asyncio.to_thread(sender.push, target, offer, blocks))
+    sending = sender.start_push(target, offer, blocks)
     try:
         result = await asyncio.shield(sending)
     except asyncio.CancelledError:

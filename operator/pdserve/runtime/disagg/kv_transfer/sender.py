@@ -1,12 +1,16 @@
 """Prefill side of the KV handoff: push a prompt's KV to the decode worker chosen for it.
 
 Connections to each decode worker are kept and reused (the handshake happens once per
-connection); a transfer has a connection to itself. Blocking: call it
-from a worker thread (`asyncio.to_thread`), never from the event loop.
+connection); a transfer has a connection to itself. `push` blocks; the event loop calls
+`start_push`, which runs it on a thread of its own: a push the decode worker queues for room
+holds its thread for up to most of --kv-timeout, and in a shared pool (asyncio's default
+executor: cores + 4 threads) the pushes past its size would wait for a thread first come, first
+served, never reaching the decode worker's queue, which serves the most urgent first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -80,6 +84,34 @@ class KVSender:
         self._active: dict[str, _Connection] = {}  # transfer id -> its connection
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
+
+    def start_push(self, target: str, offer: Offer,
+                   src_block_ids: list[int]) -> asyncio.Future[PushResult]:
+        """`push` on a new thread; its result (or error) on the running event loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PushResult] = loop.create_future()
+
+        def settle(result: PushResult | None, error: Exception | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+        def run() -> None:
+            try:
+                result = self.push(target, offer, src_block_ids)
+            except Exception as exc:
+                outcome: tuple[PushResult | None, Exception | None] = (None, exc)
+            else:
+                outcome = (result, None)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        threading.Thread(target=run, name=f"pdserve-kv-push-{offer.transfer_id}",
+                         daemon=True).start()
+        return future
 
     def push(self, target: str, offer: Offer, src_block_ids: list[int]) -> PushResult:
         """Send the KV of `src_block_ids` (the prompt's blocks, in order) to `target`."""
