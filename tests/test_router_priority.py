@@ -12,15 +12,17 @@ from pydantic import ValidationError
 from pdserve.api.roles import RouterSpec
 from pdserve.router.priority import (
     ApiKeyTable,
-    Entry,
     PriorityClass,
     PriorityConfig,
     PriorityConfigError,
+    UnknownClass,
+    build_config,
+)
+from pdserve.router.priority_queues import (
+    Entry,
     PriorityGate,
     PriorityQueues,
     RequestShed,
-    UnknownClass,
-    build_config,
     worker_slots,
 )
 

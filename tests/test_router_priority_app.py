@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pdserve.router.app import build_app
 from pdserve.router.config import RouterConfig
 from pdserve.router.discovery import WorkerSet
-from pdserve.router.priority import PriorityConfig, worker_slots
+from pdserve.router.priority import PriorityConfig
+from pdserve.router.priority_queues import worker_slots
 
 MAX_NUM_SEQS = 2
 SLOTS = worker_slots(MAX_NUM_SEQS)  # the router's slots for this worker: 3

@@ -34,13 +34,8 @@ from pdserve.router.config import RouterConfig
 from pdserve.router.discovery import WorkerSet
 from pdserve.router.metrics import PREFILL_DECODE, RouterMetrics, StreamTimer
 from pdserve.router.prefill_tier import UPSTREAM_ERRORS, PrefillTier
-from pdserve.router.priority import (
-    CLASS_BODY_FIELD,
-    PriorityGate,
-    RequestShed,
-    UnknownClass,
-    worker_slots,
-)
+from pdserve.router.priority import CLASS_BODY_FIELD, UnknownClass
+from pdserve.router.priority_queues import PriorityGate, RequestShed, worker_slots
 from pdserve.router.routing import RoutingPolicy, estimate_tokens, text_block_hashes
 from pdserve.runtime.compression.config import OPT_OUT_HEADER as KV_COMPRESSION_HEADER
 from pdserve.runtime.disagg.headers import TRANSFER_HEADER
