@@ -10,14 +10,15 @@ prompt), `always` (--disaggregation always, --short-prompt-threshold 0: every pr
 prefill tier) and `conditional` (--disaggregation conditional, the default; threshold 32 until
 it has measured a prefill, which the warm-up's prompts of several lengths do). The load is
 bench_disagg's mix (20% long prompts of 300-500 words with 16 output tokens, 80% chat turns of
-5-40 words with 48), Poisson,
-sent by guidellm (bench/load_tool.py), streaming with ignore_eos; every prompt starts with its
-phase's tag, so no phase finds another's prompts in a prefix cache. Each load level runs the
-setups in the order aggregated, always, conditional and then backwards (ABC CBA), so a drift in
-the shared machine's load weighs on each setup alike; figures are the mean of each setup's two
-phases. TTFT and ITL are guidellm's (ITL: each request's mean gap between tokens, percentiles
-weighted by tokens). Goals: at low load conditional's TTFT (p50 and p90) no more than 1.1x
-aggregated's; at high load its ITL p95 within 10% of always's. Prints, never asserts.
+5-40 words with 48), Poisson, sent by guidellm (bench/load_tool.py), streaming with ignore_eos;
+every prompt starts with its phase's tag, so no phase finds another's prompts in a prefix cache.
+Each load level runs the setups in the order aggregated, always, conditional and then backwards
+(ABC CBA), so a drift in the shared machine's load weighs on each setup alike; figures are the
+mean of each setup's two phases. TTFT and ITL are guidellm's (ITL: each request's mean gap
+between tokens, percentiles weighted by tokens); its reports are kept as
+bench/out/conditional-<phase>.json (git-ignored: megabytes). Goals: at low load conditional's
+TTFT (p50 and p90) no more than 1.1x aggregated's; at high load its ITL p95 within 10% of
+always's. Prints, never asserts.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("--low-rate", type=float, default=2.0, help="requests per second")
     parser.add_argument("--high-rate", type=float, default=24.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="of load per phase")
-    parser.add_argument("--write", type=Path, help="markdown summary (reports beside it)")
+    parser.add_argument("--write", type=Path, help="markdown summary")
     args = parser.parse_args()
     try:
         ensure_guidellm()
@@ -104,7 +105,7 @@ def main() -> None:
         sys.exit(2)
     load_before = os.getloadavg()[0]
     processor = resolve_model_path(args.model)
-    reports = args.write.parent if args.write else REPO / "bench" / "out"
+    reports = REPO / "bench" / "out"  # git-ignored: guidellm's reports run to megabytes
     phases: list[Phase] = []
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)

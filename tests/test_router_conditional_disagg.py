@@ -1,7 +1,8 @@
 """Conditional disaggregation through real processes (router, prefill and decode workers, the
 tiny model): until a prefill has been measured the threshold sends long prompts to the prefill
-tier; then an idle decode worker prefills them itself, and one that is streaming to other
-clients hands them to the prefill tier again. The answers are the same either way."""
+tier; then an idle decode worker prefills them itself; one streaming to other clients keeps
+long prompts until their prefills take its budget of its time (router/disagg_policy.py), then
+hands the next ones to the prefill tier. The answers are the same either way."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ STORY = ("the dragon sat by the sea and watched ships sail past the old lighthou
 WORDS = STORY.split()
 
 
-def long_prompt(seed: int) -> str:
-    return " ".join(WORDS[(seed * 7 + j) % len(WORDS)] for j in range(200 + seed))
+LONG_PROMPTS = 60  # of 500 words: more than 5% of 10 s of the tiny model's prefill time
+
+
+def long_prompt(seed: int, words: int = 200) -> str:
+    return f"{seed}: " + " ".join(WORDS[(seed * 7 + j) % len(WORDS)] for j in range(words))
 
 
 def decisions(url: str) -> dict[str, float]:
@@ -74,9 +78,13 @@ async def scenario(url: str, decode_url: str) -> None:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.6)  # the router polls /load every 0.2 s (--resolve-interval)
         assert not any(stream.done() for stream in streams)
-        before = decisions(url)["handoff"]
-        await complete(session, url, long_prompt(2))
-        assert decisions(url)["handoff"] == before + 1
+        before = decisions(url)
+        for seed in range(3, 3 + LONG_PROMPTS):  # beyond the budget: some go to the prefill tier
+            await complete(session, url, long_prompt(seed, words=500), max_tokens=1)
+        assert not any(stream.done() for stream in streams)
+        after = decisions(url)
+        assert after["local_cheaper"] > before["local_cheaper"]  # within the budget
+        assert after["handoff"] > before["handoff"]  # beyond it
         for stream in streams:  # the client leaves: the workers abort them
             stream.cancel()
         await asyncio.gather(*streams, return_exceptions=True)

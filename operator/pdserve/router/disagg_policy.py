@@ -9,12 +9,16 @@ Both paths compute the prompt's uncached tokens once; they differ in who waits f
 - on the decode worker the requests already there wait: each stream running or queued on it is
   held up while the prompt is computed (`interference`), which is what raises inter-token
   latency under load.
-The router takes the path that adds less latency in total: decode only when interference <=
-remote delay. An idle decode worker has no one to hold up, so at low load every prompt stays
-there and time to first token is that of aggregated serving; under load the streams a local
-prefill would stall outweigh the handoff, so prompts go to the prefill tier as they do under
-always-on disaggregation. A decode worker without free KV blocks for the prompt sends it to the
-prefill tier: the KV is computed there while it waits for blocks, instead of after.
+The prompt goes to the prefill tier when that is faster for it (its prefix cache holds more).
+Otherwise it stays on the decode worker when the local prefills of the last seconds, this one
+included, take no more than LOCAL_PREFILL_BUDGET of the worker's time (a stall adds its length
+to one gap of every stream, so the streams' inter-token latency grows by about that share: a 5%
+budget keeps it within 5% of always-on disaggregation's); or when the remote delay exceeds the
+interference (no stream there, or a queued prefill tier). Otherwise it goes to the prefill tier.
+So at low load nearly every prompt stays (time to first token as aggregated serving's), and
+under load the decode worker keeps only what its budget allows, the shortest prompts first in
+effect. A decode worker without free KV blocks for the prompt sends it to the prefill tier: the
+KV is computed there while it waits for blocks.
 
 Timings come from the prefill workers' answers (headers named in runtime/disagg/headers.py):
 the prefill's seconds as a line over the prompt's computed tokens (`LinearFit`: its slope is
@@ -29,6 +33,7 @@ through the prefill tier.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import get_args
 
@@ -36,6 +41,8 @@ from pdserve.api.roles import DisaggregationMode
 from pdserve.router.metrics import LOCAL_CHEAPER, PREFILL_DECODE, SHORT_PROMPT, Disaggregation
 
 MODES: tuple[str, ...] = get_args(DisaggregationMode)
+LOCAL_PREFILL_BUDGET = 0.05  # of a decode worker's time that its local prefills may take
+BUDGET_WINDOW_SECONDS = 10.0  # the local prefills' time decays with this time constant
 FIT_WEIGHT = 0.05  # of each new sample: about the last forty prefills count
 MIN_SPREAD = 0.1  # of the mean prompt length: samples closer than that fit no slope
 
@@ -50,6 +57,7 @@ class RequestSignals:
     decode_streams: int  # requests running or queued on the decode worker
     decode_has_room: bool  # its free KV blocks (less the router's claims) hold the prompt
     prefill_queue: int  # requests queued or in flight on the least busy prefill worker
+    decode_local_share: float = 0.0  # of the decode worker's time, its recent local prefills
 
 
 class LinearFit:
@@ -119,6 +127,30 @@ class PrefillTimings:
             self.compute.add(computed_tokens, prefill_seconds)
 
 
+class LocalPrefills:
+    """How much of one decode worker's time the prompts the router kept there took lately: their
+    estimated prefill seconds, decaying exponentially over BUDGET_WINDOW_SECONDS."""
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+        self._at = 0.0
+
+    def share(self, now: float) -> float:
+        return self._decayed(now) / BUDGET_WINDOW_SECONDS
+
+    def add(self, now: float, seconds: float) -> None:
+        self._seconds = self._decayed(now) + seconds
+        self._at = now
+
+    def _decayed(self, now: float) -> float:
+        return self._seconds * math.exp(-max(now - self._at, 0.0) / BUDGET_WINDOW_SECONDS)
+
+
+def local_prefill_seconds(signals: RequestSignals, timings: PrefillTimings) -> float:
+    """What a local prefill of the prompt adds to the decode worker's steps."""
+    return max(signals.tokens - signals.decode_cached, 0) * timings.compute.per_token()
+
+
 def choose_path(mode: str, signals: RequestSignals, timings: PrefillTimings,
                 short_prompt_threshold: int) -> Disaggregation:
     """PREFILL_DECODE, or the reason the decode worker prefills the prompt itself."""
@@ -131,10 +163,15 @@ def choose_path(mode: str, signals: RequestSignals, timings: PrefillTimings,
     per_token = timings.compute.per_token()
     local = max(signals.tokens - signals.decode_cached, 0)
     remote = max(signals.tokens - signals.prefill_cached, 0)
-    interference = signals.decode_streams * local * per_token
+    stall = local_prefill_seconds(signals, timings)
     # What the request waits for beyond a local prefill merged into the decode worker's steps:
     # the prefill tier's queue, a whole prefill there (its fixed part too), handoff and hop.
     remote_delay = (signals.prefill_queue * timings.compute.mean_seconds()
                     + timings.compute.predict(remote) - local * per_token
                     + timings.handoff.predict(remote) + (timings.hop_seconds or 0.0))
+    if remote_delay < 0:  # the prefill tier is the faster (its prefix cache holds more)
+        return PREFILL_DECODE
+    if signals.decode_local_share + stall / BUDGET_WINDOW_SECONDS <= LOCAL_PREFILL_BUDGET:
+        return LOCAL_CHEAPER
+    interference = signals.decode_streams * stall
     return LOCAL_CHEAPER if interference <= remote_delay else PREFILL_DECODE

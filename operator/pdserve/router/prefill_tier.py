@@ -16,10 +16,17 @@ from aiohttp import web
 
 from pdserve.router.admission import has_room, kv_targets
 from pdserve.router.config import RouterConfig
-from pdserve.router.disagg_policy import PrefillTimings, RequestSignals, choose_path
+from pdserve.router.disagg_policy import (
+    LocalPrefills,
+    PrefillTimings,
+    RequestSignals,
+    choose_path,
+    local_prefill_seconds,
+)
 from pdserve.router.discovery import WorkerSet
 from pdserve.router.metrics import (
     DECODE_FULL,
+    LOCAL_CHEAPER,
     NO_KV_TARGET,
     NO_PREFILL_PEER,
     PREFILL_DECODE,
@@ -68,6 +75,7 @@ class PrefillTier:
         self.metrics = metrics
         self.prefill_policy = RoutingPolicy(config.routing_policy, "prefill")
         self.prefill_timings = PrefillTimings()
+        self.local_prefills: dict[str, LocalPrefills] = {}  # by decode worker
 
     def path_for(self, hashes: list[int], tokens: int, decode: str) -> Disaggregation:
         """PREFILL_DECODE when the prompt goes through the prefill tier, else why decode
@@ -79,6 +87,7 @@ class PrefillTier:
             return NO_PREFILL_PEER if tokens >= self.config.short_prompt_threshold \
                 else SHORT_PROMPT
         load = self.decode.workers[decode].load
+        now = time.monotonic()
         signals = RequestSignals(
             tokens=tokens,
             decode_cached=cached_tokens(self.decode_policy.matched_blocks(hashes, decode)),
@@ -88,9 +97,20 @@ class PrefillTier:
             # them (others' only there): the larger figure, not the sum.
             decode_streams=max(load.running + load.waiting, load.inflight),
             decode_has_room=has_room(load, tokens),
-            prefill_queue=min(p.queue for p in peers.values()))
-        return choose_path(self.config.disaggregation, signals, self.prefill_timings,
+            prefill_queue=min(p.queue for p in peers.values()),
+            decode_local_share=self._local_prefills(decode).share(now))
+        path = choose_path(self.config.disaggregation, signals, self.prefill_timings,
                            self.config.short_prompt_threshold)
+        if path == LOCAL_CHEAPER:
+            self._local_prefills(decode).add(
+                now, local_prefill_seconds(signals, self.prefill_timings))
+        return path
+
+    def _local_prefills(self, decode: str) -> LocalPrefills:
+        prefills = self.local_prefills.get(decode)
+        if prefills is None:
+            prefills = self.local_prefills[decode] = LocalPrefills()
+        return prefills
 
     def _prefill_peers(self, decode: str) -> dict[str, WorkerLoad]:
         """The ready prefill workers of the decode worker's model."""
