@@ -231,11 +231,12 @@ class RouterSpec(PodOverrides):
     )
     disaggregation: DisaggregationMode = Field(
         default="conditional",
-        description="conditional: per request, a prompt goes through the prefill pool only "
-        "when that adds less latency than a prefill on its decode worker (an idle decode "
-        "worker prefills it itself; one streaming to other clients hands it off), from "
-        "timings the router measures. always: every prompt of shortPromptThreshold tokens "
-        "or more goes through the prefill pool.",
+        description="conditional: per request, from timings the router measures, a prompt "
+        "stays on its decode worker while that worker's local prefills take at most 5% of its "
+        "time or while a handoff would delay it more than it would stall the streams there, "
+        "and goes through the prefill pool otherwise (or when the prefill pool is faster for "
+        "it). always: every prompt of shortPromptThreshold tokens or more goes through the "
+        "prefill pool.",
     )
     short_prompt_threshold: int = Field(
         default=0, ge=0, le=1_048_576,
