@@ -11,6 +11,7 @@ served, never reaching the decode worker's queue, which serves the most urgent f
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -88,30 +89,17 @@ class KVSender:
     def start_push(self, target: str, offer: Offer,
                    src_block_ids: list[int]) -> asyncio.Future[PushResult]:
         """`push` on a new thread; its result (or error) on the running event loop."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[PushResult] = loop.create_future()
-
-        def settle(result: PushResult | None, error: Exception | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)  # type: ignore[arg-type]
+        done: concurrent.futures.Future[PushResult] = concurrent.futures.Future()
 
         def run() -> None:
             try:
-                result = self.push(target, offer, src_block_ids)
+                done.set_result(self.push(target, offer, src_block_ids))
             except Exception as exc:
-                outcome: tuple[PushResult | None, Exception | None] = (None, exc)
-            else:
-                outcome = (result, None)
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(settle, *outcome)
+                done.set_exception(exc)
 
         threading.Thread(target=run, name=f"pdserve-kv-push-{offer.transfer_id}",
                          daemon=True).start()
-        return future
+        return asyncio.wrap_future(done)
 
     def push(self, target: str, offer: Offer, src_block_ids: list[int]) -> PushResult:
         """Send the KV of `src_block_ids` (the prompt's blocks, in order) to `target`."""
