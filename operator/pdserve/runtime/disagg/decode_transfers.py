@@ -24,7 +24,7 @@ from typing import Any
 from pdserve.runtime.disagg.kv_transfer import DecodeFullError, KVTransferError, Offer
 from pdserve.runtime.disagg.offer_queue import OfferQueue
 from pdserve.runtime.engine.async_engine import AsyncEngine
-from pdserve.runtime.engine.block_manager import KVReservation
+from pdserve.runtime.engine.kv_reservation import KVReservation
 from pdserve.runtime.engine.sampling_params import SamplingParams
 from pdserve.runtime.grammar.compiler import GrammarError
 from pdserve.runtime.serving.metrics import WorkerMetrics

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from pdserve.runtime.engine.block_hashes import ROOT_HASH, compute_block_hashes, hash_block
 from pdserve.runtime.engine.eviction_pool import EvictionPool
+from pdserve.runtime.engine.kv_reservation import KVReservation
 from pdserve.runtime.engine.sequence import Sequence
 
 
@@ -53,21 +54,6 @@ class Block:
     hash: int | None = None  # set while the block is registered in the prefix cache
     # The most urgent priority among its holders since it left the free pool: its eviction class.
     priority: int | None = None
-
-
-@dataclass
-class KVReservation:
-    """Blocks held for a sequence whose prompt KV is being transferred in."""
-
-    seq: Sequence
-    deadline: float
-    num_cached_blocks: int  # leading blocks of seq.block_table already cached here
-    num_kv_tokens: int  # prompt tokens whose KV arrives (fewer than the prompt: compressed)
-
-    @property
-    def missing_block_ids(self) -> list[int]:
-        """Blocks the transfer must fill, in prompt order."""
-        return self.seq.block_table[self.num_cached_blocks :]
 
 
 class BlockManager:

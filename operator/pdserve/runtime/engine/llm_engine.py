@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import torch
 
 from pdserve.runtime.compression.compressor import KVCompressor
-from pdserve.runtime.engine.block_manager import BlockManager, KVReservation
+from pdserve.runtime.engine.block_manager import BlockManager
 from pdserve.runtime.engine.config import EngineConfig, build_components
 from pdserve.runtime.engine.detokenizer import IncrementalDetokenizer
 from pdserve.runtime.engine.errors import RunnerBrokenError
 from pdserve.runtime.engine.kv_cache import KVLayout
+from pdserve.runtime.engine.kv_reservation import KVReservation
 from pdserve.runtime.engine.model_runner import ModelRunner
 from pdserve.runtime.engine.sampler import TokenLogprobs, sample, skip_sampled_token
 from pdserve.runtime.engine.sampling_params import SamplingParams
