@@ -41,7 +41,7 @@ from bench.load_tool import (
     ensure_guidellm,
     run_guidellm,
 )
-from e2e.local_processes import http_get, router, running, wait_for_tiers, worker
+from e2e.local_processes import metric_by_label, router, running, wait_for_tiers, worker
 from pdserve.runtime.checkpoints.builtin import resolve_model_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,12 +57,7 @@ class Phase:
 
 
 def decisions(url: str) -> dict[str, float]:
-    counts: dict[str, float] = {}
-    for line in http_get(url + "/metrics")[1].splitlines():
-        if line.startswith("pdserve_router_disaggregation_total{"):
-            labels, value = line.rsplit(" ", 1)
-            counts[labels.split('reason="')[1].split('"')[0]] = float(value)
-    return counts
+    return metric_by_label(url, "pdserve_router_disaggregation_total", "reason")
 
 
 def tagged_rows(rate: float, seconds: float, tag: str, seed: int) -> list[dict]:

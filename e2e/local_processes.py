@@ -155,6 +155,17 @@ def metric(url: str, name: str) -> float:
     return total
 
 
+def metric_by_label(url: str, name: str, label: str) -> dict[str, float]:
+    """A labelled metric's samples in a /metrics page, by one label's value."""
+    counts: dict[str, float] = {}
+    for line in http_get(url + "/metrics")[1].splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line.rsplit(" ", 1)
+            key = labels.split(f'{label}="')[1].split('"')[0]
+            counts[key] = counts.get(key, 0.0) + float(value)
+    return counts
+
+
 def http_get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:

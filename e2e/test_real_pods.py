@@ -13,6 +13,7 @@ import pytest
 
 from e2e import real_stack
 from e2e.cluster.session import Cluster
+from e2e.local_processes import metric_by_label
 from e2e.operator_harness import Api
 from e2e.real_node import Placement
 from e2e.real_stack import RELEASE, pod_ready, role_pods, worker_metric
@@ -132,11 +133,8 @@ def test_kv_moves_between_pods_over_nixl(cluster: Cluster, api: Api, real_releas
         assert worker_metric(prefill, "pdserve_kv_transfer_failures_total") == 0
         assert worker_metric(decode, "pdserve_kv_transfer_fallbacks_total") == 0
         [router_pod] = role_pods(api, real_release, name, "router")
-        url = f"http://{router_pod['status']['podIP']}:{ROUTER_HTTP_PORT}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            decisions = {line.split('reason="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
-                         for line in resp.read().decode().splitlines()
-                         if line.startswith("pdserve_router_disaggregation_total{")}
+        decisions = metric_by_label(f"http://{router_pod['status']['podIP']}:{ROUTER_HTTP_PORT}",
+                                    "pdserve_router_disaggregation_total", "reason")
         assert (decisions["handoff"], decisions["local_cheaper"]) == (1, 1), decisions
     finally:
         cluster.kubectl("delete", "llmservice", name, "-n", real_release, "--wait=false")

@@ -12,7 +12,7 @@ import json
 import aiohttp
 import pytest
 
-from e2e.local_processes import http_get, router, running, wait_for_tiers, worker
+from e2e.local_processes import http_get, metric_by_label, router, running, wait_for_tiers, worker
 from pdserve.runtime.checkpoints.builtin import init_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -30,13 +30,7 @@ def long_prompt(seed: int, words: int = 200) -> str:
 
 
 def decisions(url: str) -> dict[str, float]:
-    counts = {}
-    for line in http_get(url + "/metrics")[1].splitlines():
-        if line.startswith("pdserve_router_disaggregation_total{"):
-            labels, value = line.rsplit(" ", 1)
-            reason = labels.split('reason="')[1].split('"')[0]
-            counts[reason] = float(value)
-    return counts
+    return metric_by_label(url, "pdserve_router_disaggregation_total", "reason")
 
 
 async def complete(session: aiohttp.ClientSession, url: str, prompt: str,
