@@ -2,9 +2,11 @@
 never asserts).
 
     .venv/bin/python -m bench.bench_kv_compression [--only quality,bytes,decode] [--samples 96]
+        [--model DIR]
 
-quality: passage-recall accuracy of the project's trained model (bench/quality/recall.py) at
-  three context lengths, uncompressed vs snapkv and streaming at 50% and 25% of the prompt's KV:
+quality: passage-recall accuracy of the project's trained model (bench/quality/recall.py), or
+  of the checkpoint `--model` names, at four context lengths, uncompressed vs snapkv (two
+  observation windows) and streaming at 50% and 25% of the prompt's KV:
   the share of answer tokens right after the first (those are decoded over the kept KV only;
   the first comes from the prefill's full attention) and of prompts with the whole answer right.
 bytes: prompt KV a prefill engine hands to decode (blocks x bytes per block) per snapkv ratio,
@@ -17,21 +19,26 @@ decode: the `small` model decoding 8 sequences with 1,500-token prompts: decode 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from bench.quality.recall import VALUE_TOKENS, recall_model, sample
-from pdserve.runtime.compression.config import KVCompression
+from bench.quality.recall import RECALL_VOCABULARY, VALUE_TOKENS, Vocabulary, recall_model, sample
+from pdserve.runtime.checkpoints.builtin import resolve_model_path
+from pdserve.runtime.compression.config import POOL_KERNEL, KVCompression
 from pdserve.runtime.engine.llm_engine import EngineConfig, LLMEngine
 from pdserve.runtime.engine.sampling_params import SamplingParams
 
-# Passage lengths of the quality table, up to the longest the model was trained on.
-PASSAGES = (16, 32, 64)
-SNAPKV_WINDOW = 4  # the query (Q, cue) and the passage's last two tokens
+# Passage lengths of the quality table (the model was trained on 16 to 256).
+PASSAGES = (32, 64, 128, 256)
+# Observation windows: the query (Q, cue) and the passage's last two tokens; and the API's
+# default (where the budget holds more than the window).
+SNAPKV_WINDOWS = (4, 32)
 STREAMING_SINKS = 4
 
 
@@ -57,24 +64,39 @@ def streaming_for(fraction: float, prompt_len: int) -> KVCompression:
     return KVCompression("streaming", window_tokens=window, sink_tokens=STREAMING_SINKS)
 
 
-def quality(samples: int) -> None:
-    model = str(recall_model())
+def vocabulary_of(model: str) -> Vocabulary:
+    """Recall prompts in another checkpoint's ids: passage tokens from a band of ordinary ids
+    (past the specials at the start of most vocabularies, short of the added ones at the end),
+    the query marker just below that band."""
+    config = json.loads((Path(resolve_model_path(model)) / "config.json").read_text())
+    vocab_size = int(config["vocab_size"])
+    first = vocab_size // 8
+    bos = config.get("bos_token_id")
+    return Vocabulary(range(first, first + min(4096, vocab_size // 2)), first - 1,
+                      bos if isinstance(bos, int) else None)
+
+
+def quality(samples: int, model: str | None) -> None:
+    vocabulary = RECALL_VOCABULARY if model is None else vocabulary_of(model)
+    model = str(recall_model()) if model is None else model
     params = SamplingParams(max_tokens=VALUE_TOKENS, temperature=0.0)
     print("\n## Passage recall accuracy (answer tokens 2-4 right, and whole answers right)")
-    print(f"model: {model}; {samples} prompts per context length; greedy; snapkv window "
-          f"{SNAPKV_WINDOW}, max-pool 7; streaming sinks {STREAMING_SINKS}")
+    print(f"model: {model}; {samples} prompts per context length; greedy; snapkv max-pool "
+          f"{POOL_KERNEL}; streaming sinks {STREAMING_SINKS}")
     print("| context (tokens) | method | target KV | KV kept (measured) | tokens 2-4 right | "
           "answers right | of uncompressed |")
     print("|---|---|---|---|---|---|---|")
     for length in PASSAGES:
         rng = random.Random(1000 + length)
-        tasks = [sample(rng, length) for _ in range(samples)]
+        tasks = [sample(rng, length, vocabulary=vocabulary) for _ in range(samples)]
         prompts = [t.prompt for t in tasks]
         mean_len = sum(map(len, prompts)) / len(prompts)
         methods: list[tuple[str, float, KVCompression]] = [("none", 1.0, KVCompression())]
         for fraction in (0.5, 0.25):
-            methods.append(("snapkv", fraction, KVCompression(
-                "snapkv", ratio=fraction, window_tokens=SNAPKV_WINDOW)))
+            for window in SNAPKV_WINDOWS:
+                if window < fraction * mean_len:
+                    methods.append((f"snapkv (window {window})", fraction, KVCompression(
+                        "snapkv", ratio=fraction, window_tokens=window)))
             methods.append(("streaming", fraction, streaming_for(fraction, round(mean_len))))
         baseline = None
         for name, fraction, compression in methods:
@@ -89,9 +111,9 @@ def quality(samples: int) -> None:
                 whole += got == task.values
             accuracy = right / (samples * (VALUE_TOKENS - 1))
             baseline = accuracy if baseline is None else baseline
-            relative = accuracy / baseline if baseline else float("nan")
+            relative = f"{accuracy / baseline:.0%}" if baseline else "n/a"
             print(f"| {mean_len:.0f} | {name} | {fraction:.0%} | {kept:.0%} | {accuracy:.1%} | "
-                  f"{whole / samples:.1%} | {relative:.0%} |")
+                  f"{whole / samples:.1%} | {relative} |")
 
 
 def handed_bytes() -> None:
@@ -175,11 +197,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="quality,bytes,decode")
     parser.add_argument("--samples", type=int, default=96)
+    parser.add_argument("--model", help="score this checkpoint instead of the trained recall "
+                        "model (a directory in Hugging Face layout)")
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     only = set(args.only.split(","))
     if "quality" in only:
-        quality(args.samples)
+        quality(args.samples, args.model)
     if "bytes" in only:
         handed_bytes()
     if "decode" in only:

@@ -321,3 +321,24 @@ def test_the_recall_task_asks_for_what_followed_the_cue():
     assert len(set(passage)) == 40  # distinct: the cue occurs once before the query
     at = passage.index(task.prompt[-1])
     assert task.values == passage[at + 1:at + 1 + VALUE_TOKENS]
+
+
+def test_recall_training_mixes_cued_answers_with_whole_repeats_and_grows_the_passages():
+    from bench.quality.recall import QUERY, Training, _batch, longest_passage
+
+    t = Training()
+    assert longest_passage(t, 0) == longest_passage(t, t.first_steps) == t.first_max_passage
+    assert longest_passage(t, t.first_steps + t.ramp_steps) == t.max_passage
+    rng = random.Random(5)
+    kinds = set()
+    for _ in range(20):
+        ids, labels = _batch(rng, t, step=0)
+        for row, row_labels in zip(ids.tolist(), labels.tolist(), strict=True):
+            query_at = row.index(QUERY)
+            passage = row[1:query_at]
+            assert len(passage) <= t.first_max_passage
+            answer = [label for label in row_labels if label != -100]
+            whole = answer == passage  # else the passage from just after the cue on
+            assert whole or answer == passage[passage.index(row[query_at + 1]) + 1:]
+            kinds.add(whole)
+    assert kinds == {True, False}
