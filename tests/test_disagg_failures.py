@@ -16,6 +16,7 @@ from e2e.local_processes import (
     engine_debug,
     http_get,
     metric,
+    metric_by_label,
     router,
     running,
     wait_for_tiers,
@@ -103,7 +104,7 @@ async def serving(prefills, timeout=30.0):
 
 async def test_client_leaving_mid_transfer_cancels_it_on_both_workers(stack):
     d1 = stack["d1"]
-    failures = metric(d1.url, "pdserve_kv_transfer_failures_total")
+    failures = metric_by_label(d1.url, "pdserve_kv_transfer_failures_total", "reason")
     request = asyncio.ensure_future(post(stack["r1"].url, body(55)))
     await wait_reserved(d1)
     prefill = await serving([stack["p1"], stack["p3"]])
@@ -112,7 +113,8 @@ async def test_client_leaving_mid_transfer_cancels_it_on_both_workers(stack):
         await request
     await wait_all_free(d1)
     # Freed because the push was cut (a failure), not by the KV timeout (which counts none).
-    assert metric(d1.url, "pdserve_kv_transfer_failures_total") == failures + 1
+    assert metric_by_label(d1.url, "pdserve_kv_transfer_failures_total", "reason") == {
+        **failures, "transfer_error": failures["transfer_error"] + 1}
     for _ in range(100):
         stats = engine_debug(prefill)
         if not stats["in_flight_http"] and stats["num_free_blocks"] == stats["num_blocks"]:

@@ -46,6 +46,7 @@ class RecordingHooks:
         self.num_cached = num_cached
         self.completed = {}
         self.failed = {}
+        self.causes = {}
         self.reserved = {}
         self.done = threading.Event()
 
@@ -63,8 +64,9 @@ class RecordingHooks:
         self.completed[transfer_id] = nbytes
         self.done.set()
 
-    def fail(self, transfer_id, reason):
+    def fail(self, transfer_id, reason, cause="transfer_error"):
         self.failed[transfer_id] = reason
+        self.causes[transfer_id] = cause
         self.done.set()
 
 
@@ -191,6 +193,7 @@ def test_peer_dying_mid_transfer_frees_the_reservation(receiver):
     sock.close()
     assert hooks.done.wait(5)
     assert "dead" in hooks.failed and "dead" not in hooks.completed
+    assert hooks.causes["dead"] == "transfer_error"
 
 
 def test_unreachable_decode_worker():
@@ -402,3 +405,32 @@ def test_a_failed_nixl_read_frees_its_blocks_only_once_out_of_flight(receiver, m
     assert not hooks.done.wait(0.5)  # the READ is still in flight: its blocks stay reserved
     ended.set()
     assert hooks.done.wait(5) and "cut" in hooks.failed
+
+
+def test_each_transfer_failure_is_counted_under_its_cause():
+    from pdserve.runtime.disagg.kv_transfer.auth import KVAuthError
+    from pdserve.runtime.disagg.kv_transfer.protocol import (
+        DecodeFullError,
+        KVTransferError,
+        LayoutMismatchError,
+        failure_reason,
+    )
+    from pdserve.runtime.serving.metrics import KV_TRANSFER_FAILURE_REASONS, WorkerMetrics
+
+    errors = [KVTransferError("x"), DecodeFullError("x"), ModelMismatchError("x"),
+              LayoutMismatchError("x"), KVAuthError("x"), ConnectionResetError("peer gone")]
+    reasons = [failure_reason(exc) for exc in errors]
+    assert reasons == ["transfer_error", "decode_full", "model_mismatch", "layout_mismatch",
+                       "unauthenticated", "transfer_error"]
+    assert set(reasons) <= set(KV_TRANSFER_FAILURE_REASONS)
+    metrics = WorkerMetrics("decode", "m", lambda: None)
+    metrics.count_transfer_failure("model_mismatch")
+    with pytest.raises(ValueError, match="unknown KV transfer failure reason"):
+        metrics.count_transfer_failure("bogus")
+    from prometheus_client import generate_latest
+
+    text = generate_latest(metrics.registry).decode()
+    for reason in KV_TRANSFER_FAILURE_REASONS:  # every cause's series exists, at 0 until counted
+        count = 1.0 if reason == "model_mismatch" else 0.0
+        assert (f'pdserve_kv_transfer_failures_total{{model="m",reason="{reason}",'
+                f'role="decode"}} {count}') in text

@@ -89,7 +89,7 @@ async def decode_submit(request: web.Request, request_id: str, prompt_ids: list[
         if stream is not None:
             return stream
     if state.settings["kv_fallback"] == "fail":
-        state.metrics.kv_transfer_failures.inc()
+        state.metrics.count_transfer_failure("kv_not_arrived")
         raise web.HTTPServiceUnavailable(reason=f"the prompt KV of transfer {transfer_id} did "
                                          "not arrive (kv-fallback: fail)")
     state.metrics.kv_transfer_fallbacks.inc()

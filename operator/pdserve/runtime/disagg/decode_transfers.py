@@ -78,8 +78,8 @@ class DecodeTransfers:
     def complete(self, transfer_id: str, nbytes: int, seconds: float) -> None:
         self.loop.call_soon_threadsafe(self._complete, transfer_id, nbytes, seconds)
 
-    def fail(self, transfer_id: str, reason: str) -> None:
-        self.loop.call_soon_threadsafe(self._fail, transfer_id, reason)
+    def fail(self, transfer_id: str, reason: str, cause: str = "transfer_error") -> None:
+        self.loop.call_soon_threadsafe(self._fail, transfer_id, reason, cause)
 
     # ---- event loop ----------------------------------------------------------------------
 
@@ -142,8 +142,8 @@ class DecodeTransfers:
         transfer.ready = True
         transfer.done.set()
 
-    def _fail(self, transfer_id: str, reason: str) -> None:
-        self.metrics.kv_transfer_failures.inc()
+    def _fail(self, transfer_id: str, reason: str, cause: str) -> None:
+        self.metrics.count_transfer_failure(cause)
         log.warning("KV transfer %s failed: %s; its reserved blocks are freed", transfer_id,
                     reason)
         self._drop(transfer_id)

@@ -92,7 +92,7 @@ async def prefill_submit(request: web.Request, request_id: str, prompt_ids: list
         handed_off = True
         request[TIMINGS_KEY] = (prefilled - arrived, time.perf_counter() - prefilled)
     except DecodeFullError as exc:
-        state.metrics.kv_transfer_failures.inc()
+        state.metrics.count_transfer_failure(exc.reason)
         log.warning("KV of %s not pushed: %s", request_id, exc)
         request[NO_ROOM_KEY] = True
         raise web.HTTPServiceUnavailable(reason=f"KV transfer failed: {exc}") from None
@@ -135,7 +135,7 @@ async def push(sender: KVSender, state: WorkerState, request_id: str, offer: Off
     except DecodeFullError:
         raise  # a shortage, not a failure: the caller tries the next target
     except KVTransferError as exc:
-        state.metrics.kv_transfer_failures.inc()
+        state.metrics.count_transfer_failure(exc.reason)
         log.warning("KV push of %s to %s failed: %s", request_id, target, exc)
         raise web.HTTPBadGateway(reason=f"KV transfer to decode worker {target} failed: {exc}") \
             from None

@@ -80,6 +80,12 @@ class _EngineCollector(Collector):
             yield counter
 
 
+# The causes pdserve_kv_transfer_failures_total counts: the KV transfer errors' `reason`s, and
+# `kv_not_arrived` (a decode worker with kv-fallback: fail whose transfer never completed).
+KV_TRANSFER_FAILURE_REASONS = ("transfer_error", "decode_full", "model_mismatch",
+                               "layout_mismatch", "unauthenticated", "kv_not_arrived")
+
+
 class WorkerMetrics:
     def __init__(self, role: str, model: str,
                  engine_stats: Callable[[], EngineStatsLike | None]) -> None:
@@ -108,8 +114,11 @@ class WorkerMetrics:
         self.kv_transfer_seconds = histogram("pdserve_kv_transfer_seconds",
                                              "Duration of one request's KV transfer",
                                              KV_TRANSFER_BUCKETS)
-        self.kv_transfer_failures = counter("pdserve_kv_transfer_failures",
-                                            "KV transfers that failed")
+        self._kv_transfer_failures = Counter(
+            "pdserve_kv_transfer_failures", "KV transfers that failed, by cause",
+            [*LABELS, "reason"], registry=self.registry)
+        for reason in KV_TRANSFER_FAILURE_REASONS:  # every series exists from the start, at 0
+            self._kv_transfer_failures.labels(**labels, reason=reason)
         self.kv_compressed_handoffs = counter("pdserve_kv_compressed_handoffs",
                                               "KV transfers of compressed prompts")
         self.kv_transfer_fallbacks = counter("pdserve_kv_transfer_fallbacks",
@@ -128,6 +137,11 @@ class WorkerMetrics:
 
     def count_request(self, finish_reason: str) -> None:
         self._requests.labels(**self._labels, finish_reason=finish_reason).inc()
+
+    def count_transfer_failure(self, reason: str) -> None:
+        if reason not in KV_TRANSFER_FAILURE_REASONS:
+            raise ValueError(f"unknown KV transfer failure reason {reason!r}")
+        self._kv_transfer_failures.labels(**self._labels, reason=reason).inc()
 
 
 class RequestTracker:

@@ -28,6 +28,8 @@ NONCE_BYTES = 16
 class KVAuthError(KVTransferError):
     """A peer that did not prove the shared secret."""
 
+    reason = "unauthenticated"
+
 
 def read_secret(path: str) -> bytes:
     """The secret in a file (a mounted Secret's key); ValueError naming the problem."""

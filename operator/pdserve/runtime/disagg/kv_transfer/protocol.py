@@ -58,19 +58,33 @@ FEATURES = [COMPRESSED_KV]
 class KVTransferError(RuntimeError):
     """A transfer failed: peer error, protocol violation, closed connection or timeout."""
 
+    reason = "transfer_error"  # its `reason` on pdserve_kv_transfer_failures_total
+
 
 class LayoutMismatchError(KVTransferError):
     """The two KV pools differ in layout, dtype or block size: their blocks are not exchangeable."""
+
+    reason = "layout_mismatch"
 
 
 class ModelMismatchError(KVTransferError):
     """The two workers serve different models (weights, tokenizer, dtype or block size): KV of
     one is garbage to the other, even where the layouts agree."""
 
+    reason = "model_mismatch"
+
 
 class DecodeFullError(KVTransferError):
     """The decode worker refused an OFFER for lack of free KV blocks (a shortage, not a fault:
     another decode worker, or the same one a little later, can take the KV)."""
+
+    reason = "decode_full"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The `reason` label of a failed transfer (a dropped connection or a timeout outside
+    pdserve's own errors: `transfer_error`)."""
+    return exc.reason if isinstance(exc, KVTransferError) else KVTransferError.reason
 
 
 @dataclass

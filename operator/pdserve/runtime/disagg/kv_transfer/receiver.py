@@ -41,6 +41,7 @@ from pdserve.runtime.disagg.kv_transfer.protocol import (
     Offer,
     check_layout,
     check_model,
+    failure_reason,
     layout_dict,
 )
 from pdserve.runtime.disagg.kv_transfer.transport import KVPool, Transport, make_transport
@@ -59,7 +60,8 @@ class ReceiverHooks(Protocol):
 
     def complete(self, transfer_id: str, nbytes: int, seconds: float) -> None: ...
 
-    def fail(self, transfer_id: str, reason: str) -> None: ...
+    def fail(self, transfer_id: str, reason: str, cause: str = "transfer_error") -> None:
+        """`reason` for the log, `cause` the metric's label (failure_reason)."""
 
 
 class KVReceiverServer:
@@ -171,7 +173,8 @@ class KVReceiverServer:
             framed.recv_json(DONE)
             self.hooks.complete(offer.transfer_id, nbytes, time.perf_counter() - start)
         except BaseException as exc:
-            self.hooks.fail(offer.transfer_id, str(exc) or type(exc).__name__)
+            self.hooks.fail(offer.transfer_id, str(exc) or type(exc).__name__,
+                            failure_reason(exc))
             raise
         framed.send_json(ACK, {})
         return True
