@@ -10,7 +10,9 @@ the blocks scattered (the decode side's ids reversed and the prefill side's shuf
 neighbours, one descriptor or buffer per block and plane, the worst case) and in order (the best
 case). Runs alternate between the methods; the best of each is printed. Prints, never asserts.
 
-Between processes of one host NIXL's UCX writes with cross-memory attach (one copy, no socket);
+Between processes of one host NIXL's UCX reads with cross-memory attach (one copy, no socket);
+the `process_vm_readv` row is that system call alone, in 4 MiB pieces from another process:
+the most nixl can reach there without the knem or xpmem kernel modules.
 pods have their own PID and IPC namespaces, so between pods (or hosts without RDMA) UCX falls
 back to TCP: the second command measures that case.
 """
@@ -45,8 +47,8 @@ class FillEverything:
     def complete(self, transfer_id: str, nbytes: int, seconds: float) -> None:
         pass
 
-    def fail(self, transfer_id: str, reason: str) -> None:
-        print(f"transfer {transfer_id} failed: {reason}")
+    def fail(self, transfer_id: str, reason: str, cause: str = "transfer_error") -> None:
+        print(f"transfer {transfer_id} failed ({cause}): {reason}")
 
 
 def kv_receiver(num_blocks: int, device: str, ready: mp.Queue) -> None:
@@ -78,6 +80,28 @@ def raw_receiver(nbytes: int, ready: mp.Queue) -> None:
             conn.sendall(b"k")
 
 
+def cma_source(nbytes: int, ready: mp.Queue) -> None:
+    """Bytes another process reads with cross-memory attach: (pid, address) on `ready`."""
+    held = torch.ones(nbytes, dtype=torch.uint8)  # touched: every page is resident
+    ready.put((os.getpid(), held.data_ptr()))
+    time.sleep(3600)
+
+
+class IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+def cma_read(pid: int, remote: int, local: int, nbytes: int, chunk: int = 4 << 20) -> None:
+    """process_vm_readv in `chunk`s: the kernel's cross-memory attach, which UCX's `cma`
+    transport uses between processes of a host without the knem or xpmem modules."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for offset in range(0, nbytes, chunk):
+        size = min(chunk, nbytes - offset)
+        mine, theirs = IoVec(local + offset, size), IoVec(remote + offset, size)
+        if libc.process_vm_readv(pid, ctypes.byref(mine), 1, ctypes.byref(theirs), 1, 0) != size:
+            raise OSError(ctypes.get_errno(), "process_vm_readv")
+
+
 def start(target, *args) -> tuple[mp.Process, int]:
     ready: mp.Queue = mp.get_context("spawn").Queue()
     proc = mp.get_context("spawn").Process(target=target, args=(*args, ready), daemon=True)
@@ -94,6 +118,7 @@ def bench_transports(tokens: int, repeats: int) -> None:
     copy_target = torch.empty_like(source.kv)
     kv_proc, kv_port = start(kv_receiver, num_blocks, "cpu")
     raw_proc, raw_port = start(raw_receiver, nbytes)
+    cma_proc, (cma_pid, cma_address) = start(cma_source, nbytes)
     try:
         senders = {name: KVSender(source, name, identity=BENCH_IDENTITY, timeout=60)
                    for name in ("tcp", "nixl")}
@@ -113,8 +138,12 @@ def bench_transports(tokens: int, repeats: int) -> None:
         def memcpy() -> None:  # libc's, one thread: what one process moving the bytes costs
             ctypes.memmove(copy_target.data_ptr(), source.kv.data_ptr(), nbytes)
 
+        def cross_memory_attach() -> None:  # the ceiling of nixl between processes here
+            cma_read(cma_pid, cma_address, copy_target.data_ptr(), nbytes)
+
         methods = {"memcpy (one process)": memcpy,
-                   "raw socket sendall": send_raw}
+                   "raw socket sendall": send_raw,
+                   "process_vm_readv (4 MiB)": cross_memory_attach}
         for name in senders:
             methods[f"pdserve {name}, scattered"] = lambda n=name: push(n, "", shuffled)
             methods[f"pdserve {name}, in order"] = lambda n=name: push(n, "-ordered", ordered)
@@ -141,6 +170,7 @@ def bench_transports(tokens: int, repeats: int) -> None:
     finally:
         kv_proc.kill()
         raw_proc.kill()
+        cma_proc.kill()
 
 
 def main() -> None:
