@@ -4,6 +4,7 @@ missing blocks travel, layouts are checked at the handshake, a dead peer frees t
 import contextlib
 import socket
 import threading
+import time
 
 import pytest
 import torch
@@ -194,6 +195,27 @@ def test_peer_dying_mid_transfer_frees_the_reservation(receiver):
     assert hooks.done.wait(5)
     assert "dead" in hooks.failed and "dead" not in hooks.completed
     assert hooks.causes["dead"] == "transfer_error"
+
+
+def test_a_transfer_the_decode_side_gives_up_on_is_cut_off_at_once(receiver):
+    hooks = RecordingHooks()
+    server = receiver(hooks)  # its socket timeout (5 s) would end the stall only later
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    framed = FramedSocket(sock)
+    framed.send_json(HELLO, {"version": PROTOCOL_VERSION, "transport": "tcp",
+                             "layout": layout_dict(LAYOUT), "model": IDENTITY.to_json()})
+    framed.recv_payload(framed.recv_header()[1])  # ACCEPT
+    assert not server.cancel("stalled")  # nothing of that id is landing yet
+    framed.send_json(OFFER, Offer("stalled", list(range(16)), 3).to_json())
+    framed.recv_payload(framed.recv_header()[1])  # NEED: blocks reserved, the receiver waits
+    sock.sendall(b"\x06\x00\x00\x00\x00\x00\x00\x10\x00" + b"x" * 100)  # half a DATA frame
+    started = time.monotonic()
+    assert server.cancel("stalled")
+    assert hooks.done.wait(2) and time.monotonic() - started < 2
+    assert "stalled" in hooks.failed and hooks.causes["stalled"] == "transfer_error"
+    assert sock.recv(1) == b""  # the decode side closed this connection
+    assert not server.cancel("stalled")  # its thread has called the hooks: nothing to cut
+    sock.close()
 
 
 def test_unreachable_decode_worker():

@@ -147,6 +147,7 @@ async def start_receiver(app: web.Application, state: WorkerState) -> None:
                               timeout=settings["kv_timeout"],
                               features=[COMPRESSED_KV] if state.engine.engine.reads_compressed_kv
                               else [], secret=kv_secret(settings))
+    transfers.cancel_receiving = server.cancel
     server.start()
     app[TRANSFERS].append(transfers)
     app[RECEIVER].append(server)

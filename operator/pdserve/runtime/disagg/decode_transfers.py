@@ -9,7 +9,9 @@ wait, queued until blocks free up, most urgent first, then first come, first ser
 `complete` (ready) or `fail` (blocks freed at once). The decode request for it, sent by the
 router once the prefill worker answered, `claim`s it and admits it as running. A transfer
 that is not claimed within --kv-timeout of its reservation is aborted, which frees its blocks
-(the engine only expires reservations while it is stepping, and it may be idle).
+(the engine only expires reservations while it is stepping, and it may be idle). One whose KV
+is still landing then is cut off first (`cancel_receiving`) and its blocks are freed when the
+receiving thread has stopped (its `fail`): never while a write into them may be in flight.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +46,8 @@ class IncomingTransfer:
     params: SamplingParams
     deadline: float
     ready: bool = False
+    landing: bool = True  # a receiver thread may still write into its blocks
+    abandoned: bool = False  # given up on while landing: freed by the receiver's complete/fail
     done: asyncio.Event = field(default_factory=asyncio.Event)
     expiry: asyncio.TimerHandle | None = None
 
@@ -58,6 +63,8 @@ class DecodeTransfers:
         self.loop = loop
         self.transfers: dict[str, IncomingTransfer] = {}
         self._waiting = OfferQueue()  # OFFERs queued for blocks
+        # The KV receiver's `cancel` (set once it exists): True if a thread was receiving.
+        self.cancel_receiving: Callable[[str], bool] = lambda transfer_id: False
 
     # ---- receiver threads ----------------------------------------------------------------
 
@@ -135,6 +142,10 @@ class DecodeTransfers:
         transfer = self.transfers.get(transfer_id)
         if transfer is None:  # expired meanwhile
             return
+        transfer.landing = False
+        if transfer.abandoned:  # given up on while it landed: free its blocks now
+            self._release(transfer_id)
+            return
         self.metrics.kv_transfer_bytes.inc(nbytes)
         self.metrics.kv_transfer_seconds.observe(seconds)
         if transfer.offer.num_kv_tokens is not None:
@@ -146,7 +157,7 @@ class DecodeTransfers:
         self.metrics.count_transfer_failure(cause)
         log.warning("KV transfer %s failed: %s; its reserved blocks are freed", transfer_id,
                     reason)
-        self._drop(transfer_id)
+        self._release(transfer_id)
 
     def _expire(self, transfer_id: str) -> None:
         if self._drop(transfer_id):
@@ -154,6 +165,20 @@ class DecodeTransfers:
                         transfer_id, self.timeout)
 
     def _drop(self, transfer_id: str) -> bool:
+        """Give up on a transfer: free its blocks, or, while its KV may still be landing, cut
+        the receiver off and leave the freeing to its `fail`/`complete`."""
+        transfer = self.transfers.get(transfer_id)
+        if transfer is None or transfer.abandoned:
+            return False
+        if transfer.landing and self.cancel_receiving(transfer_id):
+            transfer.abandoned = True
+            if transfer.expiry is not None:
+                transfer.expiry.cancel()
+            transfer.done.set()  # a claim waiting for it gets None
+            return True
+        return self._release(transfer_id)
+
+    def _release(self, transfer_id: str) -> bool:
         transfer = self.transfers.pop(transfer_id, None)
         if transfer is None:
             return False
@@ -168,7 +193,7 @@ class DecodeTransfers:
         """The received transfer for this request, taken out of the table; None if it failed,
         expired, never came or does not match the request (its blocks are then freed)."""
         transfer = self.transfers.get(transfer_id)
-        if transfer is None:
+        if transfer is None or transfer.abandoned:
             return None
         if not transfer.ready:
             try:
@@ -177,7 +202,7 @@ class DecodeTransfers:
             except TimeoutError:
                 self._drop(transfer_id)
                 return None
-            if transfer_id not in self.transfers:
+            if transfer_id not in self.transfers or transfer.abandoned:
                 return None
         if (transfer.offer.prompt_token_ids != prompt_token_ids
                 or _comparable(transfer.params) != _comparable(params)):

@@ -4,11 +4,14 @@ Each connection does the layout handshake, then serves transfers one after anoth
 `hooks.reserve` (blocks held for the prompt, cached prefix blocks reused) -> NEED (how many
 leading blocks are already here, and where the missing ones go) -> the transport fills them ->
 DONE -> `hooks.complete` -> ACK. Any failure (peer gone, timeout, bad frame) calls `hooks.fail`,
-which frees the reserved blocks at once; a stalled peer is cut off by the socket timeout.
+which frees the reserved blocks at once; a stalled peer is cut off by the socket timeout, and a
+transfer the decode side gives up on by `cancel`. Blocks are freed only after the thread that
+writes into them has stopped: `hooks.fail` and `hooks.complete` come from that thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -80,6 +83,9 @@ class KVReceiverServer:
         self._thread = threading.Thread(target=self._accept_loop, name="pdserve-kv-accept",
                                         daemon=True)
         self._closed = False
+        # The connection of each transfer from its OFFER until its hooks have been called.
+        self._landing: dict[str, socket.socket] = {}
+        self._landing_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -88,6 +94,18 @@ class KVReceiverServer:
     def close(self) -> None:
         self._closed = True
         self._listener.close()
+
+    def cancel(self, transfer_id: str) -> bool:
+        """Cut off a transfer whose KV may still be landing: its connection is shut down, so the
+        thread receiving it stops writing into its blocks and calls `hooks.fail`. False when no
+        thread serves it any more (its hooks have been called, or it was never reserved)."""
+        with self._landing_lock:
+            sock = self._landing.get(transfer_id)
+        if sock is None:
+            return False
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        return True
 
     def _accept_loop(self) -> None:
         while not self._closed:
@@ -161,20 +179,29 @@ class KVReceiverServer:
         if kind != OFFER:
             raise KVTransferError(f"expected OFFER, got frame kind {kind}")
         offer = Offer.from_json(json.loads(framed.recv_payload(length)))
+        with self._landing_lock:  # before reserve: a cancel then always finds this thread
+            # (not over another connection's: a duplicate id is refused by reserve)
+            ours = self._landing.setdefault(offer.transfer_id, framed.sock) is framed.sock
         try:
-            num_cached, dst_ids = self.hooks.reserve(offer)
-        except KVTransferError as exc:  # refused before any block is held: the connection goes on
-            framed.send_error(str(exc), NO_ROOM if isinstance(exc, DecodeFullError) else None)
-            return True
-        start = time.perf_counter()
-        try:
-            framed.send_json(NEED, {"num_cached_blocks": num_cached, "block_ids": dst_ids})
-            nbytes = transport.recv_blocks(framed, self.pool, dst_ids)
-            framed.recv_json(DONE)
-            self.hooks.complete(offer.transfer_id, nbytes, time.perf_counter() - start)
-        except BaseException as exc:
-            self.hooks.fail(offer.transfer_id, str(exc) or type(exc).__name__,
-                            failure_reason(exc))
-            raise
+            try:
+                num_cached, dst_ids = self.hooks.reserve(offer)
+            except KVTransferError as exc:  # refused before any block is held: the connection
+                framed.send_error(str(exc),  # goes on
+                                  NO_ROOM if isinstance(exc, DecodeFullError) else None)
+                return True
+            start = time.perf_counter()
+            try:
+                framed.send_json(NEED, {"num_cached_blocks": num_cached, "block_ids": dst_ids})
+                nbytes = transport.recv_blocks(framed, self.pool, dst_ids)
+                framed.recv_json(DONE)
+                self.hooks.complete(offer.transfer_id, nbytes, time.perf_counter() - start)
+            except BaseException as exc:
+                self.hooks.fail(offer.transfer_id, str(exc) or type(exc).__name__,
+                                failure_reason(exc))
+                raise
+        finally:
+            if ours:
+                with self._landing_lock:
+                    del self._landing[offer.transfer_id]
         framed.send_json(ACK, {})
         return True
