@@ -9,15 +9,17 @@ wait, queued until blocks free up, most urgent first, then first come, first ser
 `complete` (ready) or `fail` (blocks freed at once). The decode request for it, sent by the
 router once the prefill worker answered, `claim`s it and admits it as running. A transfer
 that is not claimed within --kv-timeout of its reservation is aborted, which frees its blocks
-(the engine only expires reservations while it is stepping, and it may be idle). One whose KV
-is still landing then is cut off first (`cancel_receiving`) and its blocks are freed when the
-receiving thread has stopped (its `fail`): never while a write into them may be in flight.
+(by this table's timer: the engine sets no deadline of its own on these reservations). One
+whose KV is still landing then is cut off first (`cancel_receiving`) and its blocks are freed
+when the receiving thread has stopped (its `fail`): never while a write into them may be in
+flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -115,9 +117,11 @@ class DecodeTransfers:
     async def _admit(self, offer: Offer, params: SamplingParams,
                      request_id: str) -> KVReservation | None:
         try:
+            # No engine-side deadline: this table frees the blocks (its own timer, and only
+            # once no write can land in them); the engine's expiry would not wait for that.
             return await self.engine.call(lambda e: e.admit_with_kv(
                 request_id, offer.prompt_token_ids, offer.first_token, params,
-                priority=offer.priority, timeout=self.timeout,
+                priority=offer.priority, timeout=math.inf,
                 num_kv_tokens=offer.num_kv_tokens))
         except ValueError as exc:
             raise KVTransferError(f"decode worker cannot take the request: {exc}") from None
