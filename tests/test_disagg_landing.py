@@ -5,7 +5,6 @@ thread reports that it stopped (a real DecodeTransfers over a real engine)."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from runtime_engine_helpers import one_torch_thread  # noqa: F401 - fixture
@@ -56,8 +55,6 @@ async def test_blocks_still_landing_are_freed_only_once_the_receiver_stopped(dec
     await reserved(decode, "slow")
     await asyncio.sleep(KV_TIMEOUT + 0.3)  # unclaimed: the decode side gives up on it
     assert cut == ["slow"]
-    # What a stepping engine does first: its own reservation deadlines must not free them.
-    await decode.engine.call(lambda e: e.block_manager.expire_reservations(time.monotonic()))
     assert await free_blocks(decode) == NUM_BLOCKS - 2  # a write may still be in flight
     assert await decode.claim("slow", [10 + i for i in range(8)], None) is None
     decode.fail("slow", "cut off by the decode side")  # the receiving thread has stopped

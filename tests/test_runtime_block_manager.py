@@ -220,7 +220,7 @@ def test_reservation_shares_cached_prefix_and_lists_missing_blocks() -> None:
     # The prefill worker and the decode worker agree on the hash chain.
     assert prefill.block_hashes(prompt)[:2] == decode.block_hashes(history)
     seq = Sequence("turn2", prompt, output_token_ids=[99])
-    reservation = decode.reserve(seq, deadline=10.0)
+    reservation = decode.reserve(seq)
     assert reservation is not None
     assert reservation.num_cached_blocks == 2
     assert len(reservation.missing_block_ids) == 2  # block 2 (full) and block 3 (partial)
@@ -234,15 +234,14 @@ def test_reservation_shares_cached_prefix_and_lists_missing_blocks() -> None:
     check_invariants(decode, [seq])
 
 
-def test_reservation_expiry_and_cancel_free_blocks() -> None:
+def test_cancelling_a_reservation_frees_its_blocks() -> None:
     bm = BlockManager(num_blocks=8, block_size=4)
     early = Sequence("early", list(range(10)), output_token_ids=[1])
     late = Sequence("late", list(range(20, 26)), output_token_ids=[1])
-    assert bm.reserve(early, deadline=5.0) is not None
-    assert bm.reserve(late, deadline=9.0) is not None
+    assert bm.reserve(early) is not None
+    assert bm.reserve(late) is not None
     assert bm.num_free_blocks == 3
-    assert bm.expire_reservations(now=4.9) == []
-    assert bm.expire_reservations(now=5.0) == [early]
+    assert bm.cancel_reservation("early") is early
     assert early.block_table == [] and bm.num_free_blocks == 6
     assert set(bm.reservations) == {"late"}
     assert bm.cancel_reservation("late") is late
@@ -254,9 +253,9 @@ def test_reservation_expiry_and_cancel_free_blocks() -> None:
 def test_reservation_refused_when_blocks_run_out() -> None:
     bm = BlockManager(num_blocks=2, block_size=4)
     seq = Sequence("big", list(range(9)), output_token_ids=[1])
-    assert bm.reserve(seq, deadline=1.0) is None
+    assert bm.reserve(seq) is None
     assert seq.block_table == [] and bm.num_free_blocks == 2
     with pytest.raises(RuntimeError, match="already holds"):
         small = Sequence("s", [1, 2], output_token_ids=[1])
-        bm.reserve(small, deadline=1.0)
-        bm.reserve(small, deadline=1.0)
+        bm.reserve(small)
+        bm.reserve(small)

@@ -3,8 +3,6 @@ engine (the in-process core of the prefill/decode split)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from runtime_engine_helpers import one_torch_thread  # noqa: F401 - fixture
 
@@ -109,13 +107,12 @@ def test_seeded_sampling_continues_as_on_one_engine(engines):
 def test_unfinished_transfers_are_freed(engines):
     _, prefill, decode = engines
     ids = decode.tokenizer.encode("a transfer that never completes " * 4)
-    assert decode.admit_with_kv("lost", ids, 5, PARAMS, timeout=0.0) is not None
-    assert decode.stats().num_free_blocks < decode.stats().num_blocks
-    time.sleep(0.01)
-    outputs = decode.step()
-    assert [(o.request_id, o.finish_reason) for o in outputs] == [("lost", "error")]
-    assert decode.admit_with_kv("aborted", ids, 5, PARAMS) is not None
-    assert decode.abort("aborted")
+    assert decode.admit_with_kv("lost", ids, 5, PARAMS) is not None
+    held = decode.stats().num_free_blocks
+    assert held < decode.stats().num_blocks
+    # Only its owner (the decode worker's transfer table) gives up on it: steps keep it held.
+    assert decode.step() == [] and decode.stats().num_free_blocks == held
+    assert decode.abort("lost")
     prefill.prefill_only("dropped", ids, PARAMS)
     _drain(prefill)
     assert prefill.abort("dropped")  # releases the pinned blocks too

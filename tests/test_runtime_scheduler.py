@@ -280,7 +280,7 @@ def test_request_admitted_with_transferred_kv() -> None:
     bm = sched.block_manager
     incoming = Sequence("d", list(range(1, 11)), SamplingParams(max_tokens=3))
     incoming.output_token_ids.append(7)  # the first token, sampled by the prefill worker
-    reservation = bm.reserve(incoming, deadline=1.0)
+    reservation = bm.reserve(incoming)
     assert reservation is not None
     bm.complete_reservation("d")
     sched.add(incoming)
@@ -291,7 +291,7 @@ def test_request_admitted_with_transferred_kv() -> None:
     sched.postprocess(output, {"d": 9})
     assert incoming.output_token_ids == [7, 9]
     pending = Sequence("x", [1, 2, 3], output_token_ids=[4])
-    assert bm.reserve(pending, deadline=1.0) is not None
+    assert bm.reserve(pending) is not None
     aborted = sched.abort("x")
     assert aborted is pending and aborted.finish_reason == "abort" and bm.reservations == {}
 
@@ -302,7 +302,7 @@ def test_transferred_requests_filling_the_cache_do_not_deadlock() -> None:
     for request_id, priority, prompt in (("a", 0, [3, 4, 5, 6]), ("b", 1, [7, 8, 9, 10])):
         incoming = Sequence(request_id, prompt, SamplingParams(max_tokens=3), priority=priority)
         incoming.output_token_ids.append(next_token(prompt))
-        assert sched.block_manager.reserve(incoming, deadline=1.0) is not None
+        assert sched.block_manager.reserve(incoming) is not None
         for pos, token in enumerate(prompt):  # the "transfer"
             model.slots[(incoming.block_table[pos // 2], pos % 2)] = token
         sched.block_manager.complete_reservation(request_id)

@@ -35,6 +35,7 @@ class RandomWorkload:
         self.prefixes = [[rng.randint(1, VOCAB - 1) for _ in range(40)] for _ in range(3)]
         self.next_id = 0
         self.now = 0.0
+        self.failing: dict[str, float] = {}  # reserved transfers that fail, and when
         self.finished: dict[str, Sequence] = {}
 
     def new_seq(self, max_len: int) -> Sequence:
@@ -63,9 +64,12 @@ class RandomWorkload:
         seq.output_token_ids.append(next_token(seq.prompt_token_ids))
         if seq.num_tokens > self.sched.max_model_len:
             return
-        reservation = self.bm.reserve(seq, deadline=self.now + self.rng.randint(0, 5))
-        if reservation is None or self.rng.random() < 0.3:
-            return  # refused, or a transfer that never completes: expiry frees it
+        reservation = self.bm.reserve(seq)
+        if reservation is None:
+            return
+        if self.rng.random() < 0.3:  # a transfer that fails, now or after a few operations
+            self.failing[seq.request_id] = self.now + self.rng.randint(0, 5)
+            return
         size = self.bm.block_size
         for index, block_id in enumerate(seq.block_table):
             for offset in range(size):
@@ -114,11 +118,18 @@ class RandomWorkload:
         else:
             self.step()
         self.now += 1
-        self.bm.expire_reservations(self.now)
+        self.cancel_failed(self.now)
         self.bm.check_consistency(self.holders())
 
+    def cancel_failed(self, now: float) -> None:
+        """What the decode worker's transfer table does when a transfer fails."""
+        for request_id, at in list(self.failing.items()):
+            if at <= now:
+                del self.failing[request_id]
+                self.bm.cancel_reservation(request_id)
+
     def drain(self) -> None:
-        self.bm.expire_reservations(float("inf"))
+        self.cancel_failed(float("inf"))
         for _ in range(20_000):
             for request_id in list(self.sched.retained):  # their KV transfers are done
                 self.sched.release(request_id)

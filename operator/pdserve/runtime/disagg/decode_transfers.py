@@ -9,8 +9,8 @@ wait, queued until blocks free up, most urgent first, then first come, first ser
 `complete` (ready) or `fail` (blocks freed at once). The decode request for it, sent by the
 router once the prefill worker answered, `claim`s it and admits it as running. A transfer
 that is not claimed within --kv-timeout of its reservation is aborted, which frees its blocks
-(by this table's timer: the engine sets no deadline of its own on these reservations). One
-whose KV is still landing then is cut off first (`cancel_receiving`) and its blocks are freed
+(by this table's timer: the engine's reservations have no deadline). One whose KV is still
+landing then is cut off first (`cancel_receiving`) and its blocks are freed
 when the receiving thread has stopped (its `fail`): never while a write into them may be in
 flight.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -47,8 +46,7 @@ class IncomingTransfer:
     request_id: str  # the engine's id for the reserved request
     params: SamplingParams
     deadline: float
-    ready: bool = False
-    landing: bool = True  # a receiver thread may still write into its blocks
+    ready: bool = False  # its KV has landed: no receiver thread writes into its blocks any more
     abandoned: bool = False  # given up on while landing: freed by the receiver's complete/fail
     done: asyncio.Event = field(default_factory=asyncio.Event)
     expiry: asyncio.TimerHandle | None = None
@@ -117,12 +115,9 @@ class DecodeTransfers:
     async def _admit(self, offer: Offer, params: SamplingParams,
                      request_id: str) -> KVReservation | None:
         try:
-            # No engine-side deadline: this table frees the blocks (its own timer, and only
-            # once no write can land in them); the engine's expiry would not wait for that.
             return await self.engine.call(lambda e: e.admit_with_kv(
                 request_id, offer.prompt_token_ids, offer.first_token, params,
-                priority=offer.priority, timeout=math.inf,
-                num_kv_tokens=offer.num_kv_tokens))
+                priority=offer.priority, num_kv_tokens=offer.num_kv_tokens))
         except ValueError as exc:
             raise KVTransferError(f"decode worker cannot take the request: {exc}") from None
 
@@ -146,7 +141,6 @@ class DecodeTransfers:
         transfer = self.transfers.get(transfer_id)
         if transfer is None:  # expired meanwhile
             return
-        transfer.landing = False
         if transfer.abandoned:  # given up on while it landed: free its blocks now
             self._release(transfer_id)
             return
@@ -174,7 +168,7 @@ class DecodeTransfers:
         transfer = self.transfers.get(transfer_id)
         if transfer is None or transfer.abandoned:
             return False
-        if transfer.landing and self.cancel_receiving(transfer_id):
+        if not transfer.ready and self.cancel_receiving(transfer_id):
             transfer.abandoned = True
             if transfer.expiry is not None:
                 transfer.expiry.cancel()

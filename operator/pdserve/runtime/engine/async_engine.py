@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # A step that could run nothing waits this long (or for the next command) before retrying:
-# long enough not to spin, short next to a KV reservation's deadline.
+# long enough not to spin, short next to a KV transfer.
 STALLED_WAIT_SECONDS = 0.005
 
 

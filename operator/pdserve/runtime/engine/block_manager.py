@@ -21,11 +21,11 @@ Lifecycle of a locally computed sequence (driven by the scheduler):
   `commit_computed(seq)`    after the step: register blocks that became full
   `free(seq)`               drop the references (preemption, finish, abort)
 
-Disaggregation (decode side): `reserve(seq, deadline)` shares the locally cached full prompt
+Disaggregation (decode side): `reserve(seq)` shares the locally cached full prompt
 blocks and allocates the rest for KV arriving from a prefill worker; the returned
 `KVReservation` says how many leading blocks are already here (only the others travel).
-`complete_reservation(request_id)` marks the prompt computed; `cancel_reservation` and
-`expire_reservations(now)` free reservations whose transfer failed or never finished.
+`complete_reservation(request_id)` marks the prompt computed; `cancel_reservation` frees one
+whose transfer failed or never finished (the decode worker's transfer table decides when).
 `block_hashes(token_ids)` and `match_prefix(hashes)` are the pure hash/lookup helpers.
 
 KV compression (a sequence's slots hold fewer tokens than it computed, see Sequence):
@@ -252,8 +252,7 @@ class BlockManager:
 
     # ---- disaggregation: KV arriving from a prefill worker ------------------------------
 
-    def reserve(self, seq: Sequence, deadline: float,
-                num_kv_tokens: int | None = None) -> KVReservation | None:
+    def reserve(self, seq: Sequence, num_kv_tokens: int | None = None) -> KVReservation | None:
         """Hold blocks for the prompt KV of `seq`; None when they do not fit right now.
 
         Full prompt blocks already cached here are shared, not transferred again; a compressed
@@ -279,7 +278,7 @@ class BlockManager:
         seq.num_cached_tokens = len(matched) * self.block_size
         self.prefix_queries += seq.num_prompt_tokens
         self.prefix_hits += seq.num_cached_tokens
-        reservation = KVReservation(seq, deadline, len(matched), num_kv)
+        reservation = KVReservation(seq, len(matched), num_kv)
         self._reservations[seq.request_id] = reservation
         return reservation
 
@@ -298,11 +297,6 @@ class BlockManager:
             return None
         self.free(reservation.seq)
         return reservation.seq
-
-    def expire_reservations(self, now: float) -> list[Sequence]:
-        """Free every reservation whose deadline has passed; returns their sequences."""
-        expired = [rid for rid, r in self._reservations.items() if r.deadline <= now]
-        return [seq for rid in expired if (seq := self.cancel_reservation(rid)) is not None]
 
     @property
     def reservations(self) -> dict[str, KVReservation]:

@@ -13,7 +13,6 @@ class KVReservation:
     """Blocks held for a sequence whose prompt KV is being transferred in."""
 
     seq: Sequence
-    deadline: float
     num_cached_blocks: int  # leading blocks of seq.block_table already cached here
     num_kv_tokens: int  # prompt tokens whose KV arrives (fewer than the prompt: compressed)
 

@@ -14,7 +14,6 @@ unless `emit_pending` reports it at once (a decode worker streams it before its 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -189,8 +188,6 @@ class LLMEngine:
 
     def step(self) -> list[StepOutput]:
         """Run one scheduling step; returns an output for every request that advanced or ended."""
-        outputs = [self._expired(seq) for seq in self.block_manager.expire_reservations(
-            time.monotonic())]  # fmt: skip
         scheduled = self.scheduler.schedule()
         for seq in scheduled.preempted:  # recomputed from scratch: its scores start over
             self.compressor.forget(seq.request_id)
@@ -201,9 +198,10 @@ class LLMEngine:
         except Exception:  # a failed step fails its requests, never the engine
             log.exception("model step failed; finishing its %d requests with an error",
                           len(scheduled.scheduled))  # fmt: skip
-            return outputs + self._fail(scheduled)
+            return self._fail(scheduled)
         finished = self.scheduler.postprocess(scheduled, sampled)
         self.compressor.after_step(item.seq for item in scheduled.scheduled)
+        outputs: list[StepOutput] = []
         for item in scheduled.scheduled:
             rid = item.seq.request_id
             if rid in sampled and rid in self._requests:
@@ -275,10 +273,6 @@ class LLMEngine:
                 outputs.append(self._finished_output(seq))
         return outputs
 
-    def _expired(self, seq: Sequence) -> StepOutput:
-        seq.finish_reason = "error"
-        return self._finished_output(seq)
-
     # ---- disaggregation ----------------------------------------------------------------------
 
     def prefill_only(
@@ -322,22 +316,20 @@ class LLMEngine:
         first_token: int,
         params: SamplingParams,
         priority: int = 0,
-        timeout: float = 30.0,
         num_kv_tokens: int | None = None,
     ) -> KVReservation | None:
         """Reserve blocks for a request whose prompt KV comes from elsewhere (None: no room now).
 
         `reservation.missing_block_ids` are the blocks to fill (the leading
-        `num_cached_blocks` are already cached here). Then call `complete_kv`; the reservation
-        is freed if neither that nor `abort` happens within `timeout` seconds. A compressed
+        `num_cached_blocks` are already cached here). Then call `complete_kv`, or `abort` to free
+        the reservation (the caller decides when a transfer has failed). A compressed
         prompt's KV holds `num_kv_tokens` slots (None: the whole prompt).
         """
         if num_kv_tokens is not None and not self.reads_compressed_kv:
             raise ValueError(f"compressed KV cannot be read on the {self.device.type} device")
         request = self._new_request(request_id, prompt_token_ids, params, priority)
         request.seq.snapkv_done = True  # its prompt was prefilled elsewhere
-        reservation = self.block_manager.reserve(request.seq, time.monotonic() + timeout,
-                                                 num_kv_tokens)
+        reservation = self.block_manager.reserve(request.seq, num_kv_tokens)
         if reservation is None:
             return None
         if request.grammar is not None and not request.grammar.accept(first_token):
