@@ -7,9 +7,9 @@ prefill's full attention; the others are decoded over the KV that compression ke
 answer token copies what followed an earlier occurrence of the current token (an induction
 head's job), and the cue's own attention already points at the answer's first position: what
 SnapKV's observation window relies on. Random weights attend uniformly and say nothing about
-quality, so the project trains this model itself: deterministically (seeded, on the CPU, a few
-minutes), cached like the built-in models, in Hugging Face layout (config.json, safetensors, a
-word-level tokenizer), so the runtime loads it like any checkpoint.
+quality, so the project trains this model itself: deterministically (seeded, on the CPU, about
+ten minutes on 2 cores), cached like the built-in models, in Hugging Face layout (config.json,
+safetensors, a word-level tokenizer), so the runtime loads it like any checkpoint.
 
 What made it learn (measured, seed 0): half the training rows are the task (a cue, then the
 passage from there on) and half repeat the whole passage after `QUERY`. Trained on the task
@@ -148,7 +148,7 @@ def _batch(rng: random.Random, t: Training, step: int) -> tuple[torch.Tensor, to
         if rng.random() < 0.5:
             samples.append(sample(rng, length, length))  # the answer runs to the passage's end
         else:  # the whole passage again: see the module's docstring
-            passage = rng.sample(range(FIRST_TOKEN, VOCAB_SIZE), length)
+            passage = rng.sample(RECALL_VOCABULARY.passage, length)
             samples.append(Sample([BOS, *passage, QUERY], passage))
     width = max(len(s.prompt) + len(s.answer) for s in samples)
     ids = torch.full((rows, width), EOS, dtype=torch.long)
